@@ -1,0 +1,127 @@
+//! The flow hash, shared so that userspace can predict the data path's choices.
+//!
+//! The XDP program hashes a connection's 5-tuple (or, for client-affinity VIPs, only
+//! the client address) and maps the hash onto a Maglev ring slot. Tests and the
+//! control plane use these same functions to compute which backend a packet must
+//! reach. The hash is a 32-bit Murmur3-style mix: a few multiplies and rotates per
+//! word, which the BPF JIT turns into a handful of instructions, and good enough
+//! avalanche for slot selection and for receive-side-scaling entropy.
+
+/// Seed of the flow hash. Fixed, so every gateway behind ECMP hashes alike.
+pub const FLOW_HASH_SEED: u32 = 0x6261_6c61; // "bala"
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hashes an IPv4 5-tuple. `src`, `dst` and `ports` are the raw words as read from
+/// the packet (network byte order); `ports` is source port then destination port.
+#[inline(always)]
+pub const fn flow_hash_v4(src: u32, dst: u32, ports: u32, proto: u8) -> u32 {
+    let h = mix(FLOW_HASH_SEED, src);
+    let h = mix(h, dst);
+    let h = mix(h, ports);
+    let h = mix(h, proto as u32);
+    finish(h, 16)
+}
+
+/// Hashes an IPv6 5-tuple, words as read from the packet.
+#[inline(always)]
+pub const fn flow_hash_v6(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8) -> u32 {
+    let mut h = FLOW_HASH_SEED;
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, dst[0]);
+    h = mix(h, dst[1]);
+    h = mix(h, dst[2]);
+    h = mix(h, dst[3]);
+    h = mix(h, ports);
+    h = mix(h, proto as u32);
+    finish(h, 40)
+}
+
+/// Hashes a client address alone, for client-affinity VIPs. IPv4 addresses use
+/// only the first word; the rest are zero.
+#[inline(always)]
+pub const fn client_hash(addr: &[u32; 4]) -> u32 {
+    let mut h = FLOW_HASH_SEED ^ 0x5a5a_5a5a;
+    h = mix(h, addr[0]);
+    h = mix(h, addr[1]);
+    h = mix(h, addr[2]);
+    h = mix(h, addr[3]);
+    finish(h, 16)
+}
+
+/// Maps a 32-bit hash onto `0..ring_size` with a multiply and a shift (Lemire's
+/// range reduction) instead of a division: cheaper in the JIT and just as uniform.
+#[inline(always)]
+pub const fn ring_slot(hash: u32, ring_size: u32) -> u32 {
+    ((hash as u64 * ring_size as u64) >> 32) as u32
+}
+
+/// Bit index of an address in the VIP prefilter (see [`crate::VipFilter`]).
+/// `first_word` is the address's first 32-bit word as read from the packet and
+/// `last_word` its last one (the same word for IPv4).
+#[inline(always)]
+pub const fn vip_filter_bit(first_word: u32, last_word: u32) -> u32 {
+    let h = (first_word ^ last_word.rotate_left(16)).wrapping_mul(0x9e37_79b1);
+    h >> (32 - crate::maps::VIP_FILTER_BITS_LOG2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_slot_stays_in_range() {
+        for m in [2u32, 13, 251, 65537, 1_000_003] {
+            assert_eq!(ring_slot(0, m), 0);
+            assert_eq!(ring_slot(u32::MAX, m), m - 1);
+            assert!(ring_slot(0x8000_0000, m) < m);
+        }
+    }
+
+    #[test]
+    fn hashes_spread_over_ring() {
+        // 65537 slots, 200k sequential source ports: every 1/16th of the ring
+        // gets within 5% of its share.
+        let m = 65537u32;
+        let mut buckets = [0u32; 16];
+        for port in 0..200_000u32 {
+            let h = flow_hash_v4(0x0a00_0001, 0x0a00_0002, port, 6);
+            buckets[(ring_slot(h, m) * 16 / m) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((11_875..=13_125).contains(&b), "bucket {b}");
+        }
+    }
+
+    #[test]
+    fn v6_hash_uses_every_word() {
+        let base = flow_hash_v6(&[1, 2, 3, 4], &[5, 6, 7, 8], 9, 6);
+        assert_ne!(base, flow_hash_v6(&[1, 2, 3, 5], &[5, 6, 7, 8], 9, 6));
+        assert_ne!(base, flow_hash_v6(&[1, 2, 3, 4], &[5, 6, 7, 9], 9, 6));
+        assert_ne!(base, flow_hash_v6(&[1, 2, 3, 4], &[5, 6, 7, 8], 9, 17));
+        assert_ne!(client_hash(&[1, 0, 0, 0]), client_hash(&[2, 0, 0, 0]));
+    }
+}

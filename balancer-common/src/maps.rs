@@ -1,0 +1,354 @@
+//! Keys and values of the balancer's BPF maps.
+//!
+//! | map            | kind                         | key            | value             |
+//! |----------------|------------------------------|----------------|-------------------|
+//! | `VIPS`         | hash                         | [`VipKey`]     | [`VipMeta`]       |
+//! | `VIP_FILTER`   | array, 1 entry               | `u32`          | [`VipFilter`]     |
+//! | `RINGS`        | array (mmapable) of `u32`    | slot           | backend index     |
+//! | `BACKENDS`     | array                        | backend index  | [`Backend`]       |
+//! | `FLOWS`        | LRU hash, per-CPU free lists | [`FlowKey`]    | [`FlowValue`]     |
+//! | `AFFINITY`     | LRU hash                     | [`AffinityKey`]| [`AffinityValue`] |
+//! | `CONFIG`       | array, 1 entry               | `u32`          | [`DataplaneConfig`] |
+//! | `STATS`        | per-CPU array, 1 entry       | `u32`          | [`crate::GlobalStats`] |
+//! | `VIP_STATS`    | per-CPU array                | VIP index      | [`TrafficStats`]  |
+//! | `BACKEND_STATS`| per-CPU array                | backend index  | [`TrafficStats`]  |
+//! | `DECAP_VIPS`   | hash (decap program)         | [`AddrKey`]    | `u32`             |
+//!
+//! The Maglev rings of all VIPs live in one flat `RINGS` array: VIP `i` owns two
+//! halves (generations 0 and 1) of `ring_size` slots each, starting at
+//! [`ring_base`]`(i, gen, ring_size)`. Userspace writes the inactive half, then flips
+//! [`VipMeta::ring_gen`] with one update of the VIP's `VIPS` entry.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Address family tag for IPv4 in [`VipKey::family`] and friends.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Default Maglev ring size M: prime, and large enough that weights are honoured
+/// to within 1% for up to ~650 backends per VIP (M > 100·N).
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Default number of VIPs the maps are sized for.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+/// Default number of backend slots.
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default connection-table size.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default client-affinity table size.
+pub const DEFAULT_MAX_AFFINITY: u32 = 1 << 18;
+
+/// A ring slot holding this value has no backend (the VIP's pool is empty):
+/// packets that land on it are dropped and counted.
+pub const RING_EMPTY: u32 = u32::MAX;
+
+/// log2 of the number of bits in the [`VipFilter`].
+pub const VIP_FILTER_BITS_LOG2: u32 = 12;
+/// Number of `u64` words in the [`VipFilter`].
+pub const VIP_FILTER_WORDS: usize = (1 << VIP_FILTER_BITS_LOG2) / 64;
+
+/// First slot of VIP `vip_index`'s ring of generation `gen` in the flat `RINGS`
+/// array. `None` if the index would not fit a `u32` (the loader refuses such
+/// sizes up front; see `rings_len`).
+#[inline(always)]
+pub const fn ring_base(vip_index: u32, generation: u8, ring_size: u32) -> Option<u32> {
+    let half = vip_index as u64 * 2 + generation as u64;
+    let base = half * ring_size as u64;
+    if base > u32::MAX as u64 {
+        None
+    } else {
+        Some(base as u32)
+    }
+}
+
+/// Number of `u32` slots `RINGS` needs for `max_vips` double-buffered rings of
+/// `ring_size` slots, or `None` if that exceeds a BPF array's `u32` index space.
+pub const fn rings_len(max_vips: u32, ring_size: u32) -> Option<u32> {
+    let len = max_vips as u64 * 2 * ring_size as u64;
+    if len == 0 || len > u32::MAX as u64 {
+        None
+    } else {
+        Some(len as u32)
+    }
+}
+
+/// Key of the `VIPS` map: destination address, port and protocol.
+/// A `port` of 0 is an all-ports VIP, looked up when no port-specific VIP matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipKey {
+    /// Address words as on the wire; IPv4 uses `addr[0]` and leaves the rest 0.
+    pub addr: [u32; 4],
+    /// Destination port, network byte order; 0 means all ports.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// VIP flag: client affinity. New connections are placed by the client address
+/// alone and remembered in `AFFINITY` for the VIP's timeout.
+pub const VIP_F_AFFINITY: u16 = 1 << 0;
+
+/// Forwarding mode of a VIP.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForwardMode {
+    /// Encapsulate in IPIP / IP6IP6 (or 4in6 / 6in4, by the backend's family)
+    /// and transmit to the backend's next hop. Backends reply directly (DSR).
+    Tunnel = 0,
+    /// Layer-2 direct server return: rewrite only the MAC addresses. Backends
+    /// must share the gateway's L2 segment and hold the VIP on a local device.
+    L2Dsr = 1,
+}
+
+impl ForwardMode {
+    /// Decodes the wire value stored in [`VipMeta::mode`].
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Tunnel),
+            1 => Some(Self::L2Dsr),
+            _ => None,
+        }
+    }
+}
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipMeta {
+    /// Dense index of the VIP: its rings, stats and affinity entries use it.
+    pub index: u32,
+    /// `VIP_F_*` flags.
+    pub flags: u16,
+    /// A [`ForwardMode`] as `u8`.
+    pub mode: u8,
+    /// Which half of the VIP's double-buffered ring is live (0 or 1).
+    pub ring_gen: u8,
+    /// Lifetime of a client-affinity entry, in seconds.
+    pub affinity_timeout_secs: u32,
+}
+
+/// A small Bloom filter (one hash) over all VIP addresses. Packets whose
+/// destination bit is clear cannot be for a VIP and pass after one array read,
+/// which keeps the non-VIP path close to a bare XDP_PASS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipFilter {
+    /// The bit set, indexed by [`crate::hash::vip_filter_bit`].
+    pub words: [u64; VIP_FILTER_WORDS],
+}
+
+impl Default for VipFilter {
+    fn default() -> Self {
+        Self::zeroed()
+    }
+}
+
+impl VipFilter {
+    /// Sets the bit of an address (words as on the wire).
+    pub fn insert(&mut self, addr: &[u32; 4], family: u8) {
+        let bit = Self::bit(addr, family);
+        self.words[(bit / 64) as usize] |= 1u64 << (bit % 64);
+    }
+
+    /// Whether the bit of an address is set.
+    pub fn contains(&self, addr: &[u32; 4], family: u8) -> bool {
+        let bit = Self::bit(addr, family);
+        self.words[(bit / 64) as usize] & (1u64 << (bit % 64)) != 0
+    }
+
+    fn bit(addr: &[u32; 4], family: u8) -> u32 {
+        let last = if family == FAMILY_V4 {
+            addr[0]
+        } else {
+            addr[3]
+        };
+        crate::hash::vip_filter_bit(addr[0], last)
+    }
+}
+
+/// Backend flag: the slot holds a live backend. A cleared flag means removed:
+/// flows pinned to it are rescheduled through the ring.
+pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+
+/// Value of the `BACKENDS` array, indexed by backend index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Backend {
+    /// Tunnel destination, words as on the wire (IPv4 in `addr[0]`).
+    pub addr: [u32; 4],
+    /// MAC of the next hop towards the backend (the backend itself on-link, or
+    /// the router).
+    pub next_hop_mac: [u8; 6],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]: picks the outer header.
+    pub family: u8,
+    /// `BACKEND_F_*` flags.
+    pub flags: u8,
+    /// Bumped each time the slot is given to a new backend, so connection-table
+    /// entries that point at an earlier occupant are recognised as stale.
+    pub epoch: u32,
+}
+
+/// Key of the `FLOWS` connection table: the packet's 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    /// Source address words as on the wire.
+    pub src: [u32; 4],
+    /// Destination (VIP) address words as on the wire.
+    pub dst: [u32; 4],
+    /// Source port then destination port, as the 4 bytes read from the packet.
+    pub ports: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `FLOWS` connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowValue {
+    /// Backend index the flow is pinned to.
+    pub backend: u32,
+    /// The backend slot's [`Backend::epoch`] when the flow was pinned.
+    pub epoch: u32,
+}
+
+/// Key of the `AFFINITY` table: a client of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// Client address words as on the wire.
+    pub addr: [u32; 4],
+    /// The VIP's index.
+    pub vip_index: u32,
+}
+
+/// Value of the `AFFINITY` table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityValue {
+    /// Backend index the client is pinned to.
+    pub backend: u32,
+    /// The backend slot's epoch when the entry was made.
+    pub epoch: u32,
+    /// `bpf_ktime_get_ns()` after which the entry no longer counts.
+    pub expires_ns: u64,
+}
+
+/// Key of the decap program's `DECAP_VIPS` map: an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AddrKey {
+    /// Address words as on the wire.
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`], widened to keep the key free of padding.
+    pub family: u32,
+}
+
+/// Runtime settings of the data path (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DataplaneConfig {
+    /// Base of the outer IPv4 source addresses (network order).
+    pub tunnel_src_v4: u32,
+    /// Bits of the IPv4 outer source taken from the flow hash (network order),
+    /// so backends spread tunnelled flows over their receive queues.
+    pub tunnel_src_v4_hashmask: u32,
+    /// Base of the outer IPv6 source addresses (words as on the wire).
+    pub tunnel_src_v6: [u32; 4],
+    /// Bits of the last word of the IPv6 outer source taken from the flow hash.
+    pub tunnel_src_v6_hashmask: u32,
+    /// L3 MTU towards the backends. An encapsulated packet larger than this gets
+    /// ICMP "fragmentation needed" (IPv4 with DF) or "packet too big" (IPv6).
+    /// 0 disables the check.
+    pub mtu: u32,
+}
+
+/// Per-CPU traffic counters of one VIP or one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TrafficStats {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (L3 length before encapsulation).
+    pub bytes: u64,
+    /// Connections newly placed through the ring.
+    pub new_flows: u64,
+}
+
+impl TrafficStats {
+    /// Adds another set of counters (used to sum per-CPU values).
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], has no padding and is bytemuck::Pod.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::VipFilter {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::TrafficStats {}
+    unsafe impl aya::Pod for crate::stats::GlobalStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipMeta>(), 12);
+        assert_eq!(size_of::<Backend>(), 28);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 20);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<VipFilter>(), 512);
+        assert_eq!(size_of::<DataplaneConfig>(), 32);
+    }
+
+    #[test]
+    fn default_rings_fit_a_u32_index() {
+        let len = rings_len(DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE).unwrap();
+        assert_eq!(len, 64 * 2 * 65_537);
+        // The last slot of the last VIP's second half is the array's last index.
+        let last =
+            ring_base(DEFAULT_MAX_VIPS - 1, 1, DEFAULT_RING_SIZE).unwrap() + DEFAULT_RING_SIZE - 1;
+        assert_eq!(last, len - 1);
+        assert!(rings_len(40_000, DEFAULT_RING_SIZE).is_none());
+        assert!(rings_len(0, DEFAULT_RING_SIZE).is_none());
+    }
+
+    #[test]
+    fn filter_roundtrip() {
+        let mut f = VipFilter::default();
+        let a = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
+        assert!(!f.contains(&a, FAMILY_V4));
+        f.insert(&a, FAMILY_V4);
+        assert!(f.contains(&a, FAMILY_V4));
+    }
+}

@@ -1,0 +1,432 @@
+//! Loading, attaching, pinning and adopting the `balancer` XDP program.
+//!
+//! A gateway's data plane outlives its daemon: on attach the program's bpf_link
+//! and every map are pinned under `/sys/fs/bpf/balancer/<iface>/`. A daemon that
+//! starts (after an upgrade, a crash or `kill -9`) finds the pinned link and
+//! *adopts* it: it opens the pinned maps and rebuilds its shadows from them,
+//! without reloading the program, so traffic never stops.
+//!
+//! Minimum kernel: 5.10 (XDP bpf_link, mmapable arrays, `BPF_F_NO_COMMON_LRU`,
+//! bounded loops). Tested on 6.1 and 6.18.
+
+mod bpffs;
+pub mod objects;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use balancer_common::{
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
+    DEFAULT_RING_SIZE, rings_len,
+};
+pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
+use tracing::{info, warn};
+
+use crate::{
+    maglev::is_prime,
+    maps::{BalancerMaps, MAP_NAMES, MapSource, MapsError},
+};
+
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "balancer";
+/// Pin name of the bpf_link attaching the program.
+const LINK_PIN: &str = "link";
+/// Pin name of the program.
+const PROG_PIN: &str = "prog";
+
+/// Errors of the data-plane loader.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// A load option is out of range.
+    #[error("invalid data-plane option: {0}")]
+    InvalidOption(String),
+    /// The object could not be parsed or its maps created.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program is missing from the object, or is of the wrong type.
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// The kernel refused the program (verifier) or an operation on it.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The underlying error; for verifier failures it carries the log.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Attaching failed in driver and in generic mode.
+    #[error("attaching XDP to {iface} failed: {source}")]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// The last error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The interface does not exist (in this network namespace).
+    #[error("interface {0:?} not found")]
+    NoSuchInterface(String),
+    /// A map problem.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    /// Pinning or unpinning failed.
+    #[error("pinning under {path}: {message}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// File-system work around the pins failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// Map sizes fixed when the program is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Maglev ring size M; must be prime.
+    pub ring_size: u32,
+    /// Number of VIPs.
+    pub max_vips: u32,
+    /// Number of backend slots (one per VIP membership).
+    pub max_backends: u32,
+    /// Connection-table entries.
+    pub max_flows: u32,
+    /// Client-affinity entries.
+    pub max_affinity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_size: DEFAULT_RING_SIZE,
+            max_vips: DEFAULT_MAX_VIPS,
+            max_backends: DEFAULT_MAX_BACKENDS,
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_affinity: DEFAULT_MAX_AFFINITY,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Checks the options and returns the `RINGS` length they need.
+    pub fn validate(&self) -> Result<u32> {
+        let bad = |m: String| Err(DataplaneError::InvalidOption(m));
+        if !is_prime(self.ring_size) || self.ring_size < 3 {
+            return bad(format!(
+                "ring size {} is not a prime >= 3 (try 65537)",
+                self.ring_size
+            ));
+        }
+        for (name, v, max) in [
+            ("max_vips", self.max_vips, 1 << 16),
+            ("max_backends", self.max_backends, 1 << 20),
+            ("max_flows", self.max_flows, 1 << 28),
+            ("max_affinity", self.max_affinity, 1 << 28),
+        ] {
+            if v == 0 || v > max {
+                return bad(format!("{name} = {v} must be between 1 and {max}"));
+            }
+        }
+        match rings_len(self.max_vips, self.ring_size) {
+            // A BPF array's value area must stay below 4 GiB as well.
+            Some(len) if (len as u64) * 4 < u32::MAX as u64 => Ok(len),
+            _ => bad(format!(
+                "{} VIPs x 2 halves x ring size {} does not fit one BPF array; \
+                 lower max_vips or ring_size",
+                self.max_vips, self.ring_size
+            )),
+        }
+    }
+
+    /// Bytes the maps reserve in the kernel, roughly (rings exactly; hash
+    /// tables by key + value + 64 bytes of per-element overhead).
+    pub fn memory_estimate(&self) -> u64 {
+        let rings = self.max_vips as u64 * 2 * self.ring_size as u64 * 4;
+        let flows = self.max_flows as u64 * (40 + 8 + 64);
+        let aff = self.max_affinity as u64 * (20 + 16 + 64);
+        let backends = self.max_backends as u64 * (28 + 24 * 2);
+        rings + flows + aff + backends
+    }
+}
+
+/// How to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode; fall back to generic with a warning.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// An attachment to an interface.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// Mode actually used, if this process attached it (unknown when adopted).
+    pub mode: Option<AttachMode>,
+    /// Whether an existing data plane was adopted rather than loaded.
+    pub adopted: bool,
+    _link: PinnedLink,
+}
+
+/// The loaded (or adopted) data plane.
+pub struct Dataplane {
+    ebpf: Option<Ebpf>,
+    /// Its maps, with shadows.
+    pub maps: BalancerMaps,
+    attachment: Option<Attachment>,
+}
+
+/// Lifts the memlock limit for kernels that still charge BPF memory to it
+/// (before 5.11); harmless elsewhere.
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        warn!("could not raise RLIMIT_MEMLOCK; on kernels before 5.11 map creation may fail");
+    }
+}
+
+fn loader<'a>(opts: &'a LoadOptions, rings: u32) -> EbpfLoader<'a> {
+    let mut l = EbpfLoader::new();
+    l.override_global("RING_SIZE", &opts.ring_size, true)
+        .map_max_entries("RINGS", rings)
+        .map_max_entries("VIPS", opts.max_vips)
+        .map_max_entries("VIP_STATS", opts.max_vips)
+        .map_max_entries("BACKENDS", opts.max_backends)
+        .map_max_entries("BACKEND_STATS", opts.max_backends)
+        .map_max_entries("FLOWS", opts.max_flows)
+        .map_max_entries("AFFINITY", opts.max_affinity);
+    l
+}
+
+fn load_program(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: PROGRAM,
+            source,
+        })?;
+    prog.load().map_err(|source| DataplaneError::Program {
+        name: PROGRAM,
+        source,
+    })
+}
+
+fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DataplaneError + 'p {
+    move |source| DataplaneError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Dataplane {
+    /// Loads the program and creates its maps without attaching or pinning
+    /// anything: for `BPF_PROG_TEST_RUN` tests and benchmarks.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let rings = opts.validate()?;
+        raise_memlock();
+        let mut ebpf = loader(opts, rings)
+            .load(objects::BALANCER)
+            .map_err(DataplaneError::Load)?;
+        load_program(&mut ebpf)?;
+        let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
+        Ok(Self {
+            ebpf: Some(ebpf),
+            maps,
+            attachment: None,
+        })
+    }
+
+    /// Attaches the balancer to `iface`, or adopts the one already pinned in
+    /// `pin_dir`. A fresh load pins the link, the program and every map there.
+    pub fn attach(
+        iface: &str,
+        mode: AttachMode,
+        opts: &LoadOptions,
+        pin_dir: &Path,
+    ) -> Result<Self> {
+        ensure_mounted().map_err(io_err("mounting bpffs at", Path::new(BPFFS)))?;
+        let link_pin = pin_dir.join(LINK_PIN);
+        if link_pin.exists() {
+            return Self::adopt(iface, pin_dir);
+        }
+        let rings = opts.validate()?;
+        raise_memlock();
+        if pin_dir.exists() {
+            // Maps left without a link are from a data plane that was never
+            // completely attached; start clean.
+            warn!(dir = %pin_dir.display(), "removing stale pins without a link");
+            std::fs::remove_dir_all(pin_dir).map_err(io_err("removing", pin_dir))?;
+        }
+        std::fs::create_dir_all(pin_dir).map_err(io_err("creating", pin_dir))?;
+
+        let result = Self::load_and_attach(iface, mode, opts, rings, pin_dir);
+        if result.is_err() {
+            // Nothing half-applied: no pins, no attachment.
+            let _ = std::fs::remove_dir_all(pin_dir);
+        }
+        result
+    }
+
+    fn load_and_attach(
+        iface: &str,
+        mode: AttachMode,
+        opts: &LoadOptions,
+        rings: u32,
+        pin_dir: &Path,
+    ) -> Result<Self> {
+        let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        let mut l = loader(opts, rings);
+        for (name, path) in &pins {
+            l.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = l.load(objects::BALANCER).map_err(DataplaneError::Load)?;
+        load_program(&mut ebpf)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: PROGRAM,
+                source,
+            })?;
+        if nix::net::if_::if_nametoindex(iface).is_err() {
+            return Err(DataplaneError::NoSuchInterface(iface.to_string()));
+        }
+        let (link_id, used) = match mode {
+            AttachMode::Driver => match prog.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Driver),
+                Err(e) => {
+                    warn!(%iface, error = %e, "driver-mode XDP failed; falling back to generic mode (slower)");
+                    let id = prog.attach(iface, XdpMode::Skb).map_err(|source| {
+                        DataplaneError::Attach {
+                            iface: iface.to_string(),
+                            source,
+                        }
+                    })?;
+                    (id, AttachMode::Generic)
+                }
+            },
+            AttachMode::Generic => {
+                let id =
+                    prog.attach(iface, XdpMode::Skb)
+                        .map_err(|source| DataplaneError::Attach {
+                            iface: iface.to_string(),
+                            source,
+                        })?;
+                (id, AttachMode::Generic)
+            }
+        };
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| DataplaneError::Program {
+                name: PROGRAM,
+                source,
+            })?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| DataplaneError::Pin {
+                path: pin_dir.join(LINK_PIN),
+                message: format!(
+                    "XDP attached through netlink, not a bpf_link ({e}); kernel too old"
+                ),
+            })?;
+        let link_path = pin_dir.join(LINK_PIN);
+        let pinned = fd_link.pin(&link_path).map_err(|e| DataplaneError::Pin {
+            path: link_path.clone(),
+            message: e.to_string(),
+        })?;
+        let prog_path = pin_dir.join(PROG_PIN);
+        prog.pin(&prog_path).map_err(|e| DataplaneError::Pin {
+            path: prog_path,
+            message: e.to_string(),
+        })?;
+        let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
+        info!(%iface, mode = ?used, pins = %pin_dir.display(), "balancer attached");
+        Ok(Self {
+            ebpf: Some(ebpf),
+            maps,
+            attachment: Some(Attachment {
+                iface: iface.to_string(),
+                pin_dir: pin_dir.to_path_buf(),
+                mode: Some(used),
+                adopted: false,
+                _link: pinned,
+            }),
+        })
+    }
+
+    /// Adopts the data plane pinned in `pin_dir` without touching traffic.
+    pub fn adopt(iface: &str, pin_dir: &Path) -> Result<Self> {
+        let link_path = pin_dir.join(LINK_PIN);
+        let link = PinnedLink::from_pin(&link_path).map_err(|e| DataplaneError::Pin {
+            path: link_path.clone(),
+            message: e.to_string(),
+        })?;
+        let maps = BalancerMaps::open(MapSource::Pins(pin_dir))?;
+        info!(%iface, pins = %pin_dir.display(), "adopted running balancer");
+        Ok(Self {
+            ebpf: None,
+            maps,
+            attachment: Some(Attachment {
+                iface: iface.to_string(),
+                pin_dir: pin_dir.to_path_buf(),
+                mode: None,
+                adopted: true,
+                _link: link,
+            }),
+        })
+    }
+
+    /// Detaches the data plane pinned in `pin_dir` and removes every pin. Flows
+    /// through it stop being balanced at once.
+    pub fn detach(pin_dir: &Path) -> Result<()> {
+        if !pin_dir.exists() {
+            return Ok(());
+        }
+        // Removing the last reference to the link (its pin) detaches it.
+        std::fs::remove_dir_all(pin_dir).map_err(io_err("removing", pin_dir))
+    }
+
+    /// The attachment, if attached or adopted.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    /// The program, when this process loaded it (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&self) -> Option<&Xdp> {
+        self.ebpf.as_ref()?.program(PROGRAM)?.try_into().ok()
+    }
+}

@@ -1,0 +1,2 @@
+//! `balancer`: the gateway daemon and its CLI.
+fn main() {}

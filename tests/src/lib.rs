@@ -1,0 +1,23 @@
+//! Support shared by balancer's integration suites (`tests/tests/*.rs`), the
+//! benchmarks and `cargo xtask`:
+//!
+//! - [`pkt`]: packets built with `etherparse`, and the packets the data path
+//!   must turn them into;
+//! - [`xdp`]: running programs through `BPF_PROG_TEST_RUN`;
+//! - [`require_root`]: suites that need root fail loudly without it.
+#![deny(missing_docs)]
+
+pub mod pkt;
+pub mod xdp;
+
+/// Fails the calling test with a clear message unless running as root: these
+/// suites load BPF programs and create network namespaces. A skipped test would
+/// be a silent lie, so this panics instead.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (CAP_BPF, CAP_NET_ADMIN) to load XDP programs and create \
+             network namespaces; run it with `sudo -E cargo xtask test`"
+        );
+    }
+}
