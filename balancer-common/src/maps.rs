@@ -4,7 +4,7 @@
 //! |----------------|------------------------------|----------------|-------------------|
 //! | `VIPS`         | hash                         | [`VipKey`]     | [`VipMeta`]       |
 //! | `VIP_FILTER`   | array, 1 entry               | `u32`          | [`VipFilter`]     |
-//! | `RINGS`        | array (mmapable) of `u32`    | slot           | backend index     |
+//! | `RINGS`        | array (mmapable) of `u64`    | slot pair      | two backend indexes |
 //! | `BACKENDS`     | array                        | backend index  | [`Backend`]       |
 //! | `FLOWS`        | LRU hash, per-CPU free lists | [`FlowKey`]    | [`FlowValue`]     |
 //! | `AFFINITY`     | LRU hash                     | [`AffinityKey`]| [`AffinityValue`] |
@@ -14,10 +14,15 @@
 //! | `BACKEND_STATS`| per-CPU array                | backend index  | [`TrafficStats`]  |
 //! | `DECAP_VIPS`   | hash (decap program)         | [`AddrKey`]    | `u32`             |
 //!
-//! The Maglev rings of all VIPs live in one flat `RINGS` array: VIP `i` owns two
-//! halves (generations 0 and 1) of `ring_size` slots each, starting at
-//! [`ring_base`]`(i, gen, ring_size)`. Userspace writes the inactive half, then flips
-//! [`VipMeta::ring_gen`] with one update of the VIP's `VIPS` entry.
+//! The Maglev rings of all VIPs live in one flat array of `u32` slots: VIP `i`
+//! owns two halves (generations 0 and 1) of `ring_size` slots each, starting at
+//! slot [`ring_base`]`(i, gen, ring_size)`. Userspace writes the inactive half,
+//! then flips [`VipMeta::ring_gen`] with one update of the VIP's `VIPS` entry.
+//!
+//! The BPF map holds the slots in pairs (`u64` elements): the kernel rounds an
+//! array element up to 8 bytes, so `u32` elements would waste half the memory
+//! and break the flat layout userspace writes through `mmap`. Slot `s` is the
+//! low (`s` even) or high (`s` odd) half of element `s / 2`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -66,8 +71,8 @@ pub const fn ring_base(vip_index: u32, generation: u8, ring_size: u32) -> Option
     }
 }
 
-/// Number of `u32` slots `RINGS` needs for `max_vips` double-buffered rings of
-/// `ring_size` slots, or `None` if that exceeds a BPF array's `u32` index space.
+/// Number of `u32` slots the rings of `max_vips` double-buffered VIPs of
+/// `ring_size` slots need, or `None` if that exceeds a `u32` index.
 pub const fn rings_len(max_vips: u32, ring_size: u32) -> Option<u32> {
     let len = max_vips as u64 * 2 * ring_size as u64;
     if len == 0 || len > u32::MAX as u64 {
@@ -75,6 +80,12 @@ pub const fn rings_len(max_vips: u32, ring_size: u32) -> Option<u32> {
     } else {
         Some(len as u32)
     }
+}
+
+/// Number of `u64` elements of the `RINGS` map for `rings_len` slots (always
+/// `max_vips * ring_size`, since the slot count is even).
+pub const fn rings_entries(rings_len: u32) -> u32 {
+    rings_len / 2 + rings_len % 2
 }
 
 /// Key of the `VIPS` map: destination address, port and protocol.
@@ -335,6 +346,9 @@ mod tests {
     fn default_rings_fit_a_u32_index() {
         let len = rings_len(DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE).unwrap();
         assert_eq!(len, 64 * 2 * 65_537);
+        // 8-byte elements, no padding: 4 bytes per slot, 32 MiB for the defaults.
+        assert_eq!(rings_entries(len) as u64 * 8, len as u64 * 4);
+        assert_eq!(rings_entries(len) as u64 * 8, 33_554_944);
         // The last slot of the last VIP's second half is the array's last index.
         let last =
             ring_base(DEFAULT_MAX_VIPS - 1, 1, DEFAULT_RING_SIZE).unwrap() + DEFAULT_RING_SIZE - 1;

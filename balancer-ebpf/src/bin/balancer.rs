@@ -54,11 +54,12 @@ static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VI
 #[map]
 static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 
-/// Flat double-buffered rings; sized `max_vips * 2 * RING_SIZE` at load time.
-/// Mmapable so the control plane writes a whole ring with one memcpy.
+/// Flat double-buffered rings, two `u32` slots per element; sized
+/// `max_vips * RING_SIZE` elements at load time. Mmapable so the control plane
+/// writes a whole ring with one memcpy.
 #[map]
-static RINGS: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+static RINGS: Array<u64> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
@@ -379,9 +380,10 @@ fn ring_pick(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Counter> {
         return Err(Counter::DropInternal);
     };
     let slot = base.wrapping_add(ring_slot(hash, m));
-    let Some(&idx) = RINGS.get(slot) else {
+    let Some(&pair) = RINGS.get(slot >> 1) else {
         return Err(Counter::DropInternal);
     };
+    let idx = (pair >> ((slot & 1) * 32)) as u32;
     if idx == RING_EMPTY {
         return Err(Counter::DropNoBackend);
     }

@@ -26,7 +26,7 @@ use aya::{
 };
 use balancer_common::{
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
-    DEFAULT_RING_SIZE, rings_len,
+    DEFAULT_RING_SIZE, rings_entries, rings_len,
 };
 pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
 use tracing::{info, warn};
@@ -160,8 +160,8 @@ impl LoadOptions {
         }
     }
 
-    /// Bytes the maps reserve in the kernel, roughly (rings exactly; hash
-    /// tables by key + value + 64 bytes of per-element overhead).
+    /// Bytes the maps reserve in the kernel, roughly (rings exactly: 4 bytes a
+    /// slot; hash tables by key + value + 64 bytes of per-element overhead).
     pub fn memory_estimate(&self) -> u64 {
         let rings = self.max_vips as u64 * 2 * self.ring_size as u64 * 4;
         let flows = self.max_flows as u64 * (40 + 8 + 64);
@@ -196,10 +196,29 @@ pub struct Attachment {
 
 /// The loaded (or adopted) data plane.
 pub struct Dataplane {
-    ebpf: Option<Ebpf>,
+    /// The program and its attachment.
+    pub programs: Programs,
     /// Its maps, with shadows.
     pub maps: BalancerMaps,
+}
+
+/// The program side of a data plane: the loaded object (when this process
+/// loaded it) and the attachment (when attached or adopted).
+pub struct Programs {
+    ebpf: Option<Ebpf>,
     attachment: Option<Attachment>,
+}
+
+impl Programs {
+    /// The attachment, if attached or adopted.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    /// The program, when this process loaded it (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&self) -> Option<&Xdp> {
+        self.ebpf.as_ref()?.program(PROGRAM)?.try_into().ok()
+    }
 }
 
 /// Lifts the memlock limit for kernels that still charge BPF memory to it
@@ -218,7 +237,7 @@ fn raise_memlock() {
 fn loader<'a>(opts: &'a LoadOptions, rings: u32) -> EbpfLoader<'a> {
     let mut l = EbpfLoader::new();
     l.override_global("RING_SIZE", &opts.ring_size, true)
-        .map_max_entries("RINGS", rings)
+        .map_max_entries("RINGS", rings_entries(rings))
         .map_max_entries("VIPS", opts.max_vips)
         .map_max_entries("VIP_STATS", opts.max_vips)
         .map_max_entries("BACKENDS", opts.max_backends)
@@ -263,9 +282,11 @@ impl Dataplane {
         load_program(&mut ebpf)?;
         let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
         Ok(Self {
-            ebpf: Some(ebpf),
+            programs: Programs {
+                ebpf: Some(ebpf),
+                attachment: None,
+            },
             maps,
-            attachment: None,
         })
     }
 
@@ -376,15 +397,17 @@ impl Dataplane {
         let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
         info!(%iface, mode = ?used, pins = %pin_dir.display(), "balancer attached");
         Ok(Self {
-            ebpf: Some(ebpf),
+            programs: Programs {
+                ebpf: Some(ebpf),
+                attachment: Some(Attachment {
+                    iface: iface.to_string(),
+                    pin_dir: pin_dir.to_path_buf(),
+                    mode: Some(used),
+                    adopted: false,
+                    _link: pinned,
+                }),
+            },
             maps,
-            attachment: Some(Attachment {
-                iface: iface.to_string(),
-                pin_dir: pin_dir.to_path_buf(),
-                mode: Some(used),
-                adopted: false,
-                _link: pinned,
-            }),
         })
     }
 
@@ -398,15 +421,17 @@ impl Dataplane {
         let maps = BalancerMaps::open(MapSource::Pins(pin_dir))?;
         info!(%iface, pins = %pin_dir.display(), "adopted running balancer");
         Ok(Self {
-            ebpf: None,
+            programs: Programs {
+                ebpf: None,
+                attachment: Some(Attachment {
+                    iface: iface.to_string(),
+                    pin_dir: pin_dir.to_path_buf(),
+                    mode: None,
+                    adopted: true,
+                    _link: link,
+                }),
+            },
             maps,
-            attachment: Some(Attachment {
-                iface: iface.to_string(),
-                pin_dir: pin_dir.to_path_buf(),
-                mode: None,
-                adopted: true,
-                _link: link,
-            }),
         })
     }
 
@@ -420,13 +445,8 @@ impl Dataplane {
         std::fs::remove_dir_all(pin_dir).map_err(io_err("removing", pin_dir))
     }
 
-    /// The attachment, if attached or adopted.
-    pub fn attachment(&self) -> Option<&Attachment> {
-        self.attachment.as_ref()
-    }
-
     /// The program, when this process loaded it (for `BPF_PROG_TEST_RUN`).
     pub fn program(&self) -> Option<&Xdp> {
-        self.ebpf.as_ref()?.program(PROGRAM)?.try_into().ok()
+        self.programs.program()
     }
 }

@@ -501,7 +501,7 @@ impl BalancerMaps {
         let vips: HashMap<MapData, VipKey, VipMeta> =
             HashMap::try_from(vips).map_err(kernel("VIPS"))?;
         let (filter, _) = open(&mut src, "VIP_FILTER", 4, size_of::<VipFilter>())?;
-        let (rings, rings_len) = open(&mut src, "RINGS", 4, 4)?;
+        let (rings, rings_entries) = open(&mut src, "RINGS", 4, 8)?;
         let (backends, max_backends) = open(&mut src, "BACKENDS", 4, size_of::<Backend>())?;
         let (flows, max_flows) = open(
             &mut src,
@@ -520,16 +520,18 @@ impl BalancerMaps {
         let (vip_stats, max_vips) = open(&mut src, "VIP_STATS", 4, size_of::<TrafficStats>())?;
         let (backend_stats, _) = open(&mut src, "BACKEND_STATS", 4, size_of::<TrafficStats>())?;
 
-        if max_vips == 0 || rings_len % (2 * max_vips) != 0 {
+        // RINGS holds max_vips x 2 halves x M slots, two slots per element.
+        if max_vips == 0 || rings_entries % max_vips != 0 {
             return Err(MapsError::Layout {
                 name: "RINGS",
-                what: "length not a multiple of 2 x VIP_STATS entries",
-                got: rings_len,
-                want: 2 * max_vips,
+                what: "element count not a multiple of VIP_STATS entries",
+                got: rings_entries,
+                want: max_vips,
             });
         }
+        let rings_len = rings_entries * 2;
         let sizes = MapSizes {
-            ring_size: rings_len / (2 * max_vips),
+            ring_size: rings_entries / max_vips,
             max_vips,
             max_backends,
             max_flows,

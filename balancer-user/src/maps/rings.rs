@@ -1,4 +1,6 @@
-//! `RINGS`: every VIP's double-buffered Maglev ring in one mmapable array.
+//! `RINGS`: every VIP's double-buffered Maglev ring in one mmapable array, seen
+//! from here as a flat `[u32]` (the map stores slot pairs in `u64` elements with
+//! no padding, so the memory is exactly that).
 //!
 //! Writing a 65537-slot ring through `bpf(BPF_MAP_UPDATE_ELEM)` would take 65537
 //! system calls; the array is created with `BPF_F_MMAPABLE`, so a ring is one

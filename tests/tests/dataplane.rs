@@ -1,0 +1,1045 @@
+//! The XDP data path through `BPF_PROG_TEST_RUN`, as tables of
+//! {description, input packet, expected action, expected output packet}.
+//!
+//! Expected outputs are built independently with `etherparse` (headers and
+//! checksums); the backend a packet must reach is read from the ring the
+//! control plane published, indexed with the shared flow hash.
+
+use std::{net::IpAddr, thread, time::Duration};
+
+use balancer::{
+    dataplane::{Dataplane, LoadOptions, Programs},
+    decap::Decap,
+    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    net::MacAddr,
+};
+use balancer_common::{
+    Counter, GlobalStats,
+    hash::{client_hash, ring_slot},
+};
+use balancer_tests::{
+    pkt::{self, Flow, GW_MAC},
+    require_root,
+    xdp::{self, DROP, PASS, TX, action_name},
+};
+use etherparse::PacketBuilder;
+
+const M: u32 = 65_537;
+
+fn mac(last: u8) -> MacAddr {
+    MacAddr([0x02, 0xbb, 0, 0, 0, last])
+}
+
+fn vip(s: &str) -> VipId {
+    s.parse().unwrap()
+}
+
+/// A loaded, unattached balancer with the VIPs every table uses.
+struct Fixture {
+    programs: Programs,
+    lb: LoadBalancer,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        require_root();
+        let opts = LoadOptions {
+            ring_size: M,
+            max_vips: 16,
+            max_backends: 256,
+            max_flows: 65_536,
+            max_affinity: 4096,
+        };
+        let dp = Dataplane::load(&opts).expect("load balancer");
+        let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+        let add = |lb: &mut LoadBalancer,
+                   v: &str,
+                   mode: Mode,
+                   aff: Option<u32>,
+                   backends: &[(&str, u8)]| {
+            let id = vip(v);
+            lb.add_vip(VipSpec {
+                id,
+                mode,
+                affinity_secs: aff,
+            })
+            .unwrap();
+            for (addr, m) in backends {
+                lb.add_backend(
+                    &id,
+                    BackendSpec {
+                        addr: addr.parse().unwrap(),
+                        weight: 1,
+                        mac: Some(mac(*m)),
+                    },
+                )
+                .unwrap();
+            }
+        };
+        add(
+            &mut lb,
+            "10.100.0.1:80/tcp",
+            Mode::Tunnel,
+            None,
+            &[("10.0.0.11", 0x11), ("10.0.0.12", 0x12)],
+        );
+        add(
+            &mut lb,
+            "10.100.0.1:53/udp",
+            Mode::Tunnel,
+            None,
+            &[("10.0.0.13", 0x13)],
+        );
+        add(
+            &mut lb,
+            "10.100.0.2:*/tcp",
+            Mode::Tunnel,
+            None,
+            &[("10.0.0.14", 0x14)],
+        );
+        add(
+            &mut lb,
+            "[2001:db8::100]:443/tcp",
+            Mode::Tunnel,
+            None,
+            &[("2001:db8:1::11", 0x61), ("2001:db8:1::12", 0x62)],
+        );
+        add(
+            &mut lb,
+            "[2001:db8::100]:443/udp",
+            Mode::Tunnel,
+            None,
+            &[("2001:db8:1::13", 0x63)],
+        );
+        add(
+            &mut lb,
+            "10.100.0.3:80/tcp",
+            Mode::Tunnel,
+            None,
+            &[("2001:db8:1::21", 0x21)],
+        );
+        add(
+            &mut lb,
+            "[2001:db8::101]:80/tcp",
+            Mode::Tunnel,
+            None,
+            &[("10.0.0.31", 0x31)],
+        );
+        add(
+            &mut lb,
+            "10.100.0.4:80/tcp",
+            Mode::L2Dsr,
+            None,
+            &[("10.0.0.41", 0x41)],
+        );
+        add(
+            &mut lb,
+            "10.100.0.5:80/tcp",
+            Mode::Tunnel,
+            Some(60),
+            &[
+                ("10.0.0.51", 0x51),
+                ("10.0.0.52", 0x52),
+                ("10.0.0.53", 0x53),
+            ],
+        );
+        add(&mut lb, "10.100.0.6:80/tcp", Mode::Tunnel, None, &[]);
+        Self {
+            programs: dp.programs,
+            lb,
+        }
+    }
+
+    fn run(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        xdp::run(self.programs.program().unwrap(), input).expect("test_run")
+    }
+
+    fn stats(&self) -> GlobalStats {
+        self.lb.global_stats().unwrap()
+    }
+
+    /// The backend the ring assigns to `hash` on `vip`: (address, MAC).
+    fn ring_backend(&self, v: &VipId, hash: u32) -> (IpAddr, [u8; 6]) {
+        let ring = self.lb.ring(v).unwrap();
+        let slot = ring[ring_slot(hash, M) as usize];
+        let info = self.lb.vip(v).unwrap();
+        let b = info
+            .backends
+            .iter()
+            .find(|b| b.slot == slot)
+            .expect("slot in pool");
+        (b.addr, b.mac.unwrap().0)
+    }
+
+    /// The frame a flow must become when tunnelled to the ring's choice.
+    fn expect_tunnel(&self, v: &VipId, f: &Flow) -> Vec<u8> {
+        let (addr, m) = self.ring_backend(v, f.hash());
+        self.expect_tunnel_to(f, addr, m)
+    }
+
+    fn expect_tunnel_to(&self, f: &Flow, backend: IpAddr, m: [u8; 6]) -> Vec<u8> {
+        let src = pkt::tunnel_src(&self.lb.settings(), backend.is_ipv6(), f.hash());
+        pkt::encapsulated(&f.frame(), f.l3(), src, backend, m, f.hash())
+    }
+
+    /// Which backend a tunnelled output went to.
+    fn backend_of(out: &[u8]) -> IpAddr {
+        let eth = u16::from_be_bytes([out[12], out[13]]);
+        let (l3, et) = if eth == 0x8100 {
+            (18, u16::from_be_bytes([out[16], out[17]]))
+        } else {
+            (14, eth)
+        };
+        if et == 0x0800 {
+            IpAddr::V4(<[u8; 4]>::try_from(&out[l3 + 16..l3 + 20]).unwrap().into())
+        } else {
+            IpAddr::V6(<[u8; 16]>::try_from(&out[l3 + 24..l3 + 40]).unwrap().into())
+        }
+    }
+}
+
+/// One row of a table.
+struct Case {
+    desc: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    output: Vec<u8>,
+    /// A counter that must rise by exactly one.
+    counter: Counter,
+}
+
+fn check(fx: &Fixture, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let before = fx.stats();
+        let (action, out) = fx.run(&c.input);
+        let after = fx.stats();
+        if action != c.action {
+            failures.push(format!(
+                "{}: action {} (expected {})",
+                c.desc,
+                action_name(action),
+                action_name(c.action)
+            ));
+            continue;
+        }
+        if out != c.output {
+            failures.push(format!(
+                "{}: output differs\n  got  {:02x?}\n  want {:02x?}",
+                c.desc, out, c.output
+            ));
+        }
+        let delta = after.get(c.counter) - before.get(c.counter);
+        if delta != 1 {
+            failures.push(format!(
+                "{}: counter {} rose by {delta}",
+                c.desc,
+                c.counter.name()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+fn arp_frame() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&pkt::CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0u8; 20]);
+    f
+}
+
+fn icmp_echo_to(dst: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(pkt::CLIENT_MAC, GW_MAC)
+        .ipv4([192, 0, 2, 1], dst, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut out, &[0u8; 16])
+        .unwrap();
+    out
+}
+
+/// An IPv4 frame with its fragment field set.
+fn v4_fragment(f: &Flow, frag_field: u16) -> Vec<u8> {
+    let mut b = f.frame();
+    let l3 = f.l3();
+    b[l3 + 6..l3 + 8].copy_from_slice(&frag_field.to_be_bytes());
+    fix_ipv4_checksum(&mut b, l3);
+    b
+}
+
+fn fix_ipv4_checksum(b: &mut [u8], l3: usize) {
+    let ihl = ((b[l3] & 0x0f) as usize) * 4;
+    b[l3 + 10] = 0;
+    b[l3 + 11] = 0;
+    let mut sum = 0u32;
+    for i in (0..ihl).step_by(2) {
+        sum += u16::from_be_bytes([b[l3 + i], b[l3 + i + 1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    b[l3 + 10..l3 + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// Inserts an IPv6 extension header of `kind` (8 bytes) after the fixed header.
+fn v6_with_ext(f: &Flow, kind: u8, body: [u8; 6]) -> Vec<u8> {
+    let b = f.frame();
+    let l3 = f.l3();
+    let mut out = b[..l3 + 40].to_vec();
+    let next = out[l3 + 6];
+    out[l3 + 6] = kind;
+    let plen = u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]) + 8;
+    out[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
+    out.push(next);
+    out.push(0); // length: 8 bytes in all
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&b[l3 + 40..]);
+    out
+}
+
+/// An IPv4 frame with 4 bytes of options (IHL 6).
+fn v4_with_options(f: &Flow) -> Vec<u8> {
+    let b = f.frame();
+    let l3 = f.l3();
+    let mut out = b[..l3 + 20].to_vec();
+    out[l3] = 0x46;
+    let tot = u16::from_be_bytes([out[l3 + 2], out[l3 + 3]]) + 4;
+    out[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+    out.extend_from_slice(&[0x01, 0x01, 0x01, 0x00]); // NOP NOP NOP EOL
+    out.extend_from_slice(&b[l3 + 20..]);
+    fix_ipv4_checksum(&mut out, l3);
+    out
+}
+
+#[test]
+fn forwarding_table() {
+    let fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let au = vip("10.100.0.1:53/udp");
+    let all = vip("10.100.0.2:*/tcp");
+    let v6 = vip("[2001:db8::100]:443/tcp");
+    let v6u = vip("[2001:db8::100]:443/udp");
+    let v4in6 = vip("10.100.0.3:80/tcp");
+    let v6in4 = vip("[2001:db8::101]:80/tcp");
+
+    let syn = Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80);
+    let ack = Flow::tcp("192.0.2.10", 40001, "10.100.0.1", 80).ack();
+    let udp = Flow::udp("192.0.2.10", 5353, "10.100.0.1", 53);
+    let vlan = Flow::tcp("192.0.2.10", 40002, "10.100.0.1", 80).vlan(100);
+    let port_any = Flow::tcp("192.0.2.10", 40003, "10.100.0.2", 8443);
+    let s6 = Flow::tcp("2001:db8:ff::10", 40000, "2001:db8::100", 443);
+    let u6 = Flow::udp("2001:db8:ff::10", 40000, "2001:db8::100", 443);
+    let vlan6 = Flow::tcp("2001:db8:ff::10", 40001, "2001:db8::100", 443).vlan(4000);
+    let f4in6 = Flow::tcp("192.0.2.11", 40000, "10.100.0.3", 80);
+    let f6in4 = Flow::tcp("2001:db8:ff::11", 40000, "2001:db8::101", 80);
+    let l2 = Flow::tcp("192.0.2.12", 40000, "10.100.0.4", 80);
+    let opts = Flow::tcp("192.0.2.13", 40000, "10.100.0.1", 80);
+    let opts_frame = v4_with_options(&opts);
+    let opts_expect = {
+        let (addr, m) = fx.ring_backend(&a, opts.hash());
+        let src = pkt::tunnel_src(&fx.lb.settings(), false, opts.hash());
+        pkt::encapsulated(&opts_frame, 14, src, addr, m, opts.hash())
+    };
+    let hbh = Flow::tcp("2001:db8:ff::12", 40000, "2001:db8::100", 443);
+    let hbh_frame = v6_with_ext(&hbh, 0, [1, 4, 0, 0, 0, 0]);
+    let hbh_expect = {
+        let (addr, m) = fx.ring_backend(&v6, hbh.hash());
+        let src = pkt::tunnel_src(&fx.lb.settings(), true, hbh.hash());
+        pkt::encapsulated(&hbh_frame, 14, src, addr, m, hbh.hash())
+    };
+    let atomic = Flow::tcp("2001:db8:ff::13", 40000, "2001:db8::100", 443);
+    let atomic_frame = v6_with_ext(&atomic, 44, [0, 0, 0, 0, 0, 0]);
+    let atomic_expect = {
+        let (addr, m) = fx.ring_backend(&v6, atomic.hash());
+        let src = pkt::tunnel_src(&fx.lb.settings(), true, atomic.hash());
+        pkt::encapsulated(&atomic_frame, 14, src, addr, m, atomic.hash())
+    };
+
+    let tx = |desc, f: &Flow, v: &VipId, counter| Case {
+        desc,
+        input: f.frame(),
+        action: TX,
+        output: fx.expect_tunnel(v, f),
+        counter,
+    };
+    let pass = |desc, input: Vec<u8>, counter| Case {
+        desc,
+        output: input.clone(),
+        input,
+        action: PASS,
+        counter,
+    };
+    let drop = |desc, input: Vec<u8>, counter| Case {
+        desc,
+        output: input.clone(),
+        input,
+        action: DROP,
+        counter,
+    };
+
+    let cases = vec![
+        tx(
+            "v4 TCP SYN: IPIP to the ring's backend",
+            &syn,
+            &a,
+            Counter::TxTunnelV4,
+        ),
+        tx(
+            "v4 TCP ACK of an unknown flow: placed, IPIP",
+            &ack,
+            &a,
+            Counter::LruMissTcpNonSyn,
+        ),
+        tx("v4 UDP: IPIP", &udp, &au, Counter::TxTunnelV4),
+        tx(
+            "v4 TCP behind 802.1Q: tag kept",
+            &vlan,
+            &a,
+            Counter::TxTunnelV4,
+        ),
+        tx(
+            "all-ports VIP, port 8443",
+            &port_any,
+            &all,
+            Counter::TxTunnelV4,
+        ),
+        tx("v6 TCP: IP6IP6", &s6, &v6, Counter::TxTunnelV6),
+        tx("v6 UDP: IP6IP6", &u6, &v6u, Counter::TxTunnelV6),
+        tx("v6 TCP behind 802.1Q", &vlan6, &v6, Counter::TxTunnelV6),
+        tx(
+            "v4 VIP, v6 backend: 4in6",
+            &f4in6,
+            &v4in6,
+            Counter::TxTunnelV6,
+        ),
+        tx(
+            "v6 VIP, v4 backend: 6in4",
+            &f6in4,
+            &v6in4,
+            Counter::TxTunnelV4,
+        ),
+        Case {
+            desc: "v4 with IP options: whole packet tunnelled",
+            input: opts_frame,
+            action: TX,
+            output: opts_expect,
+            counter: Counter::TxTunnelV4,
+        },
+        Case {
+            desc: "v6 with a hop-by-hop header: walked, tunnelled",
+            input: hbh_frame,
+            action: TX,
+            output: hbh_expect,
+            counter: Counter::TxTunnelV6,
+        },
+        Case {
+            desc: "v6 atomic fragment (offset 0, no M): balanced",
+            input: atomic_frame,
+            action: TX,
+            output: atomic_expect,
+            counter: Counter::TxTunnelV6,
+        },
+        Case {
+            desc: "L2 DSR: only MACs rewritten",
+            input: l2.frame(),
+            action: TX,
+            output: pkt::l2_rewritten(&l2.frame(), mac(0x41).0),
+            counter: Counter::TxL2Dsr,
+        },
+        pass(
+            "v4 not a VIP address",
+            Flow::tcp("192.0.2.10", 40000, "10.100.0.99", 80).frame(),
+            Counter::PassNotVip,
+        ),
+        pass(
+            "VIP address, other port",
+            Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 81).frame(),
+            Counter::PassNotVip,
+        ),
+        pass(
+            "VIP address and port, other protocol",
+            Flow::udp("192.0.2.10", 40000, "10.100.0.1", 80).frame(),
+            Counter::PassNotVip,
+        ),
+        pass(
+            "v6 not a VIP address",
+            Flow::tcp("2001:db8:ff::10", 40000, "2001:db8::999", 443).frame(),
+            Counter::PassNotVip,
+        ),
+        pass("ARP", arp_frame(), Counter::PassNonIp),
+        pass(
+            "ICMP echo to a VIP address",
+            icmp_echo_to([10, 100, 0, 1]),
+            Counter::PassNonL4,
+        ),
+        drop(
+            "VIP with an empty pool",
+            Flow::tcp("192.0.2.10", 40000, "10.100.0.6", 80).frame(),
+            Counter::DropNoBackend,
+        ),
+        drop(
+            "v4 first fragment (MF) to a VIP",
+            v4_fragment(&syn, 0x2000),
+            Counter::DropFragment,
+        ),
+        drop(
+            "v4 later fragment to an all-ports VIP",
+            v4_fragment(&port_any, 0x0010),
+            Counter::DropFragment,
+        ),
+        pass(
+            "v4 later fragment to a port VIP: cannot be claimed, passed",
+            v4_fragment(&syn, 0x0010),
+            Counter::PassFragment,
+        ),
+        pass(
+            "v4 fragment to a non-VIP",
+            v4_fragment(&Flow::tcp("192.0.2.10", 1, "10.100.0.99", 80), 0x2000),
+            Counter::PassNotVip,
+        ),
+        drop(
+            "v6 fragment header (offset 0, M) to a VIP",
+            v6_with_ext(&s6, 44, [0, 1, 0, 0, 0, 1]),
+            Counter::DropFragment,
+        ),
+        pass(
+            "v6 with ESP: not walked",
+            v6_with_ext(&s6, 50, [0; 6]),
+            Counter::PassIpv6Ext,
+        ),
+    ];
+    check(&fx, &cases);
+}
+
+#[test]
+fn too_big_table() {
+    let fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let v6 = vip("[2001:db8::100]:443/tcp");
+    let v4in6 = vip("10.100.0.3:80/tcp");
+    // MTU 1500: an IPIP packet may carry 1480 bytes of inner packet.
+    let fits = Flow::tcp("192.0.2.20", 40000, "10.100.0.1", 80).payload(1480 - 40);
+    let big = Flow::tcp("192.0.2.20", 40001, "10.100.0.1", 80).payload(1481 - 40);
+    let big_vlan = big.clone().vlan(7);
+    let big_no_df = big.clone().no_df();
+    let fits6 = Flow::tcp("2001:db8:ff::20", 40000, "2001:db8::100", 443).payload(1460 - 60);
+    let big6 = Flow::tcp("2001:db8:ff::20", 40001, "2001:db8::100", 443).payload(1461 - 60);
+    let big4in6 = Flow::tcp("192.0.2.21", 40000, "10.100.0.3", 80).payload(1461 - 40);
+
+    let cases = vec![
+        Case {
+            desc: "v4 exactly at MTU after IPIP",
+            input: fits.frame(),
+            action: TX,
+            output: fx.expect_tunnel(&a, &fits),
+            counter: Counter::TxTunnelV4,
+        },
+        Case {
+            desc: "v4 one byte over, DF: ICMP fragmentation needed, MTU 1480",
+            input: big.frame(),
+            action: TX,
+            output: pkt::too_big_reply(&big.frame(), 14, 1480),
+            counter: Counter::IcmpTooBigV4,
+        },
+        Case {
+            desc: "v4 over, DF, 802.1Q: reply keeps the tag",
+            input: big_vlan.frame(),
+            action: TX,
+            output: pkt::too_big_reply(&big_vlan.frame(), 18, 1480),
+            counter: Counter::IcmpTooBigV4,
+        },
+        Case {
+            desc: "v4 over without DF: dropped (XDP cannot fragment)",
+            input: big_no_df.frame(),
+            action: DROP,
+            output: big_no_df.frame(),
+            counter: Counter::DropTooBigNoDf,
+        },
+        Case {
+            desc: "v6 exactly at MTU after IP6IP6",
+            input: fits6.frame(),
+            action: TX,
+            output: fx.expect_tunnel(&v6, &fits6),
+            counter: Counter::TxTunnelV6,
+        },
+        Case {
+            desc: "v6 one byte over: packet too big, MTU 1460",
+            input: big6.frame(),
+            action: TX,
+            output: pkt::too_big_reply(&big6.frame(), 14, 1460),
+            counter: Counter::IcmpTooBigV6,
+        },
+        Case {
+            desc: "v4 over a v6 tunnel (4in6): MTU 1460 advertised",
+            input: big4in6.frame(),
+            action: TX,
+            output: pkt::too_big_reply(&big4in6.frame(), 14, 1460),
+            counter: Counter::IcmpTooBigV4,
+        },
+    ];
+    let _ = v4in6;
+    check(&fx, &cases);
+}
+
+/// A flow to `v` (by source port search) whose ring slot goes to a backend
+/// other than `avoid`.
+fn flow_avoiding(fx: &Fixture, v: &VipId, base: &Flow, avoid: IpAddr) -> Flow {
+    (1000..u16::MAX)
+        .map(|p| base.clone().sport(p))
+        .find(|f| fx.ring_backend(v, f.hash()).0 != avoid)
+        .unwrap()
+}
+
+#[test]
+fn established_flows_survive_ring_change_drain_and_go_on_removal() {
+    let mut fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let b11: IpAddr = "10.0.0.11".parse().unwrap();
+    // A connection placed on 10.0.0.11.
+    let conn = (1000..u16::MAX)
+        .map(|p| Flow::tcp("192.0.2.30", p, "10.100.0.1", 80).sport(p))
+        .find(|f| fx.ring_backend(&a, f.hash()).0 == b11)
+        .unwrap();
+    let (act, out) = fx.run(&conn.frame());
+    assert_eq!((act, Fixture::backend_of(&out)), (TX, b11));
+
+    // Ring change: a heavy new backend takes most slots, including this
+    // flow's slot.
+    fx.lb
+        .add_backend(
+            &a,
+            BackendSpec {
+                addr: "10.0.0.15".parse().unwrap(),
+                weight: 1000,
+                mac: Some(mac(0x15)),
+            },
+        )
+        .unwrap();
+    assert_ne!(
+        fx.ring_backend(&a, conn.hash()).0,
+        b11,
+        "slot must have moved"
+    );
+    let est = conn.clone().ack();
+    let before = fx.stats();
+    let (act, out) = fx.run(&est.frame());
+    assert_eq!(act, TX);
+    assert_eq!(
+        out,
+        fx.expect_tunnel_to(&est, b11, mac(0x11).0),
+        "LRU hit keeps the backend"
+    );
+    assert_eq!(
+        fx.stats().get(Counter::LruHit) - before.get(Counter::LruHit),
+        1
+    );
+
+    // Drain: established flow stays; new flows never land on it.
+    fx.lb.drain(&a, b11).unwrap();
+    let (_, out) = fx.run(&est.frame());
+    assert_eq!(
+        Fixture::backend_of(&out),
+        b11,
+        "drained backend keeps its flows"
+    );
+    for p in 0..300u16 {
+        let f = Flow::tcp("192.0.2.31", 20000 + p, "10.100.0.1", 80);
+        let (_, out) = fx.run(&f.frame());
+        assert_ne!(
+            Fixture::backend_of(&out),
+            b11,
+            "new flow on a drained backend"
+        );
+    }
+
+    // Removal: the flow is rescheduled through the ring.
+    fx.lb.remove_backend(&a, b11).unwrap();
+    let before = fx.stats();
+    let (act, out) = fx.run(&est.frame());
+    assert_eq!(act, TX);
+    assert_eq!(
+        out,
+        fx.expect_tunnel(&a, &est),
+        "removed backend loses its flows"
+    );
+    assert_eq!(
+        fx.stats().get(Counter::LruStale) - before.get(Counter::LruStale),
+        1
+    );
+    assert!(
+        fx.lb.maps().verify().unwrap().is_empty(),
+        "shadows match the kernel"
+    );
+}
+
+#[test]
+fn reused_backend_slot_does_not_inherit_flows() {
+    let mut fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let b12: IpAddr = "10.0.0.12".parse().unwrap();
+    let conn = flow_avoiding(
+        &fx,
+        &a,
+        &Flow::tcp("192.0.2.40", 1, "10.100.0.1", 80),
+        "10.0.0.11".parse().unwrap(),
+    );
+    let (_, out) = fx.run(&conn.frame());
+    assert_eq!(Fixture::backend_of(&out), b12);
+    let slot = fx
+        .lb
+        .vip(&a)
+        .unwrap()
+        .backends
+        .iter()
+        .find(|b| b.addr == b12)
+        .unwrap()
+        .slot;
+    fx.lb.remove_backend(&a, b12).unwrap();
+    // Another VIP's new backend takes the freed slot.
+    fx.lb
+        .add_backend(
+            &vip("10.100.0.6:80/tcp"),
+            BackendSpec {
+                addr: "10.0.0.99".parse().unwrap(),
+                weight: 1,
+                mac: Some(mac(0x99)),
+            },
+        )
+        .unwrap();
+    let info = fx.lb.vip(&vip("10.100.0.6:80/tcp")).unwrap();
+    assert_eq!(info.backends[0].slot, slot, "slot reused");
+    let (_, out) = fx.run(&conn.clone().ack().frame());
+    assert_eq!(
+        Fixture::backend_of(&out),
+        "10.0.0.11".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn affinity_pins_a_client_across_ring_changes() {
+    let mut fx = Fixture::new();
+    let aff = vip("10.100.0.5:80/tcp");
+    let client = "192.0.2.50";
+    let first = Flow::tcp(client, 1000, "10.100.0.5", 80);
+    let (act, out) = fx.run(&first.frame());
+    assert_eq!(act, TX);
+    let pinned = Fixture::backend_of(&out);
+    let words = balancer::net::addr_words(client.parse().unwrap());
+    assert_eq!(
+        pinned,
+        fx.ring_backend(&aff, client_hash(&words)).0,
+        "placed by client hash"
+    );
+    for p in 1001..1100 {
+        let (_, out) = fx.run(&Flow::tcp(client, p, "10.100.0.5", 80).frame());
+        assert_eq!(Fixture::backend_of(&out), pinned, "port {p}");
+    }
+    // A heavy backend joins: the client's hash slot moves, its affinity holds.
+    fx.lb
+        .add_backend(
+            &aff,
+            BackendSpec {
+                addr: "10.0.0.54".parse().unwrap(),
+                weight: 1000,
+                mac: Some(mac(0x54)),
+            },
+        )
+        .unwrap();
+    assert_ne!(fx.ring_backend(&aff, client_hash(&words)).0, pinned);
+    let before = fx.stats();
+    for p in 2000..2050 {
+        let (_, out) = fx.run(&Flow::tcp(client, p, "10.100.0.5", 80).frame());
+        assert_eq!(
+            Fixture::backend_of(&out),
+            pinned,
+            "after ring change, port {p}"
+        );
+    }
+    assert_eq!(
+        fx.stats().get(Counter::AffinityHit) - before.get(Counter::AffinityHit),
+        50
+    );
+}
+
+#[test]
+fn affinity_entries_expire() {
+    let mut fx = Fixture::new();
+    let v = vip("10.100.0.7:80/tcp");
+    fx.lb
+        .add_vip(VipSpec {
+            id: v,
+            mode: Mode::Tunnel,
+            affinity_secs: Some(1),
+        })
+        .unwrap();
+    for (a, m) in [("10.0.0.71", 0x71), ("10.0.0.72", 0x72)] {
+        fx.lb
+            .add_backend(
+                &v,
+                BackendSpec {
+                    addr: a.parse().unwrap(),
+                    weight: 1,
+                    mac: Some(mac(m)),
+                },
+            )
+            .unwrap();
+    }
+    let client = "192.0.2.60";
+    let words = balancer::net::addr_words(client.parse().unwrap());
+    let (_, out) = fx.run(&Flow::tcp(client, 1, "10.100.0.7", 80).frame());
+    let pinned = Fixture::backend_of(&out);
+    // Make the ring send this client elsewhere.
+    fx.lb.set_weight(&v, pinned, 0).unwrap();
+    let (_, out) = fx.run(&Flow::tcp(client, 2, "10.100.0.7", 80).frame());
+    assert_eq!(Fixture::backend_of(&out), pinned, "entry still live");
+    thread::sleep(Duration::from_millis(1100));
+    let (_, out) = fx.run(&Flow::tcp(client, 3, "10.100.0.7", 80).frame());
+    assert_eq!(
+        Fixture::backend_of(&out),
+        fx.ring_backend(&v, client_hash(&words)).0,
+        "expired entry: placed by the ring again"
+    );
+    assert_ne!(Fixture::backend_of(&out), pinned);
+}
+
+#[test]
+fn ring_flips_generation_only_on_change() {
+    let mut fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let g0 = fx.lb.vip_meta(&a).unwrap().ring_gen;
+    fx.lb
+        .set_weight(&a, "10.0.0.11".parse().unwrap(), 1)
+        .unwrap(); // unchanged
+    assert_eq!(
+        fx.lb.vip_meta(&a).unwrap().ring_gen,
+        g0,
+        "no-op must not flip"
+    );
+    fx.lb
+        .set_weight(&a, "10.0.0.11".parse().unwrap(), 3)
+        .unwrap();
+    assert_eq!(fx.lb.vip_meta(&a).unwrap().ring_gen, g0 ^ 1);
+    assert!(fx.lb.maps().verify().unwrap().is_empty());
+}
+
+/// Frames every truncation test cuts.
+fn base_frames() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "v4 tcp",
+            Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80).frame(),
+        ),
+        (
+            "v4 udp",
+            Flow::udp("192.0.2.10", 5353, "10.100.0.1", 53).frame(),
+        ),
+        (
+            "v4 vlan",
+            Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80)
+                .vlan(5)
+                .frame(),
+        ),
+        (
+            "v4 options",
+            v4_with_options(&Flow::tcp("192.0.2.13", 40000, "10.100.0.1", 80)),
+        ),
+        (
+            "v6 tcp",
+            Flow::tcp("2001:db8:ff::10", 40000, "2001:db8::100", 443).frame(),
+        ),
+        (
+            "v6 vlan",
+            Flow::tcp("2001:db8:ff::10", 40000, "2001:db8::100", 443)
+                .vlan(9)
+                .frame(),
+        ),
+        (
+            "v6 hop-by-hop",
+            v6_with_ext(
+                &Flow::tcp("2001:db8:ff::12", 40000, "2001:db8::100", 443),
+                0,
+                [1, 4, 0, 0, 0, 0],
+            ),
+        ),
+        (
+            "v6 udp",
+            Flow::udp("2001:db8:ff::10", 40000, "2001:db8::100", 443).frame(),
+        ),
+        (
+            "l2 dsr",
+            Flow::tcp("192.0.2.12", 40000, "10.100.0.4", 80).frame(),
+        ),
+    ]
+}
+
+#[test]
+fn every_truncation_passes_untouched_or_drops() {
+    let fx = Fixture::new();
+    let prog = fx.programs.program().unwrap();
+    let mut checked = 0;
+    for (name, frame) in base_frames() {
+        // Shorter than Ethernet never reaches XDP: the kernel refuses it.
+        assert!(
+            xdp::run(prog, &frame[..13]).is_err(),
+            "{name}: 13-byte frame accepted"
+        );
+        for len in 14..frame.len() {
+            let cut = &frame[..len];
+            let (a, out) = fx.run(cut);
+            match a {
+                PASS => assert_eq!(out, cut, "{name} cut at {len}: PASS must not modify"),
+                DROP => {}
+                other => panic!("{name} cut at {len}: action {}", action_name(other)),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 500);
+}
+
+#[test]
+fn random_and_mutated_packets() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let fx = Fixture::new();
+    let prog = fx.programs.program().unwrap();
+    let bases = base_frames();
+    let mut rng = StdRng::seed_from_u64(0x6261_6c61);
+    let mut seen = [0u64; 5];
+    const N: usize = 100_000;
+    for i in 0..N {
+        let pkt: Vec<u8> = if i % 10 == 0 {
+            // Pure noise, 14 to 200 bytes.
+            let len = rng.random_range(14..200);
+            (0..len).map(|_| rng.random()).collect()
+        } else {
+            let mut p = bases[i % bases.len()].1.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(12..p.len().min(80));
+                p[at] = rng.random();
+            }
+            if rng.random_bool(0.3) {
+                let len = rng.random_range(14..=p.len());
+                p.truncate(len);
+            }
+            if rng.random_bool(0.1) {
+                p.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>()));
+            }
+            p
+        };
+        let (a, out) = xdp::run(prog, &pkt).unwrap_or_else(|e| panic!("packet {i}: {e}"));
+        assert!(
+            matches!(a, PASS | DROP | TX),
+            "packet {i}: action {} for {pkt:02x?}",
+            action_name(a)
+        );
+        if a == PASS {
+            assert_eq!(out, pkt, "packet {i}: PASS modified the packet");
+        }
+        seen[a as usize] += 1;
+    }
+    assert_eq!(seen.iter().sum::<u64>(), N as u64);
+    assert!(
+        seen[TX as usize] > 1000 && seen[PASS as usize] > 1000,
+        "{seen:?}"
+    );
+}
+
+/// Decap rows: tunnelled packets for configured VIPs lose their outer header.
+#[test]
+fn decap_table() {
+    require_root();
+    let mut d = Decap::load().expect("load decap");
+    d.add_vip("10.100.0.1".parse().unwrap()).unwrap();
+    d.add_vip("2001:db8::100".parse().unwrap()).unwrap();
+    let prog = d.program().unwrap();
+    let backend_mac = [0x02, 0xbb, 0, 0, 0, 0x11];
+    let inner4 = Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80);
+    let inner6 = Flow::tcp("2001:db8:ff::10", 40000, "2001:db8::100", 443);
+    let other = Flow::tcp("192.0.2.10", 40000, "10.100.0.9", 80);
+    let gw4: IpAddr = "172.16.1.2".parse().unwrap();
+    let gw6: IpAddr = "fd00:ba1a::1".parse().unwrap();
+    let be4: IpAddr = "10.0.0.11".parse().unwrap();
+    let be6: IpAddr = "2001:db8:1::11".parse().unwrap();
+    // After decap the frame keeps the tunnel's Ethernet addresses.
+    let stripped = |inner: &Flow| {
+        let mut f = inner.frame();
+        f[0..6].copy_from_slice(&backend_mac);
+        f[6..12].copy_from_slice(&GW_MAC);
+        f
+    };
+    let vlan_tunnelled = {
+        let mut t = pkt::tunnelled(&inner4.frame(), gw4, be4, backend_mac);
+        // Insert a VLAN tag after the MACs.
+        t.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+        t
+    };
+    let vlan_stripped = {
+        let mut f = stripped(&inner4);
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+        f
+    };
+    let rows: Vec<(&str, Vec<u8>, u32, Vec<u8>)> = vec![
+        (
+            "IPIP to a VIP: stripped",
+            pkt::tunnelled(&inner4.frame(), gw4, be4, backend_mac),
+            PASS,
+            stripped(&inner4),
+        ),
+        (
+            "IP6IP6 to a VIP: stripped",
+            pkt::tunnelled(&inner6.frame(), gw6, be6, backend_mac),
+            PASS,
+            stripped(&inner6),
+        ),
+        (
+            "4in6: stripped",
+            pkt::tunnelled(&inner4.frame(), gw6, be6, backend_mac),
+            PASS,
+            stripped(&inner4),
+        ),
+        (
+            "6in4: stripped",
+            pkt::tunnelled(&inner6.frame(), gw4, be4, backend_mac),
+            PASS,
+            stripped(&inner6),
+        ),
+        (
+            "IPIP behind 802.1Q: tag kept",
+            vlan_tunnelled,
+            PASS,
+            vlan_stripped,
+        ),
+        {
+            let t = pkt::tunnelled(&other.frame(), gw4, be4, backend_mac);
+            ("IPIP, inner not a VIP: untouched", t.clone(), PASS, t)
+        },
+        ("plain TCP: untouched", inner4.frame(), PASS, inner4.frame()),
+    ];
+    for (desc, input, action, output) in &rows {
+        let (a, out) = xdp::run(prog, input).unwrap();
+        assert_eq!(a, *action, "{desc}");
+        assert_eq!(&out, output, "{desc}");
+    }
+    // Truncations of a tunnelled packet: untouched passes only.
+    let t = pkt::tunnelled(&inner6.frame(), gw4, be4, backend_mac);
+    for len in 14..t.len() {
+        let (a, out) = xdp::run(prog, &t[..len]).unwrap();
+        if len < 14 + 20 + 40 {
+            assert_eq!((a, out.as_slice()), (PASS, &t[..len]), "cut at {len}");
+        } else {
+            assert_eq!(a, PASS, "cut at {len}");
+        }
+    }
+    assert_eq!(
+        d.stats().unwrap().get(Counter::DecapOk) as usize,
+        5 + (t.len() - (14 + 20 + 40))
+    );
+}
