@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Bytes of the original packet the wrapper restores before each repeat.
-pub const BENCH_HEAD_LEN: usize = 128;
+pub const BENCH_HEAD_LEN: usize = 64;
 
 /// Value of the bench wrapper's `BENCH_CFG[0]`.
 ///

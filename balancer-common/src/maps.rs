@@ -6,7 +6,7 @@
 //! | `VIP_FILTER`   | array, 1 entry               | `u32`          | [`VipFilter`]     |
 //! | `RINGS`        | array (mmapable) of `u64`    | slot pair      | two backend indexes |
 //! | `BACKENDS`     | array                        | backend index  | [`Backend`]       |
-//! | `FLOWS`        | LRU hash, per-CPU free lists | [`FlowKey`]    | [`FlowValue`]     |
+//! | `FLOWS`        | array (mmapable), 6-way sets | set index      | [`FlowBucket`]    |
 //! | `AFFINITY`     | LRU hash                     | [`AffinityKey`]| [`AffinityValue`] |
 //! | `CONFIG`       | array, 1 entry               | `u32`          | [`DataplaneConfig`] |
 //! | `STATS`        | per-CPU array, 1 entry       | `u32`          | [`crate::GlobalStats`] |
@@ -43,8 +43,10 @@ pub const DEFAULT_RING_SIZE: u32 = 65_537;
 pub const DEFAULT_MAX_VIPS: u32 = 64;
 /// Default number of backend slots.
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
-/// Default connection-table size.
-pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default number of connection-table sets ([`FLOW_WAYS`] entries each): 3.1M
+/// entries in 32 MiB, for up to ~800k concurrent connections at the 25% load
+/// that keeps set overflow rare.
+pub const DEFAULT_FLOW_SETS: u32 = 1 << 19;
 /// Default client-affinity table size.
 pub const DEFAULT_MAX_AFFINITY: u32 = 1 << 18;
 
@@ -207,7 +209,8 @@ pub struct Backend {
     pub epoch: u32,
 }
 
-/// Key of the `FLOWS` connection table: the packet's 5-tuple.
+/// A connection's 5-tuple in map-key layout (used by the LRU comparison in the
+/// benchmark fixtures).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
@@ -225,14 +228,49 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of the `FLOWS` connection table.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FlowValue {
-    /// Backend index the flow is pinned to.
-    pub backend: u32,
-    /// The backend slot's [`Backend::epoch`] when the flow was pinned.
-    pub epoch: u32,
+/// Entries per connection-table set: six 8-byte entries and six 2-byte stamps
+/// fill one 64-byte cache line.
+pub const FLOW_WAYS: usize = 6;
+
+/// One set of the connection table (`FLOWS`), exactly one cache line.
+///
+/// The table is a set-associative cache with least-recently-used replacement
+/// inside each set: the set is chosen by the connection's placement hash, the
+/// entry by its 32-bit tag. Each entry is one `u64` ([`flow_entry`]), so it
+/// is written and read whole: a concurrent reader never sees half an entry.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowBucket {
+    /// Entries: tag (32 bits), backend slot (16), backend epoch (16); 0 = empty.
+    pub entries: [u64; FLOW_WAYS],
+    /// Last-use stamps (`jiffies >> 4`, wrapping), for LRU replacement.
+    pub stamps: [u16; FLOW_WAYS],
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// Packs a connection-table entry.
+#[inline(always)]
+pub const fn flow_entry(tag: u32, backend: u32, epoch: u32) -> u64 {
+    ((tag | 1) as u64) << 32 | ((backend & 0xffff) as u64) << 16 | (epoch & 0xffff) as u64
+}
+
+/// The tag of an entry.
+#[inline(always)]
+pub const fn flow_entry_tag(e: u64) -> u32 {
+    (e >> 32) as u32
+}
+
+/// The backend slot of an entry.
+#[inline(always)]
+pub const fn flow_entry_backend(e: u64) -> u32 {
+    ((e >> 16) & 0xffff) as u32
+}
+
+/// The low 16 bits of the backend epoch of an entry.
+#[inline(always)]
+pub const fn flow_entry_epoch(e: u64) -> u32 {
+    (e & 0xffff) as u32
 }
 
 /// Key of the `AFFINITY` table: a client of a VIP.
@@ -315,7 +353,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipFilter {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowBucket {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::AddrKey {}
@@ -335,7 +373,7 @@ mod tests {
         assert_eq!(size_of::<VipMeta>(), 12);
         assert_eq!(size_of::<Backend>(), 28);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 8);
+        assert_eq!(size_of::<FlowBucket>(), 64);
         assert_eq!(size_of::<AffinityKey>(), 20);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<VipFilter>(), 512);
@@ -355,6 +393,19 @@ mod tests {
         assert_eq!(last, len - 1);
         assert!(rings_len(40_000, DEFAULT_RING_SIZE).is_none());
         assert!(rings_len(0, DEFAULT_RING_SIZE).is_none());
+    }
+
+    #[test]
+    fn flow_entries_roundtrip() {
+        let e = flow_entry(0xdead_beee, 0x1_2345, 0x7_0009);
+        assert_eq!(flow_entry_tag(e), 0xdead_beef, "tag forced odd, never 0");
+        assert_eq!(flow_entry_backend(e), 0x2345);
+        assert_eq!(flow_entry_epoch(e), 0x0009);
+        assert_ne!(
+            flow_entry(0, 0, 0),
+            0,
+            "a live entry is never the empty marker"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`net`]: wire-format headers and protocol constants;
 //! - [`packet`]: bounds-checked packet access (the `ptr_at` pattern) and
 //!   header growth/shrink helpers;
-//! - [`csum`]: Internet checksums.
+//! - [`csum`]: Internet checksums;
+//! - [`flowtable`]: the set-associative connection table.
 //!
 //! Minimum kernel: 5.10 (bounded loops, `bpf_xdp_adjust_tail` shrink, XDP bpf_link,
 //! mmapable arrays). Tested on 6.1 and 6.18.
@@ -11,5 +12,6 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod csum;
+pub mod flowtable;
 pub mod net;
 pub mod packet;

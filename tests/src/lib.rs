@@ -4,9 +4,11 @@
 //! - [`pkt`]: packets built with `etherparse`, and the packets the data path
 //!   must turn them into;
 //! - [`xdp`]: running programs through `BPF_PROG_TEST_RUN`;
+//! - [`bench`]: the benchmark fixtures object and timing helpers;
 //! - [`require_root`]: suites that need root fail loudly without it.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod pkt;
 pub mod xdp;
 

@@ -120,13 +120,13 @@ impl Flow {
         if self.vlan.is_some() { 18 } else { 14 }
     }
 
-    /// The data path's flow hash of this flow.
+    /// The data path's placement hash of this flow.
     pub fn hash(&self) -> u32 {
         let ports = ports_word(self.sport, self.dport);
         let (s, d) = (addr_words(self.src), addr_words(self.dst));
         match self.src {
-            IpAddr::V4(_) => flow_hash_v4(s[0], d[0], ports, self.proto()),
-            IpAddr::V6(_) => flow_hash_v6(&s, &d, ports, self.proto()),
+            IpAddr::V4(_) => flow_hash_v4(s[0], d[0], ports, self.proto()).ring(),
+            IpAddr::V6(_) => flow_hash_v6(&s, &d, ports, self.proto()).ring(),
         }
     }
 

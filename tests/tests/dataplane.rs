@@ -1043,3 +1043,66 @@ fn decap_table() {
         5 + (t.len() - (14 + 20 + 40))
     );
 }
+
+/// The connection table replaces the least recently used entry of a full set:
+/// a connection that keeps sending survives newer ones landing in its set.
+#[test]
+fn full_set_evicts_least_recently_used() {
+    use balancer_common::{FLOW_WAYS, hash::flow_hash_v4};
+    let fx = Fixture::new();
+    let mask = fx.lb.maps().sizes.flow_sets - 1;
+    let set_of = |f: &Flow| {
+        let w = |a| balancer::net::addr_words(a)[0];
+        flow_hash_v4(
+            w(f.src),
+            w(f.dst),
+            balancer::net::ports_word(f.sport, f.dport),
+            6,
+        )
+        .ring()
+            & mask
+    };
+    let base = Flow::tcp("192.0.2.70", 1, "10.100.0.1", 80);
+    let target = set_of(&base);
+    let same_set: Vec<Flow> = (1..=250u8)
+        .flat_map(|host| {
+            (2..u16::MAX).map(move |p| Flow::tcp(&format!("192.0.{host}.70"), p, "10.100.0.1", 80))
+        })
+        .filter(|f| set_of(f) == target)
+        .take(FLOW_WAYS + 1)
+        .collect();
+    assert_eq!(same_set.len(), FLOW_WAYS + 1);
+    // Fill the set.
+    for f in &same_set[..FLOW_WAYS] {
+        fx.run(&f.frame());
+    }
+    // Let the coarse clock (jiffies >> 4) tick, then keep the first one busy.
+    thread::sleep(Duration::from_millis(300));
+    let keep = same_set[0].clone().ack();
+    let before = fx.stats();
+    fx.run(&keep.frame());
+    assert_eq!(
+        fx.stats().get(Counter::LruHit) - before.get(Counter::LruHit),
+        1
+    );
+    // One more connection in the full set evicts an idle one, not `keep`.
+    fx.run(&same_set[FLOW_WAYS].frame());
+    let before = fx.stats();
+    fx.run(&keep.frame());
+    assert_eq!(
+        fx.stats().get(Counter::LruHit) - before.get(Counter::LruHit),
+        1,
+        "busy entry evicted"
+    );
+    let before = fx.stats();
+    for f in &same_set[1..FLOW_WAYS] {
+        fx.run(&f.clone().ack().frame());
+    }
+    assert_eq!(
+        fx.stats().get(Counter::LruMiss) - before.get(Counter::LruMiss),
+        1,
+        "exactly one idle entry was replaced"
+    );
+    let (live, _) = fx.lb.maps().flows.occupancy();
+    assert!(live >= FLOW_WAYS as u64);
+}

@@ -24,29 +24,36 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, xdp_action},
+    bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use balancer_common::{
-    AffinityKey, AffinityValue, BACKEND_F_ACTIVE, Backend, Counter, DEFAULT_MAX_AFFINITY,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig,
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ForwardMode, GlobalStats, RING_EMPTY, TrafficStats,
-    VIP_F_AFFINITY, VipFilter, VipKey, VipMeta,
-    hash::{client_hash, flow_hash_v4, flow_hash_v6, ring_slot, vip_filter_bit},
+    AffinityKey, AffinityValue, BACKEND_F_ACTIVE, Backend, Counter, DEFAULT_FLOW_SETS,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE,
+    DataplaneConfig, FAMILY_V4, FAMILY_V6, FlowBucket, ForwardMode, GlobalStats, RING_EMPTY,
+    TrafficStats, VIP_F_AFFINITY, VipFilter, VipKey, VipMeta, flow_entry, flow_entry_backend,
+    flow_entry_epoch,
+    hash::{FlowHash, client_hash, flow_hash_v4, flow_hash_v6, ring_slot, vip_filter_bit},
     ring_base,
 };
 use balancer_ebpf::{
     csum,
+    flowtable::{self, Found},
     net::*,
     packet::{MAX_HDR_OFFSET, adjust_head, adjust_tail, len, read_at, write_at},
 };
 
-/// Maglev ring size M, set by the loader (`EbpfLoader::set_global`).
+/// Maglev ring size M, set by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+
+/// Number of connection-table sets minus one (a power of two minus one), set
+/// by the loader.
+#[unsafe(no_mangle)]
+static FLOW_SET_MASK: u32 = DEFAULT_FLOW_SETS - 1;
 
 #[map]
 static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
@@ -64,12 +71,10 @@ static RINGS: Array<u64> =
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Connection table. `BPF_F_NO_COMMON_LRU` gives each CPU its own LRU lists, so
-/// inserts on different CPUs never contend for one lock; see
-/// docs/architecture.md for the measurement behind the choice.
+/// Connection table: one shared set-associative table, sized at load time (see
+/// `balancer_ebpf::flowtable` and docs/architecture.md for why not an LRU map).
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+static FLOWS: Array<FlowBucket> = Array::with_max_entries(DEFAULT_FLOW_SETS, BPF_F_MMAPABLE);
 
 #[map]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
@@ -124,8 +129,12 @@ fn drop(stats: &mut GlobalStats, c: Counter) -> u32 {
 struct Packet {
     /// Offset of the L3 header (14, or 18 behind a VLAN tag).
     l3: usize,
-    /// The connection's 5-tuple.
-    key: FlowKey,
+    /// Client address words.
+    src: [u32; 4],
+    /// VIP address words.
+    dst: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    family: u8,
     /// L3 length (IPv4 total length / IPv6 payload + 40).
     l3_len: u32,
     /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
@@ -249,14 +258,9 @@ fn process_v4(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -> u32 {
     };
     let pkt = Packet {
         l3,
-        key: FlowKey {
-            src: [ip.src, 0, 0, 0],
-            dst,
-            ports,
-            proto: ip.proto,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        },
+        src: [ip.src, 0, 0, 0],
+        dst,
+        family: FAMILY_V4,
         l3_len: tot_len as u32,
         tos: ip.tos,
         df: frag & IP_DF != 0,
@@ -353,14 +357,9 @@ fn process_v6(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -> u32 {
     let vtf = u32::from_be(ip.ver_tc_flow);
     let pkt = Packet {
         l3,
-        key: FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            ports,
-            proto: nexthdr,
-            family: FAMILY_V6,
-            _pad: [0; 2],
-        },
+        src: ip.src,
+        dst: ip.dst,
+        family: FAMILY_V6,
         l3_len: u16::from_be(ip.payload_len) as u32 + IPV6_HLEN as u32,
         tos: (vtf >> 20) as u8,
         df: true,
@@ -393,11 +392,12 @@ fn ring_pick(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Counter> {
     }
 }
 
-/// A backend from a table entry, if its slot still holds the same backend.
+/// A backend from a table entry, if its slot still holds the same backend
+/// (compared on the low 16 epoch bits the connection table keeps).
 #[inline(always)]
 fn live_backend(idx: u32, epoch: u32) -> Option<Backend> {
     match BACKENDS.get(idx) {
-        Some(b) if b.flags & BACKEND_F_ACTIVE != 0 && b.epoch == epoch => Some(*b),
+        Some(b) if b.flags & BACKEND_F_ACTIVE != 0 && (b.epoch ^ epoch) & 0xffff == 0 => Some(*b),
         _ => None,
     }
 }
@@ -446,43 +446,53 @@ fn balance(
     stats: &mut GlobalStats,
     vip: &VipMeta,
     pkt: &Packet,
-    hash: u32,
+    hash: FlowHash,
 ) -> u32 {
+    // SAFETY: a plain read of a constant the loader froze.
+    let mask = unsafe { core::ptr::read_volatile(&FLOW_SET_MASK) };
+    let Some(set) = FLOWS.get_ptr_mut(hash.ring() & mask) else {
+        return drop(stats, Counter::DropInternal);
+    };
+    // SAFETY: the pointer comes from a successful lookup of our own array; see
+    // balancer_ebpf::flowtable for how concurrent writers are tolerated.
+    let set = unsafe { &mut *set };
+    let now = flowtable::now();
+    let tag = hash.tag();
     let mut new_flow = false;
     let mut chosen: Option<(u32, Backend)> = None;
-    // SAFETY: LRU values are copied out at once.
-    if let Some(fv) = unsafe { FLOWS.get(&pkt.key) } {
-        let fv = *fv;
-        match live_backend(fv.backend, fv.epoch) {
-            Some(b) => {
-                bump(stats, Counter::LruHit);
-                chosen = Some((fv.backend, b));
+    let way = match flowtable::lookup(set, tag, now) {
+        Found::Hit { way, entry } => {
+            let idx = flow_entry_backend(entry);
+            match live_backend(idx, flow_entry_epoch(entry)) {
+                Some(b) => {
+                    bump(stats, Counter::LruHit);
+                    chosen = Some((idx, b));
+                }
+                None => bump(stats, Counter::LruStale),
             }
-            None => bump(stats, Counter::LruStale),
+            way
         }
-    } else {
-        bump(stats, Counter::LruMiss);
-        if pkt.tcp_non_syn {
-            bump(stats, Counter::LruMissTcpNonSyn);
+        Found::Miss { victim } => {
+            bump(stats, Counter::LruMiss);
+            if pkt.tcp_non_syn {
+                bump(stats, Counter::LruMissTcpNonSyn);
+            }
+            victim
         }
-    }
+    };
     let (idx, backend) = match chosen {
         Some(c) => c,
         None => {
             let picked = if vip.flags & VIP_F_AFFINITY != 0 {
-                affinity_pick(stats, vip, pkt.key.src)
+                affinity_pick(stats, vip, pkt.src)
             } else {
-                ring_pick(vip, hash)
+                ring_pick(vip, hash.ring())
             };
             let (idx, b) = match picked {
                 Ok(p) => p,
                 Err(c) => return drop(stats, c),
             };
-            let fv = FlowValue {
-                backend: idx,
-                epoch: b.epoch,
-            };
-            let _ = FLOWS.insert(&pkt.key, &fv, 0);
+            flowtable::store(set, way, flow_entry(tag, idx, b.epoch), now);
             new_flow = true;
             (idx, b)
         }
@@ -490,7 +500,7 @@ fn balance(
 
     let action = match ForwardMode::from_u8(vip.mode) {
         Some(ForwardMode::L2Dsr) => l2_dsr(ctx, stats, &backend),
-        Some(ForwardMode::Tunnel) => tunnel(ctx, stats, pkt, &backend, hash),
+        Some(ForwardMode::Tunnel) => tunnel(ctx, stats, pkt, &backend, hash.ring()),
         None => drop(stats, Counter::DropInternal),
     };
     if action == xdp_action::XDP_TX {
@@ -552,7 +562,7 @@ fn tunnel(
     let overhead = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN } as u32;
     if cfg.mtu != 0 && pkt.l3_len + overhead > cfg.mtu {
         let adv = cfg.mtu - overhead;
-        return if pkt.key.family == FAMILY_V4 {
+        return if pkt.family == FAMILY_V4 {
             if pkt.df {
                 icmp4_too_big(ctx, stats, pkt, adv)
             } else {
@@ -570,7 +580,7 @@ fn tunnel(
     if adjust_head(ctx, -(overhead as i32)).is_none() {
         return drop(stats, Counter::DropAdjustFailed);
     }
-    let inner_proto = if pkt.key.family == FAMILY_V4 {
+    let inner_proto = if pkt.family == FAMILY_V4 {
         IPPROTO_IPIP
     } else {
         IPPROTO_IPV6
@@ -730,8 +740,8 @@ fn icmp4_too_big(ctx: &XdpContext, stats: &mut GlobalStats, pkt: &Packet, mtu: u
         (IPV4_HLEN + ICMP_HLEN + quote) as u16,
         0,
         IPPROTO_ICMP,
-        pkt.key.dst[0],
-        pkt.key.src[0],
+        pkt.dst[0],
+        pkt.src[0],
     );
     if write_at(ctx, l3, ip).is_none() {
         return drop(stats, Counter::DropInternal);
@@ -783,8 +793,8 @@ fn icmp6_too_big(ctx: &XdpContext, stats: &mut GlobalStats, pkt: &Packet, mtu: u
         payload_len: be16(plen as u16),
         nexthdr: IPPROTO_ICMPV6,
         hop_limit: 64,
-        src: pkt.key.dst,
-        dst: pkt.key.src,
+        src: pkt.dst,
+        dst: pkt.src,
     };
     if write_at(ctx, l3, ip).is_none() {
         return drop(stats, Counter::DropInternal);

@@ -5,9 +5,10 @@
 //!   baseline every path is reported against;
 //! - `bench_wrapper`: restores the input packet (see [`BenchConfig`]) and
 //!   tail-calls `BENCH_JMP[0]`, the program under test;
-//! - `bench_lru_shared` / `bench_lru_percpu`: one connection-table miss and insert
-//!   into an LRU with a common LRU list, or with per-CPU lists
-//!   (`BPF_F_NO_COMMON_LRU`), to choose the connection table's flavour.
+//! - `bench_lru_shared` / `bench_lru_percpu` / `bench_table`: one
+//!   connection-table miss and insert into a kernel LRU hash with a common LRU
+//!   list, one with per-CPU lists (`BPF_F_NO_COMMON_LRU`), and our
+//!   set-associative table: the measurement behind the connection table's design.
 #![no_std]
 #![no_main]
 
@@ -19,11 +20,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_common::{
-    FAMILY_V4, FlowKey, FlowValue,
+    FAMILY_V4, FlowBucket, FlowKey,
     bench::{BENCH_HEAD_LEN, BenchConfig},
+    flow_entry,
+    hash::flow_hash_v4,
 };
-use balancer_ebpf::packet::{
-    adjust_head, len, load16, load32, ptr_at_mut, store16, store32, write_at,
+use balancer_ebpf::{
+    flowtable::{self, Found},
+    packet::{adjust_head, len, load16, load32, ptr_at_mut, store16, store32, write_at},
 };
 
 #[map]
@@ -36,11 +40,15 @@ static BENCH_CFG: Array<BenchConfig> = Array::with_max_entries(1, 0);
 static BENCH_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static LRU_SHARED: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1 << 18, 0);
+static LRU_SHARED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(1 << 20, 0);
 
 #[map]
-static LRU_PERCPU: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(1 << 18, BPF_F_NO_COMMON_LRU);
+static LRU_PERCPU: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(1 << 20, BPF_F_NO_COMMON_LRU);
+
+/// Same capacity class as the LRUs: 2^18 sets of 6 entries.
+#[map]
+static TABLE: Array<FlowBucket> = Array::with_max_entries(1 << 18, 0);
 
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
@@ -113,29 +121,28 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
     xdp_action::XDP_ABORTED
 }
 
+/// A new connection's key: the counter makes every call a miss.
 #[inline(always)]
-fn lru_insert(map: &LruHashMap<FlowKey, FlowValue>) -> u32 {
+fn new_key() -> FlowKey {
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let c = next_counter();
-    let key = FlowKey {
+    FlowKey {
         src: [c, cpu, 0, 0],
         dst: [0x0100_000a, 0, 0, 0],
         ports: 0x5000_3930,
         proto: 6,
         family: FAMILY_V4,
         _pad: [0; 2],
-    };
+    }
+}
+
+#[inline(always)]
+fn lru_insert(map: &LruHashMap<FlowKey, u64>) -> u32 {
+    let key = new_key();
     // SAFETY: existence check only.
     if unsafe { map.get(&key) }.is_none() {
-        let _ = map.insert(
-            &key,
-            &FlowValue {
-                backend: 1,
-                epoch: 1,
-            },
-            0,
-        );
+        let _ = map.insert(&key, &1, 0);
     }
     xdp_action::XDP_PASS
 }
@@ -148,6 +155,21 @@ pub fn bench_lru_shared(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_lru_percpu(_ctx: XdpContext) -> u32 {
     lru_insert(&LRU_PERCPU)
+}
+
+#[xdp]
+pub fn bench_table(_ctx: XdpContext) -> u32 {
+    let key = new_key();
+    let h = flow_hash_v4(key.src[0], key.dst[0], key.ports ^ key.src[1], key.proto);
+    if let Some(set) = TABLE.get_ptr_mut(h.ring() & ((1 << 18) - 1)) {
+        // SAFETY: pointer from a successful lookup of our own array.
+        let set = unsafe { &mut *set };
+        let now = flowtable::now();
+        if let Found::Miss { victim } = flowtable::lookup(set, h.tag(), now) {
+            flowtable::store(set, victim, flow_entry(h.tag(), 1, 1), now);
+        }
+    }
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -25,8 +25,8 @@ use aya::{
     },
 };
 use balancer_common::{
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
-    DEFAULT_RING_SIZE, rings_entries, rings_len,
+    DEFAULT_FLOW_SETS, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
+    DEFAULT_RING_SIZE, FLOW_WAYS, rings_entries, rings_len,
 };
 pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
 use tracing::{info, warn};
@@ -109,9 +109,11 @@ pub struct LoadOptions {
     pub ring_size: u32,
     /// Number of VIPs.
     pub max_vips: u32,
-    /// Number of backend slots (one per VIP membership).
+    /// Number of backend slots (one per VIP membership); at most 65536.
     pub max_backends: u32,
-    /// Connection-table entries.
+    /// Concurrent connections the connection table is sized for. The table gets
+    /// the power of two of 6-entry sets that keeps this many at or below 25%
+    /// load, where a set rarely overflows (see docs/architecture.md).
     pub max_flows: u32,
     /// Client-affinity entries.
     pub max_affinity: u32,
@@ -123,7 +125,7 @@ impl Default for LoadOptions {
             ring_size: DEFAULT_RING_SIZE,
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
-            max_flows: DEFAULT_MAX_FLOWS,
+            max_flows: DEFAULT_FLOW_SETS / 4 * FLOW_WAYS as u32,
             max_affinity: DEFAULT_MAX_AFFINITY,
         }
     }
@@ -141,8 +143,8 @@ impl LoadOptions {
         }
         for (name, v, max) in [
             ("max_vips", self.max_vips, 1 << 16),
-            ("max_backends", self.max_backends, 1 << 20),
-            ("max_flows", self.max_flows, 1 << 28),
+            ("max_backends", self.max_backends, 1 << 16),
+            ("max_flows", self.max_flows, 1 << 26),
             ("max_affinity", self.max_affinity, 1 << 28),
         ] {
             if v == 0 || v > max {
@@ -160,11 +162,18 @@ impl LoadOptions {
         }
     }
 
-    /// Bytes the maps reserve in the kernel, roughly (rings exactly: 4 bytes a
-    /// slot; hash tables by key + value + 64 bytes of per-element overhead).
+    /// Sets of the connection table: the power of two that holds
+    /// `max_flows` at 25% load.
+    pub fn flow_sets(&self) -> u32 {
+        let want = (self.max_flows as u64 * 4).div_ceil(FLOW_WAYS as u64);
+        want.next_power_of_two().max(1) as u32
+    }
+
+    /// Bytes the maps reserve in the kernel, roughly (rings and connection
+    /// table exactly; hash tables by key + value + 64 bytes per element).
     pub fn memory_estimate(&self) -> u64 {
         let rings = self.max_vips as u64 * 2 * self.ring_size as u64 * 4;
-        let flows = self.max_flows as u64 * (40 + 8 + 64);
+        let flows = self.flow_sets() as u64 * 64;
         let aff = self.max_affinity as u64 * (20 + 16 + 64);
         let backends = self.max_backends as u64 * (28 + 24 * 2);
         rings + flows + aff + backends
@@ -234,15 +243,16 @@ fn raise_memlock() {
     }
 }
 
-fn loader<'a>(opts: &'a LoadOptions, rings: u32) -> EbpfLoader<'a> {
+fn loader<'a>(opts: &'a LoadOptions, rings: u32, flow_set_mask: &'a u32) -> EbpfLoader<'a> {
     let mut l = EbpfLoader::new();
     l.override_global("RING_SIZE", &opts.ring_size, true)
+        .override_global("FLOW_SET_MASK", flow_set_mask, true)
+        .map_max_entries("FLOWS", opts.flow_sets())
         .map_max_entries("RINGS", rings_entries(rings))
         .map_max_entries("VIPS", opts.max_vips)
         .map_max_entries("VIP_STATS", opts.max_vips)
         .map_max_entries("BACKENDS", opts.max_backends)
         .map_max_entries("BACKEND_STATS", opts.max_backends)
-        .map_max_entries("FLOWS", opts.max_flows)
         .map_max_entries("AFFINITY", opts.max_affinity);
     l
 }
@@ -276,7 +286,8 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let rings = opts.validate()?;
         raise_memlock();
-        let mut ebpf = loader(opts, rings)
+        let mask = opts.flow_sets() - 1;
+        let mut ebpf = loader(opts, rings, &mask)
             .load(objects::BALANCER)
             .map_err(DataplaneError::Load)?;
         load_program(&mut ebpf)?;
@@ -329,7 +340,8 @@ impl Dataplane {
         pin_dir: &Path,
     ) -> Result<Self> {
         let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, pin_dir.join(n))).collect();
-        let mut l = loader(opts, rings);
+        let mask = opts.flow_sets() - 1;
+        let mut l = loader(opts, rings, &mask);
         for (name, path) in &pins {
             l.map_pin_path(name, path.as_path());
         }

@@ -11,6 +11,8 @@
 //! daemon ([`MapSource`]); in the second case the shadows are read back from the
 //! kernel and every map's key and value sizes are checked against this build.
 
+mod flows;
+mod mmap;
 mod rings;
 
 use std::{
@@ -25,9 +27,10 @@ use aya::{
     util::nr_cpus,
 };
 use balancer_common::{
-    AffinityKey, AffinityValue, Backend, DataplaneConfig, FlowKey, FlowValue, GlobalStats,
-    TrafficStats, VipFilter, VipKey, VipMeta,
+    AffinityKey, AffinityValue, Backend, DataplaneConfig, FlowBucket, GlobalStats, TrafficStats,
+    VipFilter, VipKey, VipMeta,
 };
+pub use flows::FlowTable;
 pub use rings::RingMap;
 
 /// Errors opening or using the maps.
@@ -333,7 +336,8 @@ impl<T: aya::Pod + PartialEq + Default> ShadowArray<T> {
     }
 }
 
-/// A data-path-written LRU table (`FLOWS`, `AFFINITY`): read and delete only.
+/// A data-path-written LRU table (`AFFINITY`): tests and benchmarks may seed
+/// and delete entries.
 pub struct LruTable<K: aya::Pod, V: aya::Pod> {
     name: &'static str,
     map: HashMap<MapData, K, V>,
@@ -450,8 +454,8 @@ pub struct MapSizes {
     pub max_vips: u32,
     /// Backend slots.
     pub max_backends: u32,
-    /// Connection-table capacity.
-    pub max_flows: u32,
+    /// Connection-table sets.
+    pub flow_sets: u32,
     /// Affinity-table capacity.
     pub max_affinity: u32,
 }
@@ -468,8 +472,8 @@ pub struct BalancerMaps {
     pub backends: ShadowArray<Backend>,
     /// `CONFIG` (one element).
     pub config: ShadowArray<DataplaneConfig>,
-    /// `FLOWS`, the connection table.
-    pub flows: LruTable<FlowKey, FlowValue>,
+    /// `FLOWS`, the connection table (read-only view).
+    pub flows: FlowTable,
     /// `AFFINITY`.
     pub affinity: LruTable<AffinityKey, AffinityValue>,
     /// Counters.
@@ -503,12 +507,7 @@ impl BalancerMaps {
         let (filter, _) = open(&mut src, "VIP_FILTER", 4, size_of::<VipFilter>())?;
         let (rings, rings_entries) = open(&mut src, "RINGS", 4, 8)?;
         let (backends, max_backends) = open(&mut src, "BACKENDS", 4, size_of::<Backend>())?;
-        let (flows, max_flows) = open(
-            &mut src,
-            "FLOWS",
-            size_of::<FlowKey>(),
-            size_of::<FlowValue>(),
-        )?;
+        let (flows, flow_sets) = open(&mut src, "FLOWS", 4, size_of::<FlowBucket>())?;
         let (affinity, max_affinity) = open(
             &mut src,
             "AFFINITY",
@@ -534,7 +533,7 @@ impl BalancerMaps {
             ring_size: rings_entries / max_vips,
             max_vips,
             max_backends,
-            max_flows,
+            flow_sets,
             max_affinity,
         };
         let rings = match rings {
@@ -559,10 +558,16 @@ impl BalancerMaps {
             rings,
             backends: ShadowArray::new("BACKENDS", backends)?,
             config: ShadowArray::new("CONFIG", config)?,
-            flows: LruTable {
-                name: "FLOWS",
-                map: HashMap::try_from(flows).map_err(kernel("FLOWS"))?,
-                capacity: max_flows,
+            flows: match flows {
+                Map::Array(data) => FlowTable::new(data, flow_sets)?,
+                _ => {
+                    return Err(MapsError::Layout {
+                        name: "FLOWS",
+                        what: "map type",
+                        got: 0,
+                        want: 2,
+                    });
+                }
             },
             affinity: LruTable {
                 name: "AFFINITY",

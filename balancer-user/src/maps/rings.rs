@@ -10,56 +10,27 @@
 
 use std::{
     collections::BTreeMap,
-    num::NonZeroUsize,
-    os::fd::AsFd,
-    ptr::NonNull,
     sync::atomic::{Ordering, fence},
 };
 
 use aya::maps::MapData;
 use balancer_common::ring_base;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use super::{MapsError, Result};
+use super::{MapsError, Result, mmap::Mmap};
 
 /// The mapped `RINGS` array with a shadow of every half written.
 pub struct RingMap {
-    _map: MapData,
-    base: NonNull<u32>,
+    mem: Mmap,
     len: usize,
     ring_size: u32,
     shadow: BTreeMap<(u32, u8), Vec<u32>>,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; &mut self
-// guards writes, and reads of u32 slots are atomic on every supported target.
-unsafe impl Send for RingMap {}
-// SAFETY: as above.
-unsafe impl Sync for RingMap {}
-
 impl RingMap {
     pub(super) fn new(map: MapData, ring_size: u32, len: u32) -> Result<Self> {
-        let bytes = NonZeroUsize::new(len as usize * 4).ok_or(MapsError::OutOfRange {
-            name: "RINGS",
-            index: 0,
-            size: 0,
-        })?;
-        // SAFETY: maps a BPF array created with BPF_F_MMAPABLE; the kernel
-        // validates the length against the map size.
-        let ptr = unsafe {
-            mmap(
-                None,
-                bytes,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                map.fd().as_fd(),
-                0,
-            )
-        }
-        .map_err(MapsError::Mmap)?;
+        let mem = Mmap::new(map, "RINGS", len as usize * 4)?;
         Ok(Self {
-            _map: map,
-            base: ptr.cast(),
+            mem,
             len: len as usize,
             ring_size,
             shadow: BTreeMap::new(),
@@ -103,7 +74,7 @@ impl RingMap {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 table.as_ptr(),
-                self.base.as_ptr().add(start),
+                self.mem.ptr::<u32>().add(start),
                 table.len(),
             );
         }
@@ -119,7 +90,7 @@ impl RingMap {
         // SAFETY: as in write; reading u32 slots the kernel may read too.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(start),
+                self.mem.ptr::<u32>().add(start),
                 out.as_mut_ptr(),
                 out.len(),
             );
@@ -156,12 +127,5 @@ impl RingMap {
                 )),
             }
         }
-    }
-}
-
-impl Drop for RingMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        let _ = unsafe { munmap(self.base.cast(), self.len * 4) };
     }
 }

@@ -1,0 +1,467 @@
+//! `cargo xtask bench dataplane`: nanoseconds per packet of each data-path
+//! path through `BPF_PROG_TEST_RUN`, against a bare `XDP_PASS` and a MAC-swap
+//! `XDP_TX` program measured in the same run.
+//!
+//! Paths that rewrite the packet (encapsulation, decapsulation) run behind the
+//! `bench_wrapper` program, which restores the input before every repeat and
+//! tail-calls the path; its own cost (restore + tail call, measured against the
+//! MAC-swap program in the same run) is subtracted. Every path's counters must
+//! rise by exactly the repeat count, or the bench fails: the figure is only
+//! reported if the path measured is the path that ran.
+//!
+//! Options: `--repeat N` (default 1,000,000), `--rounds N` (default 5).
+
+use std::{net::IpAddr, process::ExitCode};
+
+use anyhow::{Context, bail, ensure};
+use balancer::{
+    dataplane::{Dataplane, LoadOptions},
+    decap::Decap,
+    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    net::{MacAddr, addr_words},
+};
+use balancer_common::{AffinityKey, AffinityValue, Counter, GlobalStats};
+use balancer_tests::{
+    bench::{BenchObject, min_median, pin_to_cpu, time},
+    pkt::{self, Flow},
+    require_root,
+    xdp::{PASS, TX},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+struct Path {
+    name: &'static str,
+    /// Subtract the wrapper's calibrated cost.
+    wrapped: bool,
+    /// Target ratio to MAC swap, if any.
+    target: Option<f64>,
+    wall: Vec<f64>,
+    kernel: Vec<f64>,
+}
+
+fn parse_args() -> anyhow::Result<(u32, usize, Option<u32>)> {
+    let mut repeat = 1_000_000u32;
+    let mut rounds = 5usize;
+    let mut max_flows = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--repeat" => {
+                repeat = args
+                    .next()
+                    .context("--repeat N")?
+                    .parse()
+                    .context("--repeat N")?
+            }
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .context("--rounds N")?
+                    .parse()
+                    .context("--rounds N")?
+            }
+            "--max-flows" => {
+                max_flows = Some(
+                    args.next()
+                        .context("--max-flows N")?
+                        .parse()
+                        .context("--max-flows N")?,
+                )
+            }
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}; use --repeat N and --rounds N"),
+        }
+    }
+    ensure!(repeat >= 1, "--repeat must be at least 1");
+    ensure!(rounds >= 1, "--rounds must be at least 1");
+    Ok((repeat, rounds, max_flows))
+}
+
+fn delta(before: &GlobalStats, after: &GlobalStats, c: Counter) -> u64 {
+    after.get(c) - before.get(c)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench dataplane failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    require_root();
+    let (repeat, rounds, max_flows) = parse_args()?;
+    // Count CPUs before pinning narrows what this thread may use.
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    pin_to_cpu(cpus - 1)?;
+
+    // The balancer with realistic table sizes.
+    let mut opts = LoadOptions {
+        max_vips: 8,
+        ..LoadOptions::default()
+    };
+    if let Some(n) = max_flows {
+        opts.max_flows = n;
+    }
+    let dp = Dataplane::load(&opts).context("loading the balancer")?;
+    let programs = dp.programs;
+    let mut lb = LoadBalancer::new(dp.maps, Settings::default())?;
+    let vip: VipId = "10.100.0.1:80/tcp".parse().unwrap();
+    let aff: VipId = "10.100.0.5:80/tcp".parse().unwrap();
+    for (id, affinity) in [(vip, None), (aff, Some(3600))] {
+        lb.add_vip(VipSpec {
+            id,
+            mode: Mode::Tunnel,
+            affinity_secs: affinity,
+        })?;
+        for i in 0..8u8 {
+            lb.add_backend(
+                &id,
+                BackendSpec {
+                    addr: IpAddr::from([10, 0, 0, 10 + i]),
+                    weight: 1,
+                    mac: Some(MacAddr([2, 0xbb, 0, 0, 0, i])),
+                },
+            )?;
+        }
+    }
+    let balancer = programs.program().context("balancer program")?;
+    let bal_fd = balancer.fd()?;
+
+    let mut decap = Decap::load().context("loading decap")?;
+    decap.add_vip("10.100.0.1".parse().unwrap())?;
+    let decap_prog = decap.program().context("decap program")?;
+    let decap_fd = decap_prog.fd()?;
+
+    let mut bench = BenchObject::load().context("loading the bench object")?;
+    let macswap_fd = bench.program("bench_macswap").fd()?.try_clone()?;
+
+    // Packets: at least 64 bytes so the wrapper can restore its head.
+    let est = Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80)
+        .ack()
+        .payload(80);
+    let est_frame = est.frame();
+    let new_flow = Flow::tcp("192.0.2.10", 1, "10.100.0.1", 80).payload(80);
+    let new_frame = new_flow.frame();
+    let aff_flow = Flow::tcp("192.0.3.0", 1, "10.100.0.5", 80).payload(80);
+    let aff_frame = aff_flow.frame();
+    let nonvip = Flow::tcp("192.0.2.10", 40000, "10.200.0.1", 80)
+        .payload(80)
+        .frame();
+    let tunnelled = pkt::tunnelled(
+        &est_frame,
+        "172.16.0.1".parse().unwrap(),
+        "10.0.0.10".parse().unwrap(),
+        [2, 0xbb, 0, 0, 0, 0],
+    );
+    // Rotation offsets: TCP source port and the last two bytes of the IPv4 source.
+    let rotate = Some((14 + 20, 14 + 14));
+
+    // Seed: the established flow exists; the affinity clients the rotation will
+    // produce (low 16 bits of the source = counter >> 16) are pinned.
+    let (a, _) = balancer_tests::xdp::run(balancer, &est_frame)?;
+    ensure!(a == TX, "seeding the established flow: action {a}");
+    let ring = lb.ring(&aff)?;
+    let info = lb.vip(&aff)?;
+    let slot = ring[0];
+    let epoch = lb.maps().backends.get(slot).context("backend slot")?.epoch;
+    // Three rotating runs per round advance the counter by `repeat` each.
+    let client_max = ((repeat as u64 * 3 * (rounds as u64 + 1)) >> 16) + 16;
+    for c in 0..client_max.min(65_535) {
+        // The rotation writes counter >> 16 over the last two address bytes.
+        let addr = [192u8, 0, (c >> 8) as u8, c as u8];
+        let key = AffinityKey {
+            addr: addr_words(IpAddr::from(addr)),
+            vip_index: info.index,
+        };
+        lb.maps_mut().affinity.insert(
+            &key,
+            &AffinityValue {
+                backend: slot,
+                epoch,
+                expires_ns: u64::MAX / 2,
+            },
+        )?;
+    }
+
+    let mut paths = vec![
+        Path {
+            name: "xdp_pass (floor)",
+            wrapped: false,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "macswap_tx (baseline)",
+            wrapped: false,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "wrapper+macswap (calibration)",
+            wrapped: false,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "wrapper+macswap rotating (calibration)",
+            wrapped: false,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "non-VIP pass",
+            wrapped: false,
+            target: Some(1.5),
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "established flow",
+            wrapped: true,
+            target: Some(3.5),
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "new flow (ring + LRU insert + encap)",
+            wrapped: true,
+            target: Some(7.0),
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "affinity (new flow, client pinned)",
+            wrapped: true,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "decap",
+            wrapped: true,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+    ];
+
+    let pb = ProgressBar::new((rounds * paths.len()) as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("dataplane");
+    for round in 0..rounds {
+        for (i, path) in paths.iter_mut().enumerate() {
+            pb.set_message(format!("round {} {}", round + 1, path.name));
+            if i == 5 {
+                // Touch the flow first: the previous round's new flows may have
+                // evicted it, as they would any idle connection.
+                balancer_tests::xdp::run(balancer, &est_frame)?;
+            }
+            let before = lb.global_stats()?;
+            let before_decap = decap.stats()?;
+            let t = match i {
+                0 => time(bench.program("bench_pass"), &est_frame, repeat)?,
+                1 => time(bench.program("bench_macswap"), &est_frame, repeat)?,
+                2 => {
+                    bench.wrap(&macswap_fd, &est_frame, None)?;
+                    time(bench.program("bench_wrapper"), &est_frame, repeat)?
+                }
+                3 => {
+                    bench.wrap(&macswap_fd, &new_frame, rotate)?;
+                    time(bench.program("bench_wrapper"), &new_frame, repeat)?
+                }
+                4 => time(balancer, &nonvip, repeat)?,
+                5 => {
+                    bench.wrap(bal_fd, &est_frame, None)?;
+                    time(bench.program("bench_wrapper"), &est_frame, repeat)?
+                }
+                6 => {
+                    bench.wrap(bal_fd, &new_frame, rotate)?;
+                    time(bench.program("bench_wrapper"), &new_frame, repeat)?
+                }
+                7 => {
+                    bench.wrap(bal_fd, &aff_frame, rotate)?;
+                    time(bench.program("bench_wrapper"), &aff_frame, repeat)?
+                }
+                _ => {
+                    bench.wrap(decap_fd, &tunnelled, None)?;
+                    time(bench.program("bench_wrapper"), &tunnelled, repeat)?
+                }
+            };
+            let after = lb.global_stats()?;
+            let after_decap = decap.stats()?;
+            if std::env::var_os("BENCH_DEBUG").is_some() {
+                eprintln!(
+                    "{}: hit +{} miss +{} occupancy {}",
+                    path.name,
+                    delta(&before, &after, Counter::LruHit),
+                    delta(&before, &after, Counter::LruMiss),
+                    lb.maps().flows.occupancy().0
+                );
+            }
+            let r = repeat as u64;
+            // Proof that the intended path ran on every repeat.
+            let (ok, what) = match i {
+                0 => (t.action == PASS, "action XDP_PASS".to_string()),
+                1..=3 => (t.action == TX, "action XDP_TX".to_string()),
+                4 => (
+                    delta(&before, &after, Counter::PassNotVip) == r,
+                    "pass_not_vip += repeat".into(),
+                ),
+                5 => (
+                    delta(&before, &after, Counter::LruHit) == r
+                        && delta(&before, &after, Counter::TxTunnelV4) == r,
+                    "lru_hit and tx_tunnel_v4 += repeat".into(),
+                ),
+                6 => (
+                    delta(&before, &after, Counter::LruMiss) == r
+                        && delta(&before, &after, Counter::TxTunnelV4) == r,
+                    "lru_miss and tx_tunnel_v4 += repeat".into(),
+                ),
+                7 => (
+                    delta(&before, &after, Counter::AffinityHit) == r
+                        && delta(&before, &after, Counter::LruMiss) == r,
+                    "affinity_hit and lru_miss += repeat".into(),
+                ),
+                _ => (
+                    delta(&before_decap, &after_decap, Counter::DecapOk) == r,
+                    "decap_ok += repeat".into(),
+                ),
+            };
+            ensure!(
+                ok,
+                "{}: path check failed (expected {what}); action {}, lru_hit +{}, lru_miss +{}, affinity_hit +{}, pass_not_vip +{}",
+                path.name,
+                t.action,
+                delta(&before, &after, Counter::LruHit),
+                delta(&before, &after, Counter::LruMiss),
+                delta(&before, &after, Counter::AffinityHit),
+                delta(&before, &after, Counter::PassNotVip),
+            );
+            path.wall.push(t.wall_ns);
+            path.kernel.push(t.kernel_ns);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+
+    // Figures are the kernel's own nanoseconds per run (BPF_PROG_TEST_RUN's
+    // duration: time inside the run loop, whole nanoseconds). The wall clock
+    // around the syscall is shown too; it also counts time the CPU spent on
+    // other work.
+    let (swap, _) = min_median(&paths[1].kernel);
+    let (cal, _) = min_median(&paths[2].kernel);
+    let (cal_rot, _) = min_median(&paths[3].kernel);
+    let overhead = (cal - swap).max(0.0);
+    let overhead_rot = (cal_rot - swap).max(0.0);
+
+    println!(
+        "\nbench dataplane: {rounds} alternating rounds x {repeat} repeats per path, one CPU, \
+         BPF_PROG_TEST_RUN; connection table {} sets ({} MiB)",
+        opts.flow_sets(),
+        opts.flow_sets() as u64 * 64 >> 20
+    );
+    println!(
+        "wrapper cost subtracted from wrapped paths: {overhead:.0} ns (fixed flow), {overhead_rot:.0} ns (rotating)\n"
+    );
+    println!(
+        "{:<40} {:>8} {:>10} {:>8} {:>10} {:>8}  {}",
+        "path", "min ns", "median ns", "wall ns", "x macswap", "target", "verdict"
+    );
+    println!("{}", "-".repeat(98));
+    let mut misses = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let sub = if !p.wrapped {
+            0.0
+        } else if i == 6 || i == 7 {
+            overhead_rot
+        } else {
+            overhead
+        };
+        let (min, med) = min_median(&p.kernel);
+        let (wmin, _) = min_median(&p.wall);
+        let (min, med, wmin) = (min - sub, med - sub, wmin - sub);
+        let ratio = min / swap;
+        let (target, verdict) = match p.target {
+            Some(t) if ratio <= t => (format!("<= {t}"), "ok"),
+            Some(t) => {
+                misses.push(p.name);
+                (format!("<= {t}"), "MISSED")
+            }
+            None => (String::new(), ""),
+        };
+        println!(
+            "{:<40} {:>8.0} {:>10.0} {:>8.1} {:>10.2} {:>8}  {}",
+            p.name, min, med, wmin, ratio, target, verdict
+        );
+    }
+    lru_flavours(&bench, repeat, cpus)?;
+    if !misses.is_empty() {
+        println!("\ntargets missed: {}", misses.join(", "));
+    }
+    Ok(())
+}
+
+/// Connection-table design: a miss + insert into a kernel LRU hash with one
+/// shared LRU list, with per-CPU lists (`BPF_F_NO_COMMON_LRU`), and into our
+/// set-associative table, on one CPU and on every CPU at once, in steady state
+/// (tables full, every insert evicts).
+fn lru_flavours(bench: &BenchObject, repeat: u32, cpus: usize) -> anyhow::Result<()> {
+    let input = Flow::tcp("192.0.2.10", 1, "10.100.0.1", 80)
+        .payload(80)
+        .frame();
+    println!(
+        "\nconnection table (miss + insert, ns per insert, 1M-entry class, steady state, min of 3):"
+    );
+    println!(
+        "{:<34} {:>8} {:>22}",
+        "design",
+        "1 CPU",
+        format!("{cpus} CPUs concurrently")
+    );
+    for (name, label) in [
+        ("bench_lru_shared", "kernel LRU hash, shared list"),
+        ("bench_lru_percpu", "kernel LRU hash, per-CPU lists"),
+        ("bench_table", "set-associative table (ours)"),
+    ] {
+        let prog = bench.program(name);
+        // Fill the table first so every measured insert evicts.
+        time(prog, &input, 1 << 21)?;
+        let mut single = f64::MAX;
+        let mut multi = f64::MAX;
+        for _ in 0..3 {
+            single = single.min(time(prog, &input, repeat)?.wall_ns);
+            let results: Vec<f64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..cpus)
+                    .map(|cpu| {
+                        let input = &input;
+                        s.spawn(move || -> anyhow::Result<f64> {
+                            pin_to_cpu(cpu)?;
+                            Ok(time(prog, input, repeat)?.wall_ns)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread"))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?;
+            let worst = results.iter().cloned().fold(0.0, f64::max);
+            multi = multi.min(worst);
+        }
+        println!("{label:<34} {single:>8.1} {multi:>22.1}");
+    }
+    Ok(())
+}
