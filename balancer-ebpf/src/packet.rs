@@ -38,6 +38,10 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// loads on the architectures XDP runs on; `read_unaligned` would be split into
 /// four byte loads by LLVM, and `ptr::read` would promise an alignment we don't
 /// have. One BPF instruction says exactly what we mean.
+///
+/// # Safety
+/// `p` must point to 4 readable bytes.
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 pub unsafe fn load32(p: *const u8) -> u32 {
     let v: u64;
@@ -54,6 +58,10 @@ pub unsafe fn load32(p: *const u8) -> u32 {
 }
 
 /// Stores a 32-bit word to packet memory (see [`load32`]).
+///
+/// # Safety
+/// `p` must point to 4 writable bytes.
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 pub unsafe fn store32(p: *mut u8, v: u32) {
     // SAFETY: the caller guarantees 4 writable bytes at p.
@@ -68,6 +76,10 @@ pub unsafe fn store32(p: *mut u8, v: u32) {
 }
 
 /// Loads a 16-bit word from packet memory (see [`load32`]).
+///
+/// # Safety
+/// `p` must point to 2 readable bytes.
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 pub unsafe fn load16(p: *const u8) -> u16 {
     let v: u64;
@@ -84,6 +96,10 @@ pub unsafe fn load16(p: *const u8) -> u16 {
 }
 
 /// Stores a 16-bit word to packet memory (see [`load32`]).
+///
+/// # Safety
+/// `p` must point to 2 writable bytes.
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 pub unsafe fn store16(p: *mut u8, v: u16) {
     // SAFETY: the caller guarantees 2 writable bytes at p.
@@ -95,6 +111,53 @@ pub unsafe fn store16(p: *mut u8, v: u16) {
             options(nostack, preserves_flags),
         );
     }
+}
+
+// Host builds (this crate is a build dependency of balancer-user, and clippy
+// checks it) get portable equivalents; only the BPF target runs them.
+
+/// Host stand-in for the BPF [`load32`].
+///
+/// # Safety
+/// `p` must point to 4 readable bytes.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub unsafe fn load32(p: *const u8) -> u32 {
+    // SAFETY: per the contract.
+    unsafe { (p as *const u32).read_unaligned() }
+}
+
+/// Host stand-in for the BPF [`store32`].
+///
+/// # Safety
+/// `p` must point to 4 writable bytes.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub unsafe fn store32(p: *mut u8, v: u32) {
+    // SAFETY: per the contract.
+    unsafe { (p as *mut u32).write_unaligned(v) }
+}
+
+/// Host stand-in for the BPF [`load16`].
+///
+/// # Safety
+/// `p` must point to 2 readable bytes.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub unsafe fn load16(p: *const u8) -> u16 {
+    // SAFETY: per the contract.
+    unsafe { (p as *const u16).read_unaligned() }
+}
+
+/// Host stand-in for the BPF [`store16`].
+///
+/// # Safety
+/// `p` must point to 2 writable bytes.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub unsafe fn store16(p: *mut u8, v: u16) {
+    // SAFETY: per the contract.
+    unsafe { (p as *mut u16).write_unaligned(v) }
 }
 
 /// 8-byte aligned storage: the stack copy of a header must be aligned, because

@@ -59,12 +59,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u64;
     while d * d <= n as u64 {
-        if n as u64 % d == 0 {
+        if (n as u64).is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -298,7 +298,7 @@ mod tests {
         ms[0].value = RING_EMPTY;
         assert!(matches!(build(&ms, 13), Err(MaglevError::ReservedValue(_))));
         assert!(matches!(
-            build(&members(&vec![1; 20]), 13),
+            build(&members(&[1; 20]), 13),
             Err(MaglevError::TooManyMembers { .. })
         ));
     }

@@ -371,14 +371,14 @@ fn run() -> anyhow::Result<()> {
         "\nbench dataplane: {rounds} alternating rounds x {repeat} repeats per path, one CPU, \
          BPF_PROG_TEST_RUN; connection table {} sets ({} MiB)",
         opts.flow_sets(),
-        opts.flow_sets() as u64 * 64 >> 20
+        (opts.flow_sets() as u64 * 64) >> 20
     );
     println!(
         "wrapper cost subtracted from wrapped paths: {overhead:.0} ns (fixed flow), {overhead_rot:.0} ns (rotating)\n"
     );
     println!(
-        "{:<40} {:>8} {:>10} {:>8} {:>10} {:>8}  {}",
-        "path", "min ns", "median ns", "wall ns", "x macswap", "target", "verdict"
+        "{:<40} {:>8} {:>10} {:>8} {:>10} {:>8}  verdict",
+        "path", "min ns", "median ns", "wall ns", "x macswap", "target"
     );
     println!("{}", "-".repeat(98));
     let mut misses = Vec::new();

@@ -1,1 +1,151 @@
-fn main() {}
+//! `cargo xtask`: everything around the code, from a fresh machine on.
+//!
+//! - `setup`: installs what the build and the tests need (nightly `rust-src`,
+//!   `bpf-linker` built against the nightly toolchain's own LLVM, Debian
+//!   packages). Idempotent; `build`, `test`, `bench` and `demo` run it first
+//!   when something is missing.
+//! - `build`: builds the workspace (the eBPF objects are built by
+//!   balancer-user's build script).
+//! - `test`: lint, then every suite on the host.
+//! - `bench`: benchmarks that print figures and ratios against baselines
+//!   measured in the same run.
+//! - `demo`: the main job on its embedded default.
+
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::util::{cargo, run};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "balancer project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and packages the build and tests need.
+    Setup {
+        /// Only report what is missing; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the workspace.
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Lint and run every test suite (as root: they load XDP programs).
+    Test {
+        /// Skip formatting and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: Bench,
+        /// Arguments passed to the benchmark (e.g. `--repeat 1000000`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The main job on its embedded default: balance live traffic in a
+    /// namespace testbed and show the counters.
+    Demo,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// ns/packet of every data-path path via BPF_PROG_TEST_RUN.
+    Dataplane,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup { check } => setup::run(check),
+        Cmd::Build { release } => {
+            setup::ensure()?;
+            let mut args = vec!["build", "--workspace"];
+            if release {
+                args.push("--release");
+            }
+            run(cargo().args(&args))
+        }
+        Cmd::Test { no_lint, args } => {
+            setup::ensure()?;
+            util::require_root("the test suites load XDP programs and create network namespaces")?;
+            if !no_lint {
+                lint()?;
+            }
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "balancer-ebpf", "--"])
+                .args(&args))
+        }
+        Cmd::Bench { which, args } => {
+            setup::ensure()?;
+            util::require_root("benchmarks load XDP programs")?;
+            let name = match which {
+                Bench::Dataplane => "dataplane",
+            };
+            run(cargo()
+                .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])
+                .args(&args))
+        }
+        Cmd::Demo => {
+            setup::ensure()?;
+            util::require_root("the demo creates network namespaces and attaches XDP")?;
+            run(cargo().args(["run", "-q", "--release", "--bin", "balancer", "--", "demo"]))
+        }
+    }
+}
+
+/// Formatting and clippy, warnings denied. The eBPF crate is linted for the
+/// host with `panic=abort`, as aya's template does, since its binaries are
+/// `no_std`.
+fn lint() -> Result<()> {
+    util::step("lint: cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    util::step("lint: cargo clippy");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "balancer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(util::nightly_cargo().args([
+        "clippy",
+        "-p",
+        "balancer-ebpf",
+        "--",
+        "-D",
+        "warnings",
+        "-C",
+        "panic=abort",
+    ]))
+}

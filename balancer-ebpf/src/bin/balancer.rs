@@ -194,14 +194,14 @@ fn lookup_vip(addr: [u32; 4], port: u16, proto: u8, family: u8) -> Option<VipMet
         family,
     };
     // SAFETY: hash-map values are copied out at once.
-    if let Some(v) = unsafe { VIPS.get(&key) } {
+    if let Some(v) = unsafe { VIPS.get(key) } {
         return Some(*v);
     }
     if port == 0 {
         return None;
     }
     key.port = 0;
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(key) }.copied()
 }
 
 #[inline(always)]
@@ -417,16 +417,16 @@ fn affinity_pick(
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let ttl = vip.affinity_timeout_secs as u64 * NS_PER_SEC;
-    if let Some(entry) = AFFINITY.get_ptr_mut(&key) {
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: the pointer comes from a successful lookup; a racing writer can
         // at worst make us use a value as old as the one we replace.
         let entry = unsafe { &mut *entry };
-        if entry.expires_ns > now {
-            if let Some(b) = live_backend(entry.backend, entry.epoch) {
-                entry.expires_ns = now + ttl;
-                bump(stats, Counter::AffinityHit);
-                return Ok((entry.backend, b));
-            }
+        if entry.expires_ns > now
+            && let Some(b) = live_backend(entry.backend, entry.epoch)
+        {
+            entry.expires_ns = now + ttl;
+            bump(stats, Counter::AffinityHit);
+            return Ok((entry.backend, b));
         }
     }
     bump(stats, Counter::AffinityMiss);
@@ -436,7 +436,7 @@ fn affinity_pick(
         epoch: b.epoch,
         expires_ns: now + ttl,
     };
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = AFFINITY.insert(key, value, 0);
     Ok((idx, b))
 }
 

@@ -141,8 +141,8 @@ fn new_key() -> FlowKey {
 fn lru_insert(map: &LruHashMap<FlowKey, u64>) -> u32 {
     let key = new_key();
     // SAFETY: existence check only.
-    if unsafe { map.get(&key) }.is_none() {
-        let _ = map.insert(&key, &1, 0);
+    if unsafe { map.get(key) }.is_none() {
+        let _ = map.insert(key, 1, 0);
     }
     xdp_action::XDP_PASS
 }

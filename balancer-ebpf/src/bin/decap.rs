@@ -107,7 +107,7 @@ fn process(ctx: &XdpContext) -> (u32, Counter) {
         _ => return (PASS, Counter::PassNotVip),
     };
     // SAFETY: existence check only.
-    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+    if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return (PASS, Counter::DecapPassNotVip);
     }
     if adjust_head(ctx, outer_len as i32).is_none() {

@@ -20,7 +20,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub fn ensure_mounted() -> io::Result<()> {
     let path = Path::new(BPFFS);
     if let Ok(st) = statfs(path)
-        && st.filesystem_type().0 as i64 == BPF_FS_MAGIC
+        && st.filesystem_type().0 == BPF_FS_MAGIC
     {
         return Ok(());
     }
