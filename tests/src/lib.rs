@@ -5,11 +5,19 @@
 //!   must turn them into;
 //! - [`xdp`]: running programs through `BPF_PROG_TEST_RUN`;
 //! - [`bench`]: the benchmark fixtures object and timing helpers;
+//! - [`netns`], [`testbed`]: a gateway, clients and backends in network
+//!   namespaces; [`server`] is what the backends run and [`loadgen`] the
+//!   clients;
 //! - [`require_root`]: suites that need root fail loudly without it.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod loadgen;
+pub mod netns;
 pub mod pkt;
+pub mod server;
+pub mod signals;
+pub mod testbed;
 pub mod xdp;
 
 /// Fails the calling test with a clear message unless running as root: these

@@ -62,7 +62,28 @@ enum Cmd {
     },
     /// The main job on its embedded default: balance live traffic in a
     /// namespace testbed and show the counters.
-    Demo,
+    Demo {
+        /// Arguments for the demo (e.g. `--seconds 20`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build (`up`) or remove (`down`) a namespace testbed.
+    Testbed {
+        /// `up` or `down`.
+        #[arg(value_enum)]
+        action: TestbedAction,
+        /// Arguments for `up` (e.g. `--backends 5`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TestbedAction {
+    /// Build one and leave it running.
+    Up,
+    /// Remove every testbed.
+    Down,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -113,12 +134,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])
                 .args(&args))
         }
-        Cmd::Demo => {
+        Cmd::Demo { args } => {
             setup::ensure()?;
             util::require_root("the demo creates network namespaces and attaches XDP")?;
-            run(cargo().args(["run", "-q", "--release", "--bin", "balancer", "--", "demo"]))
+            run(testbed_bin().arg("demo").args(&args))
+        }
+        Cmd::Testbed { action, args } => {
+            setup::ensure()?;
+            util::require_root("testbeds are network namespaces")?;
+            match action {
+                TestbedAction::Up => run(testbed_bin().arg("up").args(&args)),
+                TestbedAction::Down => run(testbed_bin().arg("down")),
+            }
         }
     }
+}
+
+/// `cargo run` of the testbed tool (release: the demo pushes real traffic).
+fn testbed_bin() -> std::process::Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "-q",
+        "--release",
+        "-p",
+        "balancer-tests",
+        "--bin",
+        "testbed",
+        "--",
+    ]);
+    c
 }
 
 /// Formatting and clippy, warnings denied. The eBPF crate is linted for the

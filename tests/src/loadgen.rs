@@ -1,0 +1,227 @@
+//! Real TCP clients for the testbed: many short HTTP connections, or a set of
+//! long-lived keep-alive connections that notice any reset or stall.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::Semaphore,
+    task::JoinSet,
+    time::timeout,
+};
+
+use crate::netns;
+
+/// One HTTP/1.1 exchange on `stream`; returns the `x-backend` header.
+async fn exchange(stream: &mut BufReader<TcpStream>, keep_alive: bool) -> Result<String> {
+    let conn = if keep_alive { "keep-alive" } else { "close" };
+    stream
+        .get_mut()
+        .write_all(format!("GET / HTTP/1.1\r\nHost: vip\r\nConnection: {conn}\r\n\r\n").as_bytes())
+        .await
+        .context("write")?;
+    let mut line = String::new();
+    stream.read_line(&mut line).await.context("read status")?;
+    if !line.starts_with("HTTP/1.1 200") {
+        bail!("bad status line {line:?}");
+    }
+    let mut backend = None;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await.context("read header")? == 0 {
+            bail!("connection closed inside headers");
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("x-backend") {
+                backend = Some(v.to_string());
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse().context("content-length")?;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.context("read body")?;
+    backend.context("no x-backend header")
+}
+
+/// Outcome of [`short_connections`].
+#[derive(Debug, Default, Clone)]
+pub struct ShortResult {
+    /// Answered requests.
+    pub ok: u64,
+    /// Failed requests, by error.
+    pub errors: BTreeMap<String, u64>,
+    /// Answers per backend name.
+    pub per_backend: BTreeMap<String, u64>,
+    /// Latency of each answered request (connect to last byte).
+    pub latencies: Vec<Duration>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl ShortResult {
+    /// Failed requests in all.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Opens `total` connections to `target` from namespace `ns`, `concurrency` at
+/// a time, one request each.
+pub fn short_connections(
+    ns: &str,
+    target: SocketAddr,
+    total: u64,
+    concurrency: usize,
+) -> Result<ShortResult> {
+    netns::run_in(ns, move || -> Result<ShortResult> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let sem = Arc::new(Semaphore::new(concurrency));
+            let mut set = JoinSet::new();
+            let start = Instant::now();
+            for _ in 0..total {
+                let permit = sem.clone().acquire_owned().await?;
+                set.spawn(async move {
+                    let t0 = Instant::now();
+                    let r = timeout(Duration::from_secs(10), async {
+                        let s = TcpStream::connect(target).await.context("connect")?;
+                        s.set_nodelay(true)?;
+                        let mut s = BufReader::new(s);
+                        exchange(&mut s, false).await
+                    })
+                    .await;
+                    drop(permit);
+                    match r {
+                        Ok(Ok(b)) => Ok((b, t0.elapsed())),
+                        Ok(Err(e)) => Err(format!("{e:#}")),
+                        Err(_) => Err("timeout".to_string()),
+                    }
+                });
+            }
+            let mut res = ShortResult::default();
+            while let Some(r) = set.join_next().await {
+                match r? {
+                    Ok((b, lat)) => {
+                        res.ok += 1;
+                        *res.per_backend.entry(b).or_insert(0) += 1;
+                        res.latencies.push(lat);
+                    }
+                    Err(e) => {
+                        let key: String = e.chars().take(80).collect();
+                        *res.errors.entry(key).or_insert(0) += 1;
+                    }
+                }
+            }
+            res.elapsed = start.elapsed();
+            Ok(res)
+        })
+    })?
+}
+
+/// What one long-lived connection saw.
+#[derive(Debug, Clone)]
+pub struct LongResult {
+    /// Requests answered.
+    pub requests: u64,
+    /// The first error, if the connection failed (reset, close, stall).
+    pub error: Option<String>,
+    /// Every backend that answered (more than one means the flow moved).
+    pub backends: Vec<String>,
+}
+
+/// Keeps `conns` keep-alive connections to `target` busy for `duration`, one
+/// request per connection every `interval`. A request taking longer than
+/// `stall` counts as a stall.
+pub fn long_lived(
+    ns: &str,
+    target: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    interval: Duration,
+    stall: Duration,
+) -> std::thread::JoinHandle<Result<Vec<LongResult>>> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        netns::enter(&ns)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut set = JoinSet::new();
+            for _ in 0..conns {
+                set.spawn(async move {
+                    let mut res = LongResult {
+                        requests: 0,
+                        error: None,
+                        backends: Vec::new(),
+                    };
+                    let s = match timeout(stall, TcpStream::connect(target)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            res.error = Some(format!("connect: {e}"));
+                            return res;
+                        }
+                        Err(_) => {
+                            res.error = Some("connect stalled".into());
+                            return res;
+                        }
+                    };
+                    let _ = s.set_nodelay(true);
+                    let mut s = BufReader::new(s);
+                    let end = Instant::now() + duration;
+                    while Instant::now() < end {
+                        match timeout(stall, exchange(&mut s, true)).await {
+                            Ok(Ok(b)) => {
+                                res.requests += 1;
+                                if !res.backends.contains(&b) {
+                                    res.backends.push(b);
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                res.error = Some(format!("{e:#}"));
+                                return res;
+                            }
+                            Err(_) => {
+                                res.error = Some(format!("stalled > {stall:?}"));
+                                return res;
+                            }
+                        }
+                        tokio::time::sleep(interval).await;
+                    }
+                    res
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// Percentile of sorted-in-place latencies.
+pub fn percentile(lat: &mut [Duration], p: f64) -> Duration {
+    if lat.is_empty() {
+        return Duration::ZERO;
+    }
+    lat.sort();
+    let i = ((lat.len() - 1) as f64 * p).round() as usize;
+    lat[i.min(lat.len() - 1)]
+}

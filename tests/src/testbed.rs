@@ -1,0 +1,358 @@
+//! A gateway, its clients and its backends, each in its own network namespace,
+//! all on one bridge (itself in a namespace, so nothing touches the host).
+//!
+//! ```text
+//!   client c1 .10 ─┐                      ┌─ b1 .100  HTTP on VIP, decap XDP
+//!   client c2 .11 ─┤── br0 (ns <p>-sw) ───┼─ b2 .101
+//!   gateway gw .2 ─┘   10.77.0.0/24       └─ ...
+//! ```
+//!
+//! Clients route the VIP (10.77.100.1) via the gateway; the gateway's XDP
+//! program tunnels each connection to a backend, which strips the tunnel with
+//! the `decap` program and answers the client directly (DSR).
+//!
+//! Everything created is removed by [`Testbed::down`], which also runs on drop,
+//! so a failing test cleans up too. [`Testbed::sweep`] removes leftovers of
+//! crashed runs.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use balancer::{dataplane::AttachMode, decap::Decap, net::MacAddr};
+
+use crate::netns::{self, command_in, exec_in, ip, ip_in, sysctl_in};
+
+/// The VIP every testbed serves.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
+/// The VIP's port.
+pub const VIP_PORT: u16 = 80;
+/// The gateway's address.
+pub const GW_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// L3 MTU of the gateway and backend links (room for the tunnel header).
+pub const BACKEND_MTU: u32 = 1600;
+/// Prefix of every testbed's namespaces.
+pub const PREFIX: &str = "baltb";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Unique name; namespaces are `<name>-gw`, `<name>-c1`, `<name>-b1`, ...
+    pub name: String,
+    /// Number of clients.
+    pub clients: usize,
+    /// Number of backends.
+    pub backends: usize,
+    /// The binary that serves HTTP on backends (`testbed serve`).
+    pub server_bin: PathBuf,
+}
+
+impl Spec {
+    /// A spec with a name unique to this process.
+    pub fn unique(clients: usize, backends: usize, server_bin: impl Into<PathBuf>) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self {
+            name: format!(
+                "{PREFIX}{}{}",
+                std::process::id() % 100_000,
+                (b'a' + (n % 26) as u8) as char
+            ),
+            clients,
+            backends,
+            server_bin: server_bin.into(),
+        }
+    }
+}
+
+/// One host of the testbed.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Short name (`gw`, `c1`, `b1`).
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its address on the bridge.
+    pub addr: Ipv4Addr,
+    /// MAC of its `eth0`.
+    pub mac: MacAddr,
+}
+
+/// A running testbed.
+pub struct Testbed {
+    /// What it was built from.
+    pub spec: Spec,
+    /// The namespace holding the bridge.
+    pub switch_ns: String,
+    /// The gateway.
+    pub gateway: Host,
+    /// Clients.
+    pub clients: Vec<Host>,
+    /// Backends.
+    pub backends: Vec<Host>,
+    servers: Vec<Child>,
+    keep: bool,
+}
+
+fn mac_of(ns: &str, dev: &str) -> Result<MacAddr> {
+    let out = ip_in(ns, &["-o", "link", "show", dev])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("no link/ether in `ip link show`")?;
+    Ok(mac.parse()?)
+}
+
+impl Testbed {
+    /// Builds the namespaces, links, addresses and routes, attaches `decap` to
+    /// every backend and starts their HTTP servers. The gateway gets no XDP
+    /// program: that is the test's (or the daemon's) job.
+    pub fn up(spec: Spec) -> Result<Self> {
+        let switch_ns = format!("{}-sw", spec.name);
+        let mut tb = Self {
+            gateway: Host {
+                name: "gw".into(),
+                ns: format!("{}-gw", spec.name),
+                addr: GW_ADDR,
+                mac: MacAddr::default(),
+            },
+            clients: (0..spec.clients)
+                .map(|i| Host {
+                    name: format!("c{}", i + 1),
+                    ns: format!("{}-c{}", spec.name, i + 1),
+                    addr: Ipv4Addr::new(10, 77, 0, 10 + i as u8),
+                    mac: MacAddr::default(),
+                })
+                .collect(),
+            backends: (0..spec.backends)
+                .map(|i| Host {
+                    name: format!("b{}", i + 1),
+                    ns: format!("{}-b{}", spec.name, i + 1),
+                    addr: Ipv4Addr::new(10, 77, 0, 100 + i as u8),
+                    mac: MacAddr::default(),
+                })
+                .collect(),
+            spec,
+            switch_ns,
+            servers: Vec::new(),
+            keep: false,
+        };
+        if let Err(e) = tb.build() {
+            tb.down();
+            return Err(e);
+        }
+        Ok(tb)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        if self.spec.backends > 100 || self.spec.clients > 80 {
+            bail!("at most 80 clients and 100 backends");
+        }
+        let sw = self.switch_ns.clone();
+        ip(&["netns", "add", &sw])?;
+        ip_in(&sw, &["link", "set", "lo", "up"])?;
+        ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(
+            &sw,
+            &["link", "set", "br0", "mtu", &BACKEND_MTU.to_string(), "up"],
+        )?;
+
+        let mtu = BACKEND_MTU.to_string();
+        let hosts: Vec<(Host, bool)> = std::iter::once((self.gateway.clone(), false))
+            .chain(self.clients.iter().map(|h| (h.clone(), true)))
+            .chain(self.backends.iter().map(|h| (h.clone(), false)))
+            .collect();
+        for (h, is_client) in &hosts {
+            ip(&["netns", "add", &h.ns])?;
+            ip_in(&h.ns, &["link", "set", "lo", "up"])?;
+            ip_in(
+                &sw,
+                &[
+                    "link", "add", &h.name, "type", "veth", "peer", "name", "eth0", "netns", &h.ns,
+                ],
+            )?;
+            ip_in(
+                &sw,
+                &["link", "set", &h.name, "mtu", &mtu, "master", "br0", "up"],
+            )?;
+            let host_mtu = if *is_client { "1500" } else { &mtu };
+            ip_in(&h.ns, &["link", "set", "eth0", "mtu", host_mtu, "up"])?;
+            ip_in(
+                &h.ns,
+                &["addr", "add", &format!("{}/24", h.addr), "dev", "eth0"],
+            )?;
+            sysctl_in(&h.ns, "net.ipv4.conf.all.rp_filter", "0")?;
+            sysctl_in(&h.ns, "net.ipv4.conf.eth0.rp_filter", "0")?;
+            if *is_client {
+                // XDP on the gateway sees these frames before any checksum or
+                // segmentation offload is resolved: send them complete.
+                exec_in(
+                    &h.ns,
+                    "ethtool",
+                    &["-K", "eth0", "tx", "off", "tso", "off", "gso", "off"],
+                )?;
+                ip_in(
+                    &h.ns,
+                    &[
+                        "route",
+                        "add",
+                        &format!("{VIP}/32"),
+                        "via",
+                        &GW_ADDR.to_string(),
+                    ],
+                )?;
+            }
+        }
+        // XDP_TX on a veth only delivers if the peer runs NAPI, which takes an
+        // XDP program (GRO alone did not do it here): give the gateway's peer
+        // a pass-through one (decap with no VIPs passes everything).
+        exec_in(&sw, "ethtool", &["-K", "gw", "gro", "on"])?;
+        let pin = PathBuf::from(balancer::dataplane::BPFFS)
+            .join("balancer")
+            .join(&sw)
+            .join("gw-peer");
+        netns::run_in(&sw, move || -> Result<()> {
+            Decap::attach("gw", AttachMode::Driver, Some(&pin))?;
+            Ok(())
+        })??;
+        self.gateway.mac = mac_of(&self.gateway.ns, "eth0")?;
+        for c in &mut self.clients {
+            c.mac = mac_of(&c.ns, "eth0")?;
+        }
+        for i in 0..self.backends.len() {
+            let b = self.backends[i].clone();
+            self.backends[i].mac = mac_of(&b.ns, "eth0")?;
+            // DSR: the VIP lives on lo and is never announced on the wire.
+            ip_in(&b.ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            sysctl_in(&b.ns, "net.ipv4.conf.all.arp_ignore", "1")?;
+            sysctl_in(&b.ns, "net.ipv4.conf.all.arp_announce", "2")?;
+            let pin = self.decap_pin(&b);
+            netns::run_in(&b.ns, move || -> Result<()> {
+                let mut d = Decap::attach("eth0", AttachMode::Driver, Some(&pin))?;
+                d.add_vip(VIP.into())?;
+                Ok(())
+            })??;
+            self.start_server(i, std::time::Duration::ZERO)?;
+        }
+        // Wait until every server answers locally.
+        for b in &self.backends {
+            let addr = SocketAddr::from((VIP, VIP_PORT));
+            let ok = netns::run_in(&b.ns, move || {
+                (0..100).any(|_| {
+                    if std::net::TcpStream::connect_timeout(
+                        &addr,
+                        std::time::Duration::from_millis(100),
+                    )
+                    .is_ok()
+                    {
+                        return true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    false
+                })
+            })?;
+            if !ok {
+                bail!("backend {} did not start serving", b.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn decap_pin(&self, b: &Host) -> PathBuf {
+        PathBuf::from(balancer::dataplane::BPFFS)
+            .join("balancer")
+            .join(&b.ns)
+            .join("decap")
+    }
+
+    /// (Re)starts backend `i`'s HTTP server, answering after `delay`.
+    pub fn start_server(&mut self, i: usize, delay: std::time::Duration) -> Result<()> {
+        let b = self.backends.get(i).context("no such backend")?.clone();
+        let child = command_in(&b.ns, &self.spec.server_bin.to_string_lossy())
+            .args([
+                "serve",
+                "--name",
+                &b.name,
+                "--listen",
+                &format!("{VIP}:{VIP_PORT}"),
+            ])
+            .args(["--delay-ms", &delay.as_millis().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a backend server")?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    /// The VIP as a socket address.
+    pub fn vip(&self) -> SocketAddr {
+        SocketAddr::from((VIP, VIP_PORT))
+    }
+
+    /// Pin directory of the balancer on the gateway.
+    pub fn gateway_pins(&self) -> PathBuf {
+        balancer::dataplane::default_pin_dir("eth0", Some(&self.gateway.ns))
+    }
+
+    /// Keep everything when this value is dropped (`testbed up`).
+    pub fn persist(mut self) {
+        self.keep = true;
+        for mut c in self.servers.drain(..) {
+            // Detach: the server keeps running in its namespace.
+            let _ = c.try_wait();
+            std::mem::forget(c);
+        }
+    }
+
+    /// Removes everything this testbed created.
+    pub fn down(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.servers.clear();
+        Self::sweep_prefix(&self.spec.name);
+    }
+
+    /// Removes every testbed (leftovers of crashed runs included).
+    pub fn sweep() {
+        Self::sweep_prefix(PREFIX);
+    }
+
+    fn sweep_prefix(prefix: &str) {
+        for ns in netns::list_with_prefix(prefix) {
+            // Processes still inside (servers, daemons) go first.
+            if let Ok(out) = ip(&["netns", "pids", &ns]) {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            let pins = Path::new(balancer::dataplane::BPFFS)
+                .join("balancer")
+                .join(&ns);
+            let _ = std::fs::remove_dir_all(&pins);
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.down();
+        }
+    }
+}
