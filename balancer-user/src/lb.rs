@@ -200,7 +200,11 @@ impl FromStr for VipId {
         let (host, port) = hostport
             .rsplit_once(':')
             .ok_or_else(|| format!("{s:?}: missing port; {hint}"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match (host.strip_prefix('['), host.strip_suffix(']')) {
+            (Some(h), Some(_)) => &h[..h.len() - 1],
+            (None, None) if !host.contains(':') => host,
+            _ => return Err(format!("{s:?}: write IPv6 addresses in brackets; {hint}")),
+        };
         let addr: IpAddr = host
             .parse()
             .map_err(|_| format!("{s:?}: {host:?} is not an IP address; {hint}"))?;
