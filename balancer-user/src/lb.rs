@@ -341,6 +341,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Checks the settings without applying them.
+    pub fn check(&self) -> Result<()> {
+        self.validate().map(|_| ())
+    }
+
     fn validate(&self) -> Result<DataplaneConfig> {
         if self.mtu != 0 && !(576..=65_535).contains(&self.mtu) {
             return Err(LbError::BadSetting(format!(
@@ -382,23 +387,83 @@ impl Settings {
     }
 }
 
+/// Who marked a backend down. A backend is down while any source says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownSource {
+    /// Next-hop resolution (no neighbour entry).
+    NextHop,
+    /// Health checks or telemetry.
+    Health,
+}
+
 #[derive(Debug, Clone)]
 struct BackendState {
     weight: u32,
     drained: bool,
-    down: Option<String>,
+    down: BTreeMap<DownSource, String>,
     mac: Option<MacAddr>,
+    mac_static: bool,
     slot: u32,
 }
 
 impl BackendState {
     fn effective_weight(&self) -> u32 {
-        if self.drained || self.down.is_some() || self.mac.is_none() {
+        if self.drained || !self.down.is_empty() || self.mac.is_none() {
             0
         } else {
             self.weight
         }
     }
+
+    fn down_reason(&self) -> Option<String> {
+        if !self.down.is_empty() {
+            return Some(self.down.values().cloned().collect::<Vec<_>>().join("; "));
+        }
+        self.mac
+            .is_none()
+            .then(|| "next hop unresolved".to_string())
+    }
+}
+
+/// A backend as persisted in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    /// Address.
+    pub addr: IpAddr,
+    /// Configured weight.
+    pub weight: u32,
+    /// Drained by the operator.
+    #[serde(default)]
+    pub drained: bool,
+    /// Next-hop MAC last known.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// The MAC was configured, not resolved.
+    #[serde(default)]
+    pub mac_static: bool,
+    /// Slot in the maps (used to match the running data plane on adoption).
+    pub slot: u32,
+}
+
+/// A VIP as persisted in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRecord {
+    /// Its configuration.
+    pub spec: VipSpec,
+    /// Index in the maps.
+    pub index: u32,
+    /// Its pool.
+    pub backends: Vec<BackendRecord>,
+}
+
+/// Everything the control plane must remember across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Data-plane settings.
+    pub settings: Settings,
+    /// VIPs with their pools.
+    pub vips: Vec<VipRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +510,156 @@ impl LoadBalancer {
         lb.set_settings(settings)?;
         lb.maps.filter.set(0, VipFilter::default())?;
         Ok(lb)
+    }
+
+    /// Rebuilds the load balancer from a snapshot.
+    ///
+    /// With `adopted` maps (a running data plane found pinned), entries that
+    /// match the snapshot (same VIP index, same backend in the same slot) are
+    /// kept as they are, live ring halves included, so traffic is not
+    /// disturbed; anything else is repaired towards the snapshot: missing
+    /// VIPs and backends are added, kernel entries the snapshot does not know
+    /// are removed. With fresh maps the snapshot is applied from scratch.
+    pub fn restore(maps: BalancerMaps, snapshot: &Snapshot, adopted: bool) -> Result<Self> {
+        let mut lb = Self {
+            maps,
+            vips: BTreeMap::new(),
+            settings: snapshot.settings,
+        };
+        lb.set_settings(snapshot.settings)?;
+        if !adopted {
+            lb.maps.filter.set(0, VipFilter::default())?;
+        }
+        let mut kept_slots = std::collections::BTreeSet::new();
+        for rec in &snapshot.vips {
+            let key = rec.spec.id.key();
+            let live = if adopted {
+                lb.maps.vips.get(&key).copied()
+            } else {
+                None
+            };
+            match live {
+                Some(meta) if meta.index == rec.index => {
+                    lb.maps.rings.adopt(meta.index, meta.ring_gen & 1)?;
+                    let mut backends = BTreeMap::new();
+                    for b in &rec.backends {
+                        let k = lb.maps.backends.get(b.slot).copied().unwrap_or_default();
+                        let same = k.flags & BACKEND_F_ACTIVE != 0
+                            && words_addr(k.addr, k.family) == Some(b.addr)
+                            && !kept_slots.contains(&b.slot);
+                        // Backends that don't match are added afresh below.
+                        if same {
+                            kept_slots.insert(b.slot);
+                            backends.insert(
+                                b.addr,
+                                BackendState {
+                                    weight: b.weight,
+                                    drained: b.drained,
+                                    down: BTreeMap::new(),
+                                    mac: b.mac,
+                                    mac_static: b.mac_static,
+                                    slot: b.slot,
+                                },
+                            );
+                        }
+                    }
+                    lb.vips.insert(
+                        rec.spec.id,
+                        VipState {
+                            spec: rec.spec.clone(),
+                            index: meta.index,
+                            meta,
+                            backends,
+                            last_flip: None,
+                        },
+                    );
+                }
+                Some(_) => {
+                    // Same address, other index: start it over below.
+                    lb.maps.vips.remove(&key)?;
+                }
+                None => {}
+            }
+        }
+        // Kernel VIPs the snapshot does not know, and slots nobody owns.
+        let stray: Vec<VipKey> = lb
+            .maps
+            .vips
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !snapshot.vips.iter().any(|r| r.spec.id.key() == *k))
+            .collect();
+        for k in stray {
+            lb.maps.vips.remove(&k)?;
+        }
+        lb.rebuild_filter()?;
+        for slot in 0..lb.maps.backends.len() {
+            let active = lb
+                .maps
+                .backends
+                .get(slot)
+                .is_some_and(|b| b.flags & BACKEND_F_ACTIVE != 0);
+            if active && !kept_slots.contains(&slot) {
+                lb.deactivate_slot(slot)?;
+            }
+        }
+        // Add what is missing, then bring every ring in line (a no-op flip is
+        // skipped, so an intact adopted ring stays exactly as it was).
+        for rec in &snapshot.vips {
+            if !lb.vips.contains_key(&rec.spec.id) {
+                lb.add_vip(rec.spec.clone())?;
+            }
+        }
+        for rec in &snapshot.vips {
+            for b in &rec.backends {
+                if !lb
+                    .vips
+                    .get(&rec.spec.id)
+                    .is_some_and(|v| v.backends.contains_key(&b.addr))
+                {
+                    lb.add_backend(
+                        &rec.spec.id,
+                        BackendSpec {
+                            addr: b.addr,
+                            weight: b.weight,
+                            mac: b.mac,
+                        },
+                    )?;
+                    let st = lb.backend_mut(&rec.spec.id, b.addr)?;
+                    st.drained = b.drained;
+                    st.mac_static = b.mac_static;
+                }
+            }
+            lb.sync_ring(&rec.spec.id)?;
+        }
+        Ok(lb)
+    }
+
+    /// The state to persist.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            settings: self.settings,
+            vips: self
+                .vips
+                .values()
+                .map(|v| VipRecord {
+                    spec: v.spec.clone(),
+                    index: v.index,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|(addr, b)| BackendRecord {
+                            addr: *addr,
+                            weight: b.weight,
+                            drained: b.drained,
+                            mac: b.mac,
+                            mac_static: b.mac_static,
+                            slot: b.slot,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 
     /// The maps (for statistics and inspection).
@@ -507,7 +722,7 @@ impl LoadBalancer {
         let key = spec.id.key();
         self.maps.vips.insert(&key, &meta)?;
         // The VIP is live once its filter bit is set.
-        let mut filter = *self.maps.filter.get(0).unwrap_or(&VipFilter::default());
+        let mut filter = self.maps.filter.get(0).copied().unwrap_or_default();
         filter.insert(&key.addr, key.family);
         if let Err(e) = self.maps.filter.set(0, filter) {
             let _ = self.maps.vips.remove(&key);
@@ -632,8 +847,9 @@ impl LoadBalancer {
             BackendState {
                 weight: spec.weight,
                 drained: false,
-                down: None,
+                down: BTreeMap::new(),
                 mac: spec.mac,
+                mac_static: spec.mac.is_some(),
                 slot,
             },
         );
@@ -720,25 +936,92 @@ impl LoadBalancer {
         self.update_backend(vip, addr, |b| b.drained = false)
     }
 
-    /// Marks a backend down (with the reason shown in status) or up again.
-    /// Down backends take no new connections; established ones stay.
-    pub fn set_down(&mut self, vip: &VipId, addr: IpAddr, reason: Option<String>) -> Result<()> {
-        self.update_backend(vip, addr, |b| b.down = reason)
+    /// Marks a backend down for `source` (with the reason shown in status),
+    /// or clears that source with `None`. Down backends take no new
+    /// connections; established ones stay.
+    pub fn set_down(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        source: DownSource,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let b = self.backend_mut(vip, addr)?;
+        if b.down.get(&source) == reason.as_ref() {
+            return Ok(());
+        }
+        self.update_backend(vip, addr, |b| match reason {
+            Some(r) => {
+                b.down.insert(source, r);
+            }
+            None => {
+                b.down.remove(&source);
+            }
+        })
     }
 
-    /// Sets the next-hop MAC of a backend address in every pool it is in.
+    /// Addresses of every backend whose next hop must be resolved (no
+    /// configured MAC), each once.
+    pub fn resolvable_backends(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .vips
+            .values()
+            .flat_map(|st| {
+                st.backends
+                    .iter()
+                    .filter(|(_, b)| !b.mac_static)
+                    .map(|(a, _)| *a)
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Sets the resolved next-hop MAC (`None`: unresolved, with `reason`) of a
+    /// backend address in every pool it is in, unless its MAC is configured.
     /// Established flows keep their slot; only the MAC changes.
-    pub fn set_mac(&mut self, addr: IpAddr, mac: Option<MacAddr>) -> Result<()> {
+    pub fn set_next_hop(
+        &mut self,
+        addr: IpAddr,
+        mac: Option<MacAddr>,
+        reason: Option<String>,
+    ) -> Result<()> {
         let ids: Vec<VipId> = self
             .vips
             .iter()
-            .filter(|(_, v)| v.backends.contains_key(&addr))
+            .filter(|(_, v)| v.backends.get(&addr).is_some_and(|b| !b.mac_static))
             .map(|(k, _)| *k)
             .collect();
         for id in ids {
-            let slot = self.backend_mut(&id, addr)?.slot;
-            self.write_slot(slot, addr, mac, false)?;
-            self.update_backend(&id, addr, |b| b.mac = mac)?;
+            let b = self.backend_mut(&id, addr)?;
+            let (slot, old) = (b.slot, b.mac);
+            let unchanged = match mac {
+                Some(m) => old == Some(m) && !b.down.contains_key(&DownSource::NextHop),
+                None => b.down.get(&DownSource::NextHop) == reason.as_ref(),
+            };
+            if unchanged {
+                continue;
+            }
+            if old != mac
+                && let Some(m) = mac
+            {
+                self.write_slot(slot, addr, Some(m), false)?;
+            }
+            let down = if mac.is_some() { None } else { reason.clone() };
+            self.update_backend(&id, addr, |b| {
+                if mac.is_some() {
+                    b.mac = mac;
+                }
+                match down {
+                    Some(r) => {
+                        b.down.insert(DownSource::NextHop, r);
+                    }
+                    None => {
+                        b.down.remove(&DownSource::NextHop);
+                    }
+                }
+            })?;
         }
         Ok(())
     }
@@ -808,10 +1091,7 @@ impl LoadBalancer {
                     weight: b.weight,
                     effective_weight: b.effective_weight(),
                     drained: b.drained,
-                    down: b
-                        .down
-                        .clone()
-                        .or_else(|| b.mac.is_none().then(|| "next hop unresolved".to_string())),
+                    down: b.down_reason(),
                     mac: b.mac,
                     slot: b.slot,
                     ring_slots: counts.get(&b.slot).copied().unwrap_or(0),

@@ -7,12 +7,23 @@
 //! - [`maps`]: typed handles on the BPF maps, each with a userspace shadow;
 //! - [`dataplane`]: loading, attaching, pinning and adopting the XDP program;
 //! - [`decap`]: the backend-side decapsulation program;
-//! - [`lb`]: the one API that changes VIPs and backends.
+//! - [`lb`]: the one API that changes VIPs and backends;
+//! - [`config`]: the daemon's TOML configuration; [`state`]: what it persists;
+//! - [`neigh`]: next-hop MACs from the kernel's neighbour table;
+//! - [`api`]: the admin API (server for the daemon, client for the CLI);
+//! - [`metrics`]: the daemon's Prometheus endpoint;
+//! - [`daemon`]: `balancer run`, wiring all of the above.
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub mod lb;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
+pub mod neigh;
 pub mod net;
+pub mod state;

@@ -1,2 +1,10 @@
-//! `balancer`: the gateway daemon and its CLI.
-fn main() {}
+//! `balancer`: the gateway daemon (`balancer run`) and its CLI, a thin client
+//! of the daemon's admin API.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use balancer::{dataplane::AttachMode, decap::Decap, net::MacAddr};
+use balancer::{api::client::Client, dataplane::AttachMode, decap::Decap, net::MacAddr};
 
 use crate::netns::{self, command_in, exec_in, ip, ip_in, sysctl_in};
 
@@ -95,7 +95,28 @@ pub struct Testbed {
     /// Backends.
     pub backends: Vec<Host>,
     servers: Vec<Child>,
+    daemon: Option<Child>,
     keep: bool,
+}
+
+/// Finds the `balancer` binary: `$BALANCER_BIN`, or next to the running
+/// executable's target directory (`target/<profile>/balancer`).
+pub fn balancer_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BALANCER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let cand = dir.join("balancer");
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!(
+        "the balancer binary was not found near {}; build it first (`cargo build -p balancer-user`; \
+         `cargo xtask test` does) or set BALANCER_BIN",
+        exe.display()
+    )
 }
 
 fn mac_of(ns: &str, dev: &str) -> Result<MacAddr> {
@@ -141,6 +162,7 @@ impl Testbed {
             spec,
             switch_ns,
             servers: Vec::new(),
+            daemon: None,
             keep: false,
         };
         if let Err(e) = tb.build() {
@@ -292,6 +314,134 @@ impl Testbed {
         Ok(())
     }
 
+    /// Scratch directory of this testbed (config, state file).
+    pub fn dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("balancer-{}", self.spec.name))
+    }
+
+    /// Admin socket of this testbed's daemon.
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from("/run/balancer").join(format!("{}.sock", self.spec.name))
+    }
+
+    /// A client of this testbed's daemon.
+    pub fn client(&self) -> Client {
+        Client::new(self.socket())
+    }
+
+    /// The daemon configuration for this testbed: the gateway's `eth0`, and
+    /// `vips` (TOML `[[vip]]` tables) appended. With `weights`, the standard
+    /// VIP with every backend at those weights is written instead.
+    pub fn config(&self, vips: &str) -> String {
+        format!(
+            r#"[daemon]
+iface = "eth0"
+netns = "{ns}"
+socket = "{sock}"
+metrics = "{gw}:9100"
+state_file = "{state}"
+
+[dataplane]
+max_vips = 8
+max_backends = 256
+max_flows = 65536
+max_affinity = 4096
+mtu = {mtu}
+
+{vips}"#,
+            ns = self.gateway.ns,
+            sock = self.socket().display(),
+            gw = GW_ADDR,
+            state = self.dir().join("state.json").display(),
+            mtu = BACKEND_MTU,
+        )
+    }
+
+    /// `[[vip]]` TOML for the testbed VIP with every backend at `weights`
+    /// (next hops resolved by the daemon).
+    pub fn vip_toml(&self, weights: &[u32], affinity: Option<u32>) -> String {
+        let mut s = format!("[[vip]]\nvip = \"{VIP}:{VIP_PORT}/tcp\"\n");
+        if let Some(a) = affinity {
+            s.push_str(&format!("affinity_secs = {a}\n"));
+        }
+        for (b, w) in self.backends.iter().zip(weights) {
+            s.push_str(&format!(
+                "\n[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n",
+                b.addr
+            ));
+        }
+        s
+    }
+
+    /// Writes `config` and starts `balancer run` with it; returns once the
+    /// daemon answers and every backend's next hop is resolved.
+    pub fn start_daemon(&mut self, config: &str) -> Result<()> {
+        std::fs::create_dir_all(self.dir())?;
+        let path = self.dir().join("balancer.toml");
+        std::fs::write(&path, config)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("daemon.log"))?;
+        let child = std::process::Command::new(balancer_bin()?)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("BALANCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting balancer run")?;
+        self.daemon = Some(child);
+        self.wait_ready(std::time::Duration::from_secs(20))
+    }
+
+    /// Waits until the daemon answers and no backend is down.
+    pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<()> {
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = &mut self.daemon
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("balancer run exited ({status}); log: {}", self.daemon_log());
+            }
+            match rt.block_on(client.status()) {
+                Ok(s) if s.down.is_empty() => return Ok(()),
+                Ok(s) => last = format!("down: {:?}", s.down),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!(
+            "daemon not ready after {timeout:?} ({last}); log: {}",
+            self.daemon_log()
+        )
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (as `kill -9` would) and reaps it.
+    pub fn kill9_daemon(&mut self) -> Result<()> {
+        let mut c = self.daemon.take().context("no daemon running")?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again with the config already written.
+    pub fn restart_daemon(&mut self) -> Result<()> {
+        let config = std::fs::read_to_string(self.dir().join("balancer.toml"))?;
+        self.start_daemon(&config)
+    }
+
     /// The VIP as a socket address.
     pub fn vip(&self) -> SocketAddr {
         SocketAddr::from((VIP, VIP_PORT))
@@ -305,6 +455,9 @@ impl Testbed {
     /// Keep everything when this value is dropped (`testbed up`).
     pub fn persist(mut self) {
         self.keep = true;
+        if let Some(d) = self.daemon.take() {
+            std::mem::forget(d);
+        }
         for mut c in self.servers.drain(..) {
             // Detach: the server keeps running in its namespace.
             let _ = c.try_wait();
@@ -314,6 +467,12 @@ impl Testbed {
 
     /// Removes everything this testbed created.
     pub fn down(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_file(self.socket());
+        let _ = std::fs::remove_dir_all(self.dir());
         for c in &mut self.servers {
             let _ = c.kill();
             let _ = c.wait();
@@ -345,6 +504,20 @@ impl Testbed {
                 .join(&ns);
             let _ = std::fs::remove_dir_all(&pins);
             let _ = ip(&["netns", "del", &ns]);
+        }
+        // Sockets and scratch directories of daemons run by testbeds.
+        for (dir, pat) in [
+            (PathBuf::from("/run/balancer"), prefix.to_string()),
+            (std::env::temp_dir(), format!("balancer-{prefix}")),
+        ] {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&pat) {
+                        let p = e.path();
+                        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                    }
+                }
+            }
         }
     }
 }

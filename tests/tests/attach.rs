@@ -198,6 +198,8 @@ fn failures_leave_nothing_behind() {
     }
 }
 
+type Case<'a> = Box<dyn Fn(&mut LoadBalancer) -> Result<(), balancer::lb::LbError> + 'a>;
+
 #[test]
 fn lb_rejects_bad_input_with_clear_errors() {
     require_root();
@@ -210,10 +212,7 @@ fn lb_rejects_bad_input_with_clear_errors() {
         affinity_secs: None,
     };
     lb.add_vip(spec(vip)).unwrap();
-    let cases: Vec<(
-        Box<dyn Fn(&mut LoadBalancer) -> Result<(), balancer::lb::LbError>>,
-        &str,
-    )> = vec![
+    let cases: Vec<(Case, &str)> = vec![
         (Box::new(move |lb| lb.add_vip(spec(vip))), "already exists"),
         (
             Box::new(|lb| lb.add_vip(spec("0.0.0.0:80/tcp".parse().unwrap()))),

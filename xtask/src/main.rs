@@ -120,6 +120,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if !no_lint {
                 lint()?;
             }
+            // The integration suites run the `balancer` binary itself.
+            run(cargo().args(["build", "-p", "balancer-user", "--bins"]))?;
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "balancer-ebpf", "--"])
                 .args(&args))

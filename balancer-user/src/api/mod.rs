@@ -1,0 +1,204 @@
+//! The admin API: JSON over HTTP/1.1 on a Unix socket.
+//!
+//! | method | path | body | reply |
+//! |---|---|---|---|
+//! | GET | `/v1/status` | | [`StatusReply`] |
+//! | GET | `/v1/vips` | | `[VipInfo]` |
+//! | POST | `/v1/vips` | [`VipSpec`] | `{}` |
+//! | DELETE | `/v1/vips/{addr}/{port}/{proto}` | | `{}` |
+//! | POST | `/v1/vips/{addr}/{port}/{proto}/backends` | [`AddBackend`] | `{}` |
+//! | DELETE | `/v1/vips/{..}/backends/{addr}` | | `{}` |
+//! | POST | `/v1/vips/{..}/backends/{addr}/drain` or `/undrain` | | `{}` |
+//! | PUT | `/v1/vips/{..}/backends/{addr}/weight` | [`SetWeight`] | `{}` |
+//! | GET | `/v1/stats` | | [`StatsReply`] |
+//!
+//! Errors come back with a 4xx/5xx status and `{"error": "..."}`.
+
+pub mod client;
+pub mod server;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    lb::{VipId, VipInfo, VipSpec},
+    net::MacAddr,
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Body of "add backend".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBackend {
+    /// Backend address.
+    pub addr: IpAddr,
+    /// Weight (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Static next-hop MAC; resolved from the neighbour table if absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Body of "set weight".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetWeight {
+    /// The new weight.
+    pub weight: u32,
+}
+
+/// A backend that takes no new connections, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownBackend {
+    /// Its VIP.
+    pub vip: VipId,
+    /// Its address.
+    pub addr: IpAddr,
+    /// Why.
+    pub reason: String,
+}
+
+/// Reply of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Daemon version.
+    pub version: String,
+    /// Interface.
+    pub iface: String,
+    /// Network namespace, if any.
+    pub netns: Option<String>,
+    /// Pin directory.
+    pub pin_dir: String,
+    /// Attach mode, when this daemon attached (not adopted).
+    pub xdp_mode: Option<String>,
+    /// Whether the running data plane was adopted at start.
+    pub adopted: bool,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Maglev ring size.
+    pub ring_size: u32,
+    /// Connection-table entries (capacity) and live ones.
+    pub flow_table: (u64, u64),
+    /// Number of VIPs.
+    pub vips: usize,
+    /// Number of backends (memberships).
+    pub backends: usize,
+    /// Backends that are down, with reasons.
+    pub down: Vec<DownBackend>,
+}
+
+/// Counters of one backend in `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatsRow {
+    /// Address.
+    pub addr: IpAddr,
+    /// Configured weight.
+    pub weight: u32,
+    /// Weight in the ring now.
+    pub effective_weight: u32,
+    /// Ring slots held.
+    pub ring_slots: u64,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Connections placed.
+    pub new_flows: u64,
+    /// Why it is down, if it is.
+    pub down: Option<String>,
+}
+
+/// Counters of one VIP in `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatsRow {
+    /// The VIP.
+    pub vip: VipId,
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Connections placed.
+    pub new_flows: u64,
+    /// Its backends.
+    pub backends: Vec<BackendStatsRow>,
+}
+
+/// Reply of `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Milliseconds since the Unix epoch when read.
+    pub at_ms: u64,
+    /// Global data-path counters by name.
+    pub global: BTreeMap<String, u64>,
+    /// Per VIP.
+    pub vips: Vec<VipStatsRow>,
+}
+
+/// A request, as the daemon's handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Status.
+    Status,
+    /// List VIPs.
+    ListVips,
+    /// Add a VIP.
+    AddVip(VipSpec),
+    /// Remove a VIP.
+    RemoveVip(VipId),
+    /// Add a backend.
+    AddBackend(VipId, AddBackend),
+    /// Remove a backend.
+    RemoveBackend(VipId, IpAddr),
+    /// Drain (true) or undrain (false).
+    Drain(VipId, IpAddr, bool),
+    /// Set a weight.
+    SetWeight(VipId, IpAddr, u32),
+    /// Counters.
+    Stats,
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// To [`Request::Status`].
+    Status(StatusReply),
+    /// To [`Request::ListVips`].
+    Vips(Vec<VipInfo>),
+    /// To [`Request::Stats`].
+    Stats(StatsReply),
+    /// A change was applied.
+    Done,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong, for the operator.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+/// The path segment form of a VIP: `addr/port/proto`.
+pub fn vip_path(id: &VipId) -> String {
+    format!("{}/{}/{}", id.addr, id.port, id.proto)
+}

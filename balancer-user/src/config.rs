@@ -1,0 +1,642 @@
+//! The daemon's TOML configuration: parsing and validation.
+//!
+//! Every error names the file, line, column and field, and says what to write
+//! instead. Validation is complete before anything touches the kernel, so a bad
+//! file changes nothing.
+//!
+//! ```toml
+//! [daemon]
+//! iface = "eth0"                     # interface the balancer attaches to
+//! xdp_mode = "driver"                # driver (falls back to generic) | generic
+//! # netns = "gw"                     # run inside this named network namespace
+//! socket = "/run/balancer/balancer.sock"
+//! metrics = "127.0.0.1:9100"         # Prometheus endpoint; "" disables it
+//! state_file = "/var/lib/balancer/state.json"
+//!
+//! [dataplane]                        # fixed when the program is loaded
+//! ring_size = 65537
+//! max_vips = 64
+//! max_backends = 4096
+//! max_flows = 786432
+//! max_affinity = 262144
+//! mtu = 1500
+//! tunnel_src_v4 = "172.16.0.0/16"
+//! tunnel_src_v6 = "fd00:ba1a::/96"
+//!
+//! [[vip]]
+//! vip = "10.0.0.100:80/tcp"
+//! mode = "tunnel"                    # tunnel | l2-dsr
+//! # affinity_secs = 300              # client affinity
+//!
+//! [[vip.backend]]
+//! address = "10.0.1.10"
+//! weight = 1
+//! # mac = "02:00:00:00:00:10"        # static next hop; else resolved
+//! ```
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    dataplane::{AttachMode, LoadOptions},
+    lb::{
+        BackendRecord, MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, Settings, Snapshot, VipId, VipRecord,
+        VipSpec,
+    },
+    net::MacAddr,
+};
+
+/// A configuration error, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, if known.
+    pub line: Option<usize>,
+    /// 1-based column, if known.
+    pub col: Option<usize>,
+    /// The field, as a path like `vip[0].backend[1].weight`.
+    pub field: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.col) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    dataplane: RawDataplane,
+    #[serde(default)]
+    vip: Vec<RawVip>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    iface: Option<Spanned<String>>,
+    xdp_mode: Option<Spanned<String>>,
+    netns: Option<Spanned<String>>,
+    pin_dir: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    ring_size: Option<Spanned<u32>>,
+    max_vips: Option<Spanned<u32>>,
+    max_backends: Option<Spanned<u32>>,
+    max_flows: Option<Spanned<u32>>,
+    max_affinity: Option<Spanned<u32>>,
+    mtu: Option<Spanned<u32>>,
+    tunnel_src_v4: Option<Spanned<String>>,
+    tunnel_src_v6: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    vip: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    affinity_secs: Option<Spanned<u32>>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Spanned<String>,
+    weight: Option<Spanned<u32>>,
+    mac: Option<Spanned<String>>,
+}
+
+/// Daemon settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Interface to attach to.
+    pub iface: String,
+    /// Attach mode.
+    pub xdp_mode: AttachMode,
+    /// Named network namespace to run in.
+    pub netns: Option<String>,
+    /// Pin directory (default: `/sys/fs/bpf/balancer[/<netns>]/<iface>`).
+    pub pin_dir: PathBuf,
+    /// Admin API socket.
+    pub socket: PathBuf,
+    /// Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    /// Where runtime changes are persisted.
+    pub state_file: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Daemon settings.
+    pub daemon: DaemonConfig,
+    /// Map sizes.
+    pub load: LoadOptions,
+    /// Initial VIPs and data-plane settings, used when no state file exists.
+    pub initial: Snapshot,
+}
+
+/// Default admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/balancer/balancer.sock";
+/// Default state file.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/balancer/state.json";
+
+struct Ctx<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        let (line, col) = line_col(self.src, span.start);
+        Err(ConfigError {
+            path: self.path.to_path_buf(),
+            line: Some(line),
+            col: Some(col),
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    (line, col)
+}
+
+/// Parses `a.b.c.d/len` or `a:b::/len`.
+fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    Some((a.parse().ok()?, l.parse().ok()?))
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            col: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Validates configuration text; `path` only labels errors.
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let cx = Ctx { path, src };
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(src, s.start)).unzip();
+            // Name the key on the offending line, when there is one.
+            let field = line
+                .and_then(|l| src.lines().nth(l - 1))
+                .and_then(|text| text.split_once('='))
+                .map(|(k, _)| k.trim().to_string())
+                .filter(|k| !k.is_empty() && !k.starts_with('['))
+                .unwrap_or_default();
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                col,
+                field,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+
+        // [daemon]
+        let d = &raw.daemon;
+        let iface = match &d.iface {
+            Some(s) if s.get_ref().is_empty() || s.get_ref().len() > 15 => {
+                return cx.err(
+                    s.span(),
+                    "daemon.iface",
+                    "an interface name of 1 to 15 characters, e.g. \"eth0\"",
+                );
+            }
+            Some(s) => s.get_ref().clone(),
+            None => {
+                return Err(ConfigError {
+                    path: path.to_path_buf(),
+                    line: None,
+                    col: None,
+                    field: "daemon.iface".into(),
+                    message: "missing: name the interface to attach to, e.g. iface = \"eth0\""
+                        .into(),
+                });
+            }
+        };
+        let xdp_mode = match &d.xdp_mode {
+            None => AttachMode::Driver,
+            Some(s) => match s.get_ref().as_str() {
+                "driver" | "native" => AttachMode::Driver,
+                "generic" | "skb" => AttachMode::Generic,
+                other => {
+                    return cx.err(
+                        s.span(),
+                        "daemon.xdp_mode",
+                        format!("{other:?}: use \"driver\" or \"generic\""),
+                    );
+                }
+            },
+        };
+        let netns = d.netns.as_ref().map(|s| s.get_ref().clone());
+        let pin_dir = match &d.pin_dir {
+            Some(s) => PathBuf::from(s.get_ref()),
+            None => crate::dataplane::default_pin_dir(&iface, netns.as_deref()),
+        };
+        let socket = d
+            .socket
+            .as_ref()
+            .map(|s| PathBuf::from(s.get_ref()))
+            .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let metrics = match &d.metrics {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => match s.get_ref().parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return cx.err(
+                        s.span(),
+                        "daemon.metrics",
+                        "an address and port like \"127.0.0.1:9100\", or \"\" to disable",
+                    );
+                }
+            },
+        };
+        let state_file = d
+            .state_file
+            .as_ref()
+            .map(|s| PathBuf::from(s.get_ref()))
+            .unwrap_or_else(|| DEFAULT_STATE_FILE.into());
+
+        // [dataplane]
+        let p = &raw.dataplane;
+        let mut load = LoadOptions::default();
+        let mut settings = Settings::default();
+        let pick = |v: &Option<Spanned<u32>>, default: u32| {
+            v.as_ref().map(|s| *s.get_ref()).unwrap_or(default)
+        };
+        load.ring_size = pick(&p.ring_size, load.ring_size);
+        load.max_vips = pick(&p.max_vips, load.max_vips);
+        load.max_backends = pick(&p.max_backends, load.max_backends);
+        load.max_flows = pick(&p.max_flows, load.max_flows);
+        load.max_affinity = pick(&p.max_affinity, load.max_affinity);
+        if let Err(e) = load.validate() {
+            let span = [
+                &p.ring_size,
+                &p.max_vips,
+                &p.max_backends,
+                &p.max_flows,
+                &p.max_affinity,
+            ]
+            .iter()
+            .filter_map(|s| s.as_ref().map(|s| s.span()))
+            .next()
+            .unwrap_or(0..0);
+            return cx.err(span, "dataplane", e.to_string());
+        }
+        settings.mtu = pick(&p.mtu, settings.mtu);
+        if let Some(s) = &p.tunnel_src_v4 {
+            match parse_prefix(s.get_ref()) {
+                Some((IpAddr::V4(a), l)) => {
+                    settings.tunnel_src_v4 = a;
+                    settings.tunnel_src_v4_len = l;
+                }
+                _ => {
+                    return cx.err(
+                        s.span(),
+                        "dataplane.tunnel_src_v4",
+                        "an IPv4 prefix like \"172.16.0.0/16\"",
+                    );
+                }
+            }
+        }
+        if let Some(s) = &p.tunnel_src_v6 {
+            match parse_prefix(s.get_ref()) {
+                Some((IpAddr::V6(a), l)) => {
+                    settings.tunnel_src_v6 = a;
+                    settings.tunnel_src_v6_len = l;
+                }
+                _ => {
+                    return cx.err(
+                        s.span(),
+                        "dataplane.tunnel_src_v6",
+                        "an IPv6 prefix like \"fd00:ba1a::/96\"",
+                    );
+                }
+            }
+        }
+        if let Err(e) = settings.check() {
+            let (span, field) = if e.to_string().contains("mtu") {
+                (p.mtu.as_ref().map(|s| s.span()), "dataplane.mtu")
+            } else if e.to_string().contains("v4") {
+                (
+                    p.tunnel_src_v4.as_ref().map(|s| s.span()),
+                    "dataplane.tunnel_src_v4",
+                )
+            } else {
+                (
+                    p.tunnel_src_v6.as_ref().map(|s| s.span()),
+                    "dataplane.tunnel_src_v6",
+                )
+            };
+            return cx.err(span.unwrap_or(0..0), field, e.to_string());
+        }
+
+        // [[vip]]
+        let mut vips: Vec<VipRecord> = Vec::new();
+        let mut next_slot = 0u32;
+        for (i, v) in raw.vip.iter().enumerate() {
+            let field = |f: &str| format!("vip[{i}].{f}");
+            let id: VipId = match v.vip.get_ref().parse() {
+                Ok(id) => id,
+                Err(e) => return cx.err(v.vip.span(), field("vip"), e),
+            };
+            if vips.iter().any(|r| r.spec.id == id) {
+                return cx.err(
+                    v.vip.span(),
+                    field("vip"),
+                    format!("{id} is configured twice"),
+                );
+            }
+            let mode = match &v.mode {
+                None => Mode::Tunnel,
+                Some(s) => match s.get_ref().parse() {
+                    Ok(m) => m,
+                    Err(e) => return cx.err(s.span(), field("mode"), e),
+                },
+            };
+            if let Some(a) = &v.affinity_secs
+                && (*a.get_ref() == 0 || *a.get_ref() > MAX_AFFINITY_SECS)
+            {
+                return cx.err(
+                    a.span(),
+                    field("affinity_secs"),
+                    format!("use 1 to {MAX_AFFINITY_SECS} seconds"),
+                );
+            }
+            let mut backends: Vec<BackendRecord> = Vec::new();
+            for (j, b) in v.backend.iter().enumerate() {
+                let bfield = |f: &str| format!("vip[{i}].backend[{j}].{f}");
+                let addr: IpAddr = match b.address.get_ref().parse() {
+                    Ok(a) => a,
+                    Err(_) => return cx.err(b.address.span(), bfield("address"), "an IP address like \"10.0.1.10\" (no port: backends listen on the VIP's port)"),
+                };
+                if addr.is_unspecified() || addr.is_multicast() {
+                    return cx.err(b.address.span(), bfield("address"), "a unicast address");
+                }
+                if mode == Mode::L2Dsr && addr.is_ipv4() != id.addr.is_ipv4() {
+                    return cx.err(
+                        b.address.span(),
+                        bfield("address"),
+                        "L2 DSR needs backends in the VIP's address family",
+                    );
+                }
+                if backends.iter().any(|r| r.addr == addr) {
+                    return cx.err(
+                        b.address.span(),
+                        bfield("address"),
+                        format!("{addr} is listed twice in this pool"),
+                    );
+                }
+                let weight = b.weight.as_ref().map(|w| *w.get_ref()).unwrap_or(1);
+                if weight > MAX_WEIGHT {
+                    let span = b.weight.as_ref().map(|w| w.span()).unwrap_or(0..0);
+                    return cx.err(
+                        span,
+                        bfield("weight"),
+                        format!("{weight} out of range: use 0 to {MAX_WEIGHT} (0 drains)"),
+                    );
+                }
+                let mac = match &b.mac {
+                    None => None,
+                    Some(m) => match m.get_ref().parse::<MacAddr>() {
+                        Ok(mac) => Some(mac),
+                        Err(e) => return cx.err(m.span(), bfield("mac"), e.to_string()),
+                    },
+                };
+                backends.push(BackendRecord {
+                    addr,
+                    weight,
+                    drained: false,
+                    mac,
+                    mac_static: mac.is_some(),
+                    slot: next_slot,
+                });
+                next_slot += 1;
+            }
+            vips.push(VipRecord {
+                spec: VipSpec {
+                    id,
+                    mode,
+                    affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
+                },
+                index: i as u32,
+                backends,
+            });
+        }
+        if vips.len() as u32 > load.max_vips {
+            return cx.err(
+                0..0,
+                "vip",
+                format!("{} VIPs but max_vips = {}", vips.len(), load.max_vips),
+            );
+        }
+        if next_slot > load.max_backends {
+            return cx.err(
+                0..0,
+                "vip.backend",
+                format!(
+                    "{next_slot} backends but max_backends = {}",
+                    load.max_backends
+                ),
+            );
+        }
+        Ok(Config {
+            daemon: DaemonConfig {
+                iface,
+                xdp_mode,
+                netns,
+                pin_dir,
+                socket,
+                metrics,
+                state_file,
+            },
+            load,
+            initial: Snapshot { settings, vips },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), src)
+    }
+
+    const GOOD: &str = r#"
+[daemon]
+iface = "eth0"
+metrics = ""
+
+[dataplane]
+mtu = 1600
+tunnel_src_v4 = "10.255.0.0/16"
+
+[[vip]]
+vip = "10.0.0.100:80/tcp"
+affinity_secs = 60
+
+[[vip.backend]]
+address = "10.0.1.10"
+weight = 3
+
+[[vip.backend]]
+address = "10.0.1.11"
+mac = "02:00:00:00:00:11"
+
+[[vip]]
+vip = "[2001:db8::1]:443/tcp"
+mode = "l2-dsr"
+"#;
+
+    #[test]
+    fn good_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.daemon.iface, "eth0");
+        assert_eq!(c.daemon.metrics, None);
+        assert_eq!(c.initial.settings.mtu, 1600);
+        assert_eq!(c.initial.vips.len(), 2);
+        let v = &c.initial.vips[0];
+        assert_eq!(v.spec.affinity_secs, Some(60));
+        assert_eq!(v.backends[0].weight, 3);
+        assert_eq!(v.backends[1].weight, 1);
+        assert!(v.backends[1].mac_static);
+        assert_eq!(c.initial.vips[1].spec.mode, Mode::L2Dsr);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let cases = [
+            (
+                GOOD.replace("weight = 3", "weight = 3000000"),
+                16,
+                "vip[0].backend[0].weight",
+                "out of range",
+            ),
+            (
+                GOOD.replace("\"10.0.1.11\"", "\"10.0.1.300\""),
+                19,
+                "vip[0].backend[1].address",
+                "IP address",
+            ),
+            (
+                GOOD.replace("l2-dsr", "magic"),
+                24,
+                "vip[1].mode",
+                "tunnel or l2-dsr",
+            ),
+            (
+                GOOD.replace("10.0.0.100:80/tcp", "10.0.0.100/tcp"),
+                11,
+                "vip[0].vip",
+                "missing port",
+            ),
+            (
+                GOOD.replace("02:00:00:00:00:11", "02:00"),
+                20,
+                "vip[0].backend[1].mac",
+                "six hex bytes",
+            ),
+            (
+                GOOD.replace("affinity_secs = 60", "affinity_secs = 0"),
+                12,
+                "vip[0].affinity_secs",
+                "1 to",
+            ),
+            (
+                GOOD.replace("mtu = 1600", "mtu = 100"),
+                7,
+                "dataplane.mtu",
+                "mtu 100",
+            ),
+            (
+                GOOD.replace("\"10.255.0.0/16\"", "\"10.255.0.0\""),
+                8,
+                "dataplane.tunnel_src_v4",
+                "prefix",
+            ),
+            (
+                GOOD.replace("\"10.255.0.0/16\"", "\"10.255.0.0/40\""),
+                8,
+                "dataplane.tunnel_src_v4",
+                "/40",
+            ),
+            (
+                GOOD.replace("\"10.0.1.10\"", "\"10.0.1.11\""),
+                19,
+                "vip[0].backend[1].address",
+                "twice",
+            ),
+        ];
+        for (src, line, field, msg) in cases {
+            let e = parse(&src).unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (Some(line), field), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+            assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields() {
+        let e = parse("[daemon]\niface = \"eth0\"\nifase = \"x\"\n").unwrap_err();
+        assert_eq!(e.field, "ifase");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[daemon\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = parse("[dataplane]\nring_size = 100\n[daemon]\niface=\"x\"\n").unwrap_err();
+        assert!(e.message.contains("not a prime"), "{e}");
+        let e = parse("").unwrap_err();
+        assert!(e.message.contains("missing"), "{e}");
+    }
+}

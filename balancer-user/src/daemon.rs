@@ -1,0 +1,333 @@
+//! `balancer run`: the gateway daemon.
+//!
+//! Start-up order, so a bad configuration changes nothing and a restart never
+//! drops traffic:
+//!
+//! 1. validate the configuration and read the state file (refuse on errors);
+//! 2. enter the configured network namespace;
+//! 3. attach the data plane, or adopt the one pinned by an earlier daemon;
+//! 4. rebuild the model from the state file (or the configuration's VIPs on a
+//!    first start) and reconcile the maps with it; an adopted, consistent data
+//!    plane is left exactly as it was;
+//! 5. serve the admin API, the metrics endpoint, and resolve next hops.
+//!
+//! Every change is persisted to the state file before it is acknowledged.
+//! Stopping the daemon leaves the data plane running; `balancer detach`
+//! removes it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use balancer_common::Counter;
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{
+        ApiError, BackendStatsRow, DownBackend, Reply, Request, StatsReply, StatusReply,
+        VipStatsRow,
+        server::{self, Handler},
+    },
+    config::Config,
+    dataplane::{Dataplane, Programs},
+    lb::{BackendSpec, LbError, LoadBalancer, Snapshot},
+    metrics, neigh, state,
+};
+
+/// Shared daemon state.
+pub struct Daemon {
+    cfg: Config,
+    lb: Mutex<LoadBalancer>,
+    programs: Programs,
+    started: Instant,
+}
+
+fn lb_error(e: LbError) -> ApiError {
+    let status = match &e {
+        LbError::NoSuchVip(_) | LbError::NoSuchBackend { .. } => 404,
+        LbError::VipExists(_) | LbError::BackendExists { .. } => 409,
+        LbError::Maps(_) => 500,
+        _ => 400,
+    };
+    ApiError {
+        status,
+        message: e.to_string(),
+    }
+}
+
+impl Daemon {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, LoadBalancer>, ApiError> {
+        self.lb.lock().map_err(|_| ApiError {
+            status: 500,
+            message: "internal state poisoned by an earlier panic; restart the daemon".into(),
+        })
+    }
+
+    fn persist(&self, lb: &LoadBalancer) -> Result<(), ApiError> {
+        state::save(&self.cfg.daemon.state_file, &lb.snapshot()).map_err(|e| {
+            error!(error = %e, "change applied but NOT persisted");
+            ApiError {
+                status: 500,
+                message: format!("change applied but not persisted: {e}"),
+            }
+        })
+    }
+
+    /// Applies `f` and persists the result.
+    fn mutate(
+        &self,
+        f: impl FnOnce(&mut LoadBalancer) -> Result<(), LbError>,
+    ) -> Result<Reply, ApiError> {
+        let mut lb = self.lock()?;
+        f(&mut lb).map_err(lb_error)?;
+        self.persist(&lb)?;
+        Ok(Reply::Done)
+    }
+
+    /// Counters of every VIP and backend.
+    pub fn stats(&self) -> Result<StatsReply, ApiError> {
+        let lb = self.lock()?;
+        let internal = |e: LbError| ApiError {
+            status: 500,
+            message: e.to_string(),
+        };
+        let g = lb.global_stats().map_err(internal)?;
+        let global = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), g.get(*c)))
+            .collect();
+        let mut vips = Vec::new();
+        for v in lb.vips() {
+            let s = lb.vip_stats(&v.spec.id).map_err(internal)?;
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let bs = lb.backend_stats(&v.spec.id, b.addr).map_err(internal)?;
+                backends.push(BackendStatsRow {
+                    addr: b.addr,
+                    weight: b.weight,
+                    effective_weight: b.effective_weight,
+                    ring_slots: b.ring_slots,
+                    packets: bs.packets,
+                    bytes: bs.bytes,
+                    new_flows: bs.new_flows,
+                    down: b.down.clone(),
+                });
+            }
+            vips.push(VipStatsRow {
+                vip: v.spec.id,
+                packets: s.packets,
+                bytes: s.bytes,
+                new_flows: s.new_flows,
+                backends,
+            });
+        }
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(StatsReply {
+            at_ms,
+            global,
+            vips,
+        })
+    }
+
+    fn status(&self) -> Result<StatusReply, ApiError> {
+        let lb = self.lock()?;
+        let vips = lb.vips();
+        let mut down = Vec::new();
+        for v in &vips {
+            for b in &v.backends {
+                if let Some(reason) = &b.down {
+                    down.push(DownBackend {
+                        vip: v.spec.id,
+                        addr: b.addr,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        let att = self.programs.attachment();
+        let maps = lb.maps();
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            iface: self.cfg.daemon.iface.clone(),
+            netns: self.cfg.daemon.netns.clone(),
+            pin_dir: self.cfg.daemon.pin_dir.display().to_string(),
+            xdp_mode: att
+                .and_then(|a| a.mode)
+                .map(|m| format!("{m:?}").to_lowercase()),
+            adopted: att.is_some_and(|a| a.adopted),
+            uptime_secs: self.started.elapsed().as_secs(),
+            ring_size: maps.sizes.ring_size,
+            flow_table: (maps.flows.capacity(), maps.flows.occupancy().0),
+            vips: vips.len(),
+            backends: vips.iter().map(|v| v.backends.len()).sum(),
+            down,
+        })
+    }
+}
+
+impl Handler for Daemon {
+    fn handle(&self, req: Request) -> Result<Reply, ApiError> {
+        match req {
+            Request::Status => self.status().map(Reply::Status),
+            Request::Stats => self.stats().map(Reply::Stats),
+            Request::ListVips => Ok(Reply::Vips(self.lock()?.vips())),
+            Request::AddVip(spec) => self.mutate(|lb| lb.add_vip(spec)),
+            Request::RemoveVip(id) => self.mutate(|lb| lb.remove_vip(&id)),
+            Request::AddBackend(vip, b) => self.mutate(|lb| {
+                lb.add_backend(
+                    &vip,
+                    BackendSpec {
+                        addr: b.addr,
+                        weight: b.weight,
+                        mac: b.mac,
+                    },
+                )
+            }),
+            Request::RemoveBackend(vip, addr) => self.mutate(|lb| lb.remove_backend(&vip, addr)),
+            Request::Drain(vip, addr, true) => self.mutate(|lb| lb.drain(&vip, addr)),
+            Request::Drain(vip, addr, false) => self.mutate(|lb| lb.undrain(&vip, addr)),
+            Request::SetWeight(vip, addr, w) => self.mutate(|lb| lb.set_weight(&vip, addr, w)),
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> Result<()> {
+    // Read the state file first: a broken one must stop us before the kernel
+    // is touched.
+    let saved = state::load(&cfg.daemon.state_file)?;
+    if let Some(ns) = &cfg.daemon.netns {
+        // Before the runtime exists: its threads inherit the namespace.
+        enter_netns(ns)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(cfg, saved))
+}
+
+fn enter_netns(ns: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let f =
+        std::fs::File::open(&path).with_context(|| format!("opening network namespace {path}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {ns}"))?;
+    Ok(())
+}
+
+async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
+    let d = cfg.daemon.clone();
+    let load = cfg.load;
+    let dp = tokio::task::spawn_blocking(move || {
+        Dataplane::attach(&d.iface, d.xdp_mode, &load, &d.pin_dir)
+    })
+    .await?
+    .with_context(|| format!("attaching to {}", cfg.daemon.iface))?;
+    let adopted = dp.programs.attachment().is_some_and(|a| a.adopted);
+    let snapshot = saved.unwrap_or_else(|| cfg.initial.clone());
+    let lb = match LoadBalancer::restore(dp.maps, &snapshot, adopted) {
+        Ok(lb) => lb,
+        Err(e) => {
+            if !adopted {
+                // We attached it just now: leave nothing behind.
+                drop(dp.programs);
+                let _ = Dataplane::detach(&cfg.daemon.pin_dir);
+            }
+            return Err(e).context("applying the saved state");
+        }
+    };
+    state::save(&cfg.daemon.state_file, &lb.snapshot())?;
+    info!(
+        iface = %cfg.daemon.iface,
+        adopted,
+        vips = lb.vips().len(),
+        "balancer running"
+    );
+    let daemon = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        lb: Mutex::new(lb),
+        programs: dp.programs,
+        started: Instant::now(),
+    });
+
+    let listener = server::bind(&cfg.daemon.socket)
+        .with_context(|| format!("binding {}", cfg.daemon.socket.display()))?;
+    tokio::spawn(server::serve(listener, daemon.clone()));
+
+    if let Some(addr) = cfg.daemon.metrics {
+        let l = metrics::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics on {addr}"))?;
+        let src = daemon.clone();
+        tokio::spawn(metrics::serve(
+            l,
+            Arc::new(move || src.stats().map_err(|e| e.message)),
+        ));
+    }
+
+    tokio::spawn(resolve_loop(daemon.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("stopping; the data plane stays attached (`balancer detach` removes it)");
+    let _ = std::fs::remove_file(&cfg.daemon.socket);
+    Ok(())
+}
+
+/// Keeps every backend's next-hop MAC in line with the neighbour table.
+async fn resolve_loop(daemon: Arc<Daemon>) {
+    let resolver = match neigh::Resolver::new() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "next-hop resolution disabled");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let addrs = match daemon.lock() {
+            Ok(lb) => lb.resolvable_backends(),
+            Err(_) => return,
+        };
+        let results = match resolver.resolve_all(&addrs).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "next-hop resolution failed");
+                continue;
+            }
+        };
+        let d = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(mut lb) = d.lock() else { return };
+            let before = lb.snapshot();
+            for (addr, r) in results {
+                let res = match r {
+                    neigh::Resolution::Resolved { mac, .. } => {
+                        lb.set_next_hop(addr, Some(mac), None)
+                    }
+                    neigh::Resolution::Unresolved(reason) => {
+                        lb.set_next_hop(addr, None, Some(reason))
+                    }
+                };
+                if let Err(e) = res {
+                    warn!(%addr, error = %e, "updating next hop");
+                }
+            }
+            if lb.snapshot() != before {
+                let _ = d.persist(&lb);
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,303 @@
+//! The control plane end to end: `balancer run` on a namespace testbed, real TCP
+//! clients through XDP to real HTTP servers, changed live through the admin API
+//! and the CLI.
+
+use std::{collections::BTreeMap, net::IpAddr, process::Command, sync::Mutex, time::Duration};
+
+use balancer::{api::AddBackend, lb::VipId};
+use balancer_tests::{
+    loadgen, require_root,
+    testbed::{Spec, Testbed, VIP, VIP_PORT, balancer_bin},
+};
+
+/// Testbeds push real traffic; one at a time keeps the 2-core machine honest.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn testbed(clients: usize, backends: usize) -> Testbed {
+    require_root();
+    Testbed::up(Spec::unique(
+        clients,
+        backends,
+        env!("CARGO_BIN_EXE_testbed"),
+    ))
+    .expect("testbed up")
+}
+
+fn vip() -> VipId {
+    format!("{VIP}:{VIP_PORT}/tcp").parse().unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn addr(tb: &Testbed, i: usize) -> IpAddr {
+    tb.backends[i].addr.into()
+}
+
+#[test]
+fn connections_follow_the_weights() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 3);
+    let weights = [1u32, 1, 2];
+    let cfg = tb.config(&tb.vip_toml(&weights, None));
+    tb.start_daemon(&cfg).unwrap();
+    let n = 20_000;
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), n, 32).unwrap();
+    assert_eq!(
+        r.ok, n,
+        "every connection answered; failures: {:?}",
+        r.errors
+    );
+    let total_w: u32 = weights.iter().sum();
+    for (b, w) in tb.backends.iter().zip(weights) {
+        let want = w as f64 / total_w as f64;
+        let got = *r.per_backend.get(&b.name).unwrap_or(&0) as f64 / n as f64;
+        let err = (got - want).abs() / want;
+        assert!(
+            err <= 0.05,
+            "{}: share {got:.4} vs weight share {want:.4} ({:.1}% off)",
+            b.name,
+            err * 100.0
+        );
+    }
+}
+
+#[test]
+fn long_lived_connections_survive_every_change() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 4);
+    // b4 starts outside the pool; it is added live.
+    let cfg = tb.config(&tb.vip_toml(&[1, 1, 1], None));
+    tb.start_daemon(&cfg).unwrap();
+    let client = tb.client();
+    let rt = rt();
+    let conns = loadgen::long_lived(
+        &tb.clients[0].ns,
+        tb.vip(),
+        48,
+        Duration::from_secs(14),
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let v = vip();
+    // 1. A weight change.
+    rt.block_on(client.set_weight(&v, addr(&tb, 0), 5)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // 2. A new backend.
+    let b4 = AddBackend {
+        addr: addr(&tb, 3),
+        weight: 3,
+        mac: None,
+    };
+    rt.block_on(client.add_backend(&v, &b4)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // 3. A drain.
+    rt.block_on(client.drain(&v, addr(&tb, 1), true)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // 4. kill -9 and restart: the pinned data plane keeps forwarding meanwhile.
+    tb.kill9_daemon().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    tb.restart_daemon().unwrap();
+    let st = rt.block_on(client.status()).unwrap();
+    assert!(st.adopted, "restart must adopt the running data plane");
+    let results = conns.join().unwrap().unwrap();
+    let mut failures = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if let Some(e) = &r.error {
+            failures.push(format!("conn {i}: {e} after {} requests", r.requests));
+        }
+        if r.backends.len() != 1 {
+            failures.push(format!("conn {i} moved between backends: {:?}", r.backends));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        results.iter().all(|r| r.requests > 100),
+        "connections were not busy"
+    );
+    // The restored state is the one that was running.
+    let vips = rt.block_on(client.vips()).unwrap();
+    let pool: BTreeMap<IpAddr, (u32, bool)> = vips[0]
+        .backends
+        .iter()
+        .map(|b| (b.addr, (b.weight, b.drained)))
+        .collect();
+    assert_eq!(pool.get(&addr(&tb, 0)), Some(&(5, false)));
+    assert_eq!(pool.get(&addr(&tb, 1)), Some(&(1, true)));
+    assert_eq!(pool.get(&addr(&tb, 3)), Some(&(3, false)));
+}
+
+#[test]
+fn removed_backend_gets_no_new_connections() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 3);
+    let cfg = tb.config(&tb.vip_toml(&[1, 1, 1], None));
+    tb.start_daemon(&cfg).unwrap();
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 600, 16).unwrap();
+    assert!(
+        r.per_backend.get("b1").copied().unwrap_or(0) > 100,
+        "{:?}",
+        r.per_backend
+    );
+    rt().block_on(tb.client().remove_backend(&vip(), addr(&tb, 0)))
+        .unwrap();
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 3000, 16).unwrap();
+    assert_eq!(r.ok, 3000, "{:?}", r.errors);
+    assert_eq!(r.per_backend.get("b1"), None, "{:?}", r.per_backend);
+}
+
+#[test]
+fn affinity_vip_keeps_a_client_on_one_backend() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(2, 3);
+    let cfg = tb.config(&tb.vip_toml(&[1, 1, 1], Some(300)));
+    tb.start_daemon(&cfg).unwrap();
+    for c in &tb.clients {
+        let r = loadgen::short_connections(&c.ns, tb.vip(), 800, 16).unwrap();
+        assert_eq!(r.ok, 800, "{:?}", r.errors);
+        assert_eq!(
+            r.per_backend.len(),
+            1,
+            "client {} spread over {:?}",
+            c.name,
+            r.per_backend
+        );
+    }
+}
+
+#[test]
+fn cli_validates_and_reports() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 2);
+    let cfg = tb.config(&tb.vip_toml(&[1, 1], None));
+    tb.start_daemon(&cfg).unwrap();
+    let bin = balancer_bin().unwrap();
+    let sock = tb.socket();
+    let cli = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let v = vip().to_string();
+    let b1 = tb.backends[0].addr.to_string();
+    // Bad arguments: refused with what to type instead.
+    for (args, want) in [
+        (
+            vec!["backend", "set-weight", &v, &b1, "2000000"],
+            "use 0 to 1000000",
+        ),
+        (
+            vec!["backend", "set-weight", &v, "not-an-ip", "1"],
+            "invalid value",
+        ),
+        (vec!["vip", "add", "10.1.1.1"], "missing port"),
+        (
+            vec!["vip", "add", "10.1.1.1:80", "--affinity", "0"],
+            "use 1 to",
+        ),
+        (
+            vec!["backend", "drain", &v, "10.77.0.250"],
+            "not in the pool",
+        ),
+        (vec!["vip", "rm", "10.9.9.9:1/udp"], "no VIP"),
+    ] {
+        let (ok, _, err) = cli(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Good ones, table and JSON.
+    let (ok, out, err) = cli(&["backend", "set-weight", &v, &b1, "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("weight 3"), "{out}");
+    let (ok, out, _) = cli(&["backend", "list"]);
+    assert!(ok);
+    assert!(out.lines().next().unwrap().starts_with("VIP"), "{out}");
+    assert!(
+        out.contains("75.0%"),
+        "weight 3 of 4 holds 75% of the ring: {out}"
+    );
+    let (ok, out, _) = cli(&["--output", "json", "status"]);
+    assert!(ok);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["vips"], 1);
+    loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 200, 8).unwrap();
+    let (ok, out, err) = cli(&["stats", "--once", "--interval", "0.2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&b1) && out.contains("CONN SHARE"), "{out}");
+    // Prometheus endpoint of the daemon, inside the gateway namespace.
+    let metrics = balancer_tests::netns::exec_in(
+        &tb.gateway.ns,
+        "sh",
+        &["-c", "exec 3<>/dev/tcp/10.77.0.2/9100 2>/dev/null || true"],
+    );
+    let _ = metrics;
+    let body = balancer_tests::netns::run_in(&tb.gateway.ns, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("10.77.0.2:9100").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap();
+    assert!(
+        body.contains(
+            "balancer_backend_packets_total{vip=\"10.77.100.1:80/tcp\",backend=\"10.77.0.100\"}"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("balancer_dataplane_events_total{event=\"tx_tunnel_v4\"}"),
+        "{body}"
+    );
+    // config check names line and field.
+    let bad = tb.dir().join("bad.toml");
+    std::fs::write(&bad, cfg.replace("max_vips = 8", "max_vips = 8\nmtu_x = 1")).unwrap();
+    let out = Command::new(&bin)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml:10:") && err.contains("unknown field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_config_refuses_to_start_and_changes_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 1);
+    let cfg = tb
+        .config(&tb.vip_toml(&[1], None))
+        .replace("weight = 1", "weight = -1");
+    let err = tb.start_daemon(&cfg).unwrap_err().to_string();
+    assert!(err.contains("exited"), "{err}");
+    let log = tb.daemon_log();
+    assert!(
+        log.contains("balancer.toml:") && log.contains("weight"),
+        "{log}"
+    );
+    assert!(!tb.gateway_pins().exists(), "nothing may be pinned");
+    let out =
+        balancer_tests::netns::ip_in(&tb.gateway.ns, &["-d", "link", "show", "eth0"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("prog/xdp"),
+        "nothing may be attached"
+    );
+}
