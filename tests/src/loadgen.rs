@@ -134,6 +134,98 @@ pub fn short_connections(
     })?
 }
 
+/// Runs `conns` keep-alive connections to `target` from `ns`, each sending
+/// requests back to back for `duration`; every request's latency is kept.
+pub fn keepalive(
+    ns: &str,
+    target: SocketAddr,
+    conns: usize,
+    duration: Duration,
+) -> Result<ShortResult> {
+    netns::run_in(ns, move || -> Result<ShortResult> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let start = Instant::now();
+            let end = start + duration;
+            let mut set = JoinSet::new();
+            for _ in 0..conns {
+                set.spawn(async move {
+                    let mut res = ShortResult::default();
+                    let s = match timeout(Duration::from_secs(5), TcpStream::connect(target)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => {
+                            res.errors.insert("connect".into(), 1);
+                            return res;
+                        }
+                    };
+                    let _ = s.set_nodelay(true);
+                    let mut s = BufReader::new(s);
+                    while Instant::now() < end {
+                        let t0 = Instant::now();
+                        match timeout(Duration::from_secs(5), exchange(&mut s, true)).await {
+                            Ok(Ok(b)) => {
+                                res.ok += 1;
+                                *res.per_backend.entry(b).or_insert(0) += 1;
+                                res.latencies.push(t0.elapsed());
+                            }
+                            Ok(Err(e)) => {
+                                *res.errors.entry(format!("{e:#}")).or_insert(0) += 1;
+                                break;
+                            }
+                            Err(_) => {
+                                *res.errors.entry("timeout".into()).or_insert(0) += 1;
+                                break;
+                            }
+                        }
+                    }
+                    res
+                });
+            }
+            let mut total = ShortResult::default();
+            while let Some(r) = set.join_next().await {
+                let r = r?;
+                total.ok += r.ok;
+                for (k, v) in r.errors {
+                    *total.errors.entry(k).or_insert(0) += v;
+                }
+                for (k, v) in r.per_backend {
+                    *total.per_backend.entry(k).or_insert(0) += v;
+                }
+                total.latencies.extend(r.latencies);
+            }
+            total.elapsed = start.elapsed();
+            Ok(total)
+        })
+    })?
+}
+
+/// Like [`short_connections`], but for `duration` instead of a count.
+pub fn short_for(
+    ns: &str,
+    target: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+) -> Result<ShortResult> {
+    let start = Instant::now();
+    let mut total = ShortResult::default();
+    while start.elapsed() < duration {
+        let r = short_connections(ns, target, 500, concurrency)?;
+        total.ok += r.ok;
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in r.per_backend {
+            *total.per_backend.entry(k).or_insert(0) += v;
+        }
+        total.latencies.extend(r.latencies);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
 /// What one long-lived connection saw.
 #[derive(Debug, Clone)]
 pub struct LongResult {

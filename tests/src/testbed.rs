@@ -297,12 +297,14 @@ impl Testbed {
     pub fn start_server(&mut self, i: usize, delay: std::time::Duration) -> Result<()> {
         let b = self.backends.get(i).context("no such backend")?.clone();
         let child = command_in(&b.ns, &self.spec.server_bin.to_string_lossy())
+            // Any address: the VIP (tunnelled traffic) and the backend's own
+            // (direct traffic, e.g. from a proxy) alike.
             .args([
                 "serve",
                 "--name",
                 &b.name,
                 "--listen",
-                &format!("{VIP}:{VIP_PORT}"),
+                &format!("0.0.0.0:{VIP_PORT}"),
             ])
             .args(["--delay-ms", &delay.as_millis().to_string()])
             .stdin(Stdio::null())

@@ -236,7 +236,7 @@ fn cli_validates_and_reports() {
     loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 200, 8).unwrap();
     let (ok, out, err) = cli(&["stats", "--once", "--interval", "0.2"]);
     assert!(ok, "{err}");
-    assert!(out.contains(&b1) && out.contains("CONN SHARE"), "{out}");
+    assert!(out.contains(&b1) && out.contains("FLOW SHARE"), "{out}");
     // Prometheus endpoint of the daemon, inside the gateway namespace.
     let metrics = balancer_tests::netns::exec_in(
         &tb.gateway.ns,

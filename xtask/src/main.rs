@@ -90,6 +90,10 @@ enum TestbedAction {
 enum Bench {
     /// ns/packet of every data-path path via BPF_PROG_TEST_RUN.
     Dataplane,
+    /// Weighted Maglev build time and disruption.
+    Maglev,
+    /// HTTP through the balancer vs. direct vs. HAProxy on the testbed.
+    E2e,
 }
 
 fn main() -> ExitCode {
@@ -129,8 +133,21 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { which, args } => {
             setup::ensure()?;
             util::require_root("benchmarks load XDP programs")?;
+            // The e2e bench runs the daemon and the testbed's servers.
+            run(cargo().args([
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "balancer-user",
+                "-p",
+                "balancer-tests",
+                "--bins",
+            ]))?;
             let name = match which {
                 Bench::Dataplane => "dataplane",
+                Bench::Maglev => "maglev",
+                Bench::E2e => "e2e",
             };
             run(cargo()
                 .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])
