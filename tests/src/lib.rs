@@ -20,6 +20,17 @@ pub mod signals;
 pub mod testbed;
 pub mod xdp;
 
+/// Scales a load size by `$BALANCER_TEST_SCALE` (default 1). The VM suite runs
+/// under software emulation and sets it below 1; the code paths are the same.
+pub fn scaled(n: u64) -> u64 {
+    let f: f64 = std::env::var("BALANCER_TEST_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|f: &f64| *f > 0.0 && *f <= 1.0)
+        .unwrap_or(1.0);
+    ((n as f64 * f).round() as u64).max(1)
+}
+
 /// Fails the calling test with a clear message unless running as root: these
 /// suites load BPF programs and create network namespaces. A skipped test would
 /// be a silent lie, so this panics instead.

@@ -48,6 +48,17 @@ pub struct Spec {
     pub backends: usize,
     /// The binary that serves HTTP on backends (`testbed serve`).
     pub server_bin: PathBuf,
+    /// How backends strip the tunnel.
+    pub decap: DecapMode,
+}
+
+/// How backends strip the balancer's tunnel header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecapMode {
+    /// The `decap` XDP program (works on kernels without tunnel modules).
+    Xdp,
+    /// The kernel's own `ipip` / `ip6_tunnel` fallback devices.
+    Kernel,
 }
 
 impl Spec {
@@ -65,6 +76,7 @@ impl Spec {
             clients,
             backends,
             server_bin: server_bin.into(),
+            decap: DecapMode::Xdp,
         }
     }
 }
@@ -254,12 +266,28 @@ impl Testbed {
             ip_in(&b.ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             sysctl_in(&b.ns, "net.ipv4.conf.all.arp_ignore", "1")?;
             sysctl_in(&b.ns, "net.ipv4.conf.all.arp_announce", "2")?;
-            let pin = self.decap_pin(&b);
-            netns::run_in(&b.ns, move || -> Result<()> {
-                let mut d = Decap::attach("eth0", AttachMode::Driver, Some(&pin))?;
-                d.add_vip(VIP.into())?;
-                Ok(())
-            })??;
+            match self.spec.decap {
+                DecapMode::Xdp => {
+                    let pin = self.decap_pin(&b);
+                    netns::run_in(&b.ns, move || -> Result<()> {
+                        let mut d = Decap::attach("eth0", AttachMode::Driver, Some(&pin))?;
+                        d.add_vip(VIP.into())?;
+                        Ok(())
+                    })??;
+                }
+                DecapMode::Kernel => {
+                    // The fallback tunnel devices exist in every namespace once
+                    // the modules are loaded; they take packets from any source.
+                    for dev in ["tunl0", "ip6tnl0"] {
+                        ip_in(&b.ns, &["link", "set", dev, "up"]).with_context(|| {
+                            format!(
+                                "{dev} missing: the kernel needs the ipip and ip6_tunnel modules"
+                            )
+                        })?;
+                    }
+                    sysctl_in(&b.ns, "net.ipv4.conf.tunl0.rp_filter", "0")?;
+                }
+            }
             self.start_server(i, std::time::Duration::ZERO)?;
         }
         // Wait until every server answers locally.

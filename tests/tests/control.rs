@@ -45,7 +45,7 @@ fn connections_follow_the_weights() {
     let weights = [1u32, 1, 2];
     let cfg = tb.config(&tb.vip_toml(&weights, None));
     tb.start_daemon(&cfg).unwrap();
-    let n = 20_000;
+    let n = balancer_tests::scaled(20_000);
     let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), n, 32).unwrap();
     assert_eq!(
         r.ok, n,
@@ -117,7 +117,9 @@ fn long_lived_connections_survive_every_change() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
-        results.iter().all(|r| r.requests > 100),
+        results
+            .iter()
+            .all(|r| r.requests > balancer_tests::scaled(100)),
         "connections were not busy"
     );
     // The restored state is the one that was running.
@@ -238,12 +240,6 @@ fn cli_validates_and_reports() {
     assert!(ok, "{err}");
     assert!(out.contains(&b1) && out.contains("FLOW SHARE"), "{out}");
     // Prometheus endpoint of the daemon, inside the gateway namespace.
-    let metrics = balancer_tests::netns::exec_in(
-        &tb.gateway.ns,
-        "sh",
-        &["-c", "exec 3<>/dev/tcp/10.77.0.2/9100 2>/dev/null || true"],
-    );
-    let _ = metrics;
     let body = balancer_tests::netns::run_in(&tb.gateway.ns, || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect("10.77.0.2:9100").unwrap();

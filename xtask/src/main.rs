@@ -13,6 +13,7 @@
 
 mod setup;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -42,15 +43,24 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Lint and run every test suite (as root: they load XDP programs).
+    /// Lint, then every suite on the host, then every suite in a VM (as root:
+    /// they load XDP programs).
     Test {
         /// Skip formatting and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Only the host suites.
+        #[arg(long, conflicts_with = "vm_only")]
+        host_only: bool,
+        /// Only the VM suites.
+        #[arg(long)]
+        vm_only: bool,
         /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Every suite inside a QEMU guest on another kernel.
+    VmTest(VmArgs),
     /// Run a benchmark.
     Bench {
         /// Which benchmark.
@@ -76,6 +86,58 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct VmArgs {
+    /// Kernel to boot: `debian-6.1` (Debian 12's cloud kernel, from apt).
+    #[arg(long, default_value = "debian-6.1", conflicts_with = "kernel_image")]
+    kernel: String,
+    /// Boot this kernel image instead (drivers must be built in).
+    #[arg(long)]
+    kernel_image: Option<std::path::PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// Load sizes in the suites, scaled for software emulation (0 < s <= 1).
+    #[arg(long, default_value_t = 0.25)]
+    scale: f64,
+    /// Only test binaries whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+impl VmArgs {
+    fn options(&self) -> Result<vm::Options> {
+        let kernel = match (&self.kernel_image, self.kernel.as_str()) {
+            (Some(p), _) => vm::Kernel::Image(p.clone()),
+            (None, "debian-6.1" | "debian") => vm::Kernel::Debian,
+            (None, other) => {
+                anyhow::bail!("unknown kernel {other:?}: use debian-6.1 or --kernel-image PATH")
+            }
+        };
+        if !(self.scale > 0.0 && self.scale <= 1.0) {
+            anyhow::bail!("--scale must be in (0, 1]");
+        }
+        Ok(vm::Options {
+            kernel,
+            timeout: std::time::Duration::from_secs(self.timeout),
+            scale: self.scale,
+            filter: self.filter.clone(),
+        })
+    }
+}
+
+impl Default for VmArgs {
+    fn default() -> Self {
+        Self {
+            kernel: "debian-6.1".into(),
+            kernel_image: None,
+            timeout: 3600,
+            scale: 0.25,
+            filter: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -118,17 +180,41 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             run(cargo().args(&args))
         }
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test {
+            no_lint,
+            host_only,
+            vm_only,
+            args,
+        } => {
             setup::ensure()?;
             util::require_root("the test suites load XDP programs and create network namespaces")?;
+            let t0 = std::time::Instant::now();
             if !no_lint {
                 lint()?;
             }
-            // The integration suites run the `balancer` binary itself.
-            run(cargo().args(["build", "-p", "balancer-user", "--bins"]))?;
-            run(cargo()
-                .args(["test", "--workspace", "--exclude", "balancer-ebpf", "--"])
-                .args(&args))
+            if !vm_only {
+                // The integration suites run the `balancer` binary itself.
+                run(cargo().args(["build", "-p", "balancer-user", "--bins"]))?;
+                run(cargo()
+                    .args(["test", "--workspace", "--exclude", "balancer-ebpf", "--"])
+                    .args(&args))?;
+                util::step(&format!(
+                    "host suites passed ({:.0}s)",
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            if !host_only {
+                vm::run(VmArgs::default().options()?)?;
+            }
+            util::step(&format!(
+                "all suites passed in {:.0}s",
+                t0.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
+        Cmd::VmTest(a) => {
+            setup::ensure()?;
+            vm::run(a.options()?)
         }
         Cmd::Bench { which, args } => {
             setup::ensure()?;
@@ -198,6 +284,17 @@ fn lint() -> Result<()> {
         "--exclude",
         "balancer-ebpf",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "balancer-tests",
+        "--features",
+        "vm",
+        "--tests",
         "--",
         "-D",
         "warnings",
