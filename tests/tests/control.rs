@@ -297,3 +297,43 @@ fn bad_config_refuses_to_start_and_changes_nothing() {
         "nothing may be attached"
     );
 }
+
+#[test]
+fn unresolvable_backend_is_down_with_a_reason() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 2);
+    let cfg = tb.config(&tb.vip_toml(&[1, 1], None));
+    tb.start_daemon(&cfg).unwrap();
+    let client = tb.client();
+    let rt = rt();
+    // Nobody answers ARP for .250.
+    let ghost: IpAddr = "10.77.0.250".parse().unwrap();
+    rt.block_on(client.add_backend(
+        &vip(),
+        &AddBackend {
+            addr: ghost,
+            weight: 100,
+            mac: None,
+        },
+    ))
+    .unwrap();
+    let mut reason = None;
+    for _ in 0..50 {
+        let st = rt.block_on(client.status()).unwrap();
+        if let Some(d) = st.down.iter().find(|d| d.addr == ghost) {
+            reason = Some(d.reason.clone());
+            if d.reason.contains("neighbour") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reason = reason.expect("ghost backend never reported down");
+    assert!(reason.contains("neighbour 10.77.0.250"), "{reason}");
+    // It holds no ring slots, so nothing is lost to it.
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 500, 8).unwrap();
+    assert_eq!(r.ok, 500, "{:?}", r.errors);
+    let vips = rt.block_on(client.vips()).unwrap();
+    let g = vips[0].backends.iter().find(|b| b.addr == ghost).unwrap();
+    assert_eq!((g.effective_weight, g.ring_slots), (0, 0));
+}
