@@ -10,6 +10,8 @@
 //! - [`lb`]: the one API that changes VIPs and backends;
 //! - [`config`]: the daemon's TOML configuration; [`state`]: what it persists;
 //! - [`neigh`]: next-hop MACs from the kernel's neighbour table;
+//! - [`prom`]: the Prometheus text-format parser; [`telemetry`]: scraping and
+//!   normalising backend metrics; [`scoring`]: from signals to weights;
 //! - [`api`]: the admin API (server for the daemon, client for the CLI);
 //! - [`metrics`]: the daemon's Prometheus endpoint;
 //! - [`daemon`]: `balancer run`, wiring all of the above.
@@ -26,4 +28,7 @@ pub mod maps;
 pub mod metrics;
 pub mod neigh;
 pub mod net;
+pub mod prom;
+pub mod scoring;
 pub mod state;
+pub mod telemetry;

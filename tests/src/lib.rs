@@ -20,6 +20,26 @@ pub mod signals;
 pub mod testbed;
 pub mod xdp;
 
+/// A file of the shared third-party data (`../shared/data` beside the
+/// checkout, or `$BALANCER_SHARED_DATA`). Panics with a clear message if the
+/// data is not there: tests that need it cannot pass without it.
+pub fn shared_data(rel: &str) -> std::path::PathBuf {
+    let base = std::env::var_os("BALANCER_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+        });
+    let p = base.join(rel);
+    if !p.exists() {
+        panic!(
+            "shared test data {} is missing: the suites read third-party samples from \
+             ../shared/data beside the checkout (or $BALANCER_SHARED_DATA)",
+            p.display()
+        );
+    }
+    p
+}
+
 /// Scales a load size by `$BALANCER_TEST_SCALE` (default 1). The VM suite runs
 /// under software emulation and sets it below 1; the code paths are the same.
 pub fn scaled(n: u64) -> u64 {
