@@ -40,6 +40,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -50,6 +55,8 @@ use crate::{
         VipSpec,
     },
     net::MacAddr,
+    scoring::Policy,
+    telemetry::{ServerKind, health::Check, scrape::ScrapeLimits},
 };
 
 /// A configuration error, located in the file.
@@ -123,8 +130,30 @@ struct RawVip {
     vip: Spanned<String>,
     mode: Option<Spanned<String>>,
     affinity_secs: Option<Spanned<u32>>,
+    telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    max_body_bytes: Option<usize>,
+    fall: Option<u32>,
+    rise: Option<u32>,
+    model: Option<String>,
+    health: Option<Check>,
+    #[serde(default)]
+    policy: Policy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    kind: Spanned<String>,
+    url: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +162,57 @@ struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<u32>>,
     mac: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics: Vec<RawEndpoint>,
+    models: Option<Vec<String>>,
+    models_url: Option<Spanned<String>>,
+}
+
+impl RawTelemetry {
+    fn validate(raw: &Spanned<Self>, cx: &Ctx<'_>, i: usize) -> Result<PoolTelemetry, ConfigError> {
+        let t = raw.get_ref();
+        let field = |f: &str| format!("vip[{i}].telemetry.{f}");
+        let interval = t.interval_ms.unwrap_or(1000);
+        if !(100..=60_000).contains(&interval) {
+            return cx.err(
+                raw.span(),
+                field("interval_ms"),
+                format!("{interval}: use 100 to 60000"),
+            );
+        }
+        let timeout = t.timeout_ms.unwrap_or(interval.min(1000) * 4 / 5);
+        if timeout == 0 || timeout > interval {
+            return cx.err(
+                raw.span(),
+                field("timeout_ms"),
+                format!("{timeout}: use 1 to interval_ms ({interval})"),
+            );
+        }
+        let max_body = t.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if !(1024..=64 * 1024 * 1024).contains(&max_body) {
+            return cx.err(raw.span(), field("max_body_bytes"), "use 1024 to 67108864");
+        }
+        let (fall, rise) = (t.fall.unwrap_or(3), t.rise.unwrap_or(2));
+        if !(1..=100).contains(&fall) || !(1..=100).contains(&rise) {
+            return cx.err(raw.span(), field("fall"), "fall and rise: use 1 to 100");
+        }
+        if let Err(e) = t.policy.check() {
+            return cx.err(raw.span(), field("policy"), e);
+        }
+        Ok(PoolTelemetry {
+            interval: Duration::from_millis(interval),
+            limits: ScrapeLimits {
+                timeout: Duration::from_millis(timeout),
+                max_body,
+            },
+            fall,
+            rise,
+            model: t.model.clone(),
+            health: t.health.clone(),
+            policy: t.policy,
+            backends: BTreeMap::new(),
+        })
+    }
 }
 
 /// Daemon settings.
@@ -155,7 +235,7 @@ pub struct DaemonConfig {
 }
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Daemon settings.
     pub daemon: DaemonConfig,
@@ -163,6 +243,40 @@ pub struct Config {
     pub load: LoadOptions,
     /// Initial VIPs and data-plane settings, used when no state file exists.
     pub initial: Snapshot,
+    /// Telemetry-driven weights, per VIP that has a `[vip.telemetry]` table.
+    pub telemetry: BTreeMap<VipId, PoolTelemetry>,
+}
+
+/// Telemetry settings of one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTelemetry {
+    /// Scrape interval.
+    pub interval: Duration,
+    /// Scrape limits.
+    pub limits: ScrapeLimits,
+    /// Failed scrapes (or checks) in a row that take a backend down.
+    pub fall: u32,
+    /// Good ones in a row that bring it back.
+    pub rise: u32,
+    /// The VIP's model or adapter: backends without it get no weight.
+    pub model: Option<String>,
+    /// Active health check, if any.
+    pub health: Option<Check>,
+    /// Scoring policy.
+    pub policy: Policy,
+    /// Per backend: where its telemetry is.
+    pub backends: BTreeMap<IpAddr, BackendTelemetry>,
+}
+
+/// Where one backend's telemetry comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTelemetry {
+    /// Metrics endpoints, inference server first.
+    pub endpoints: Vec<(ServerKind, String)>,
+    /// Models it serves, from the configuration.
+    pub models: Option<BTreeSet<String>>,
+    /// Its OpenAI-compatible `/v1/models` URL, polled for its models.
+    pub models_url: Option<String>,
 }
 
 /// Default admin socket.
@@ -382,6 +496,7 @@ impl Config {
 
         // [[vip]]
         let mut vips: Vec<VipRecord> = Vec::new();
+        let mut telemetry = BTreeMap::new();
         let mut next_slot = 0u32;
         for (i, v) in raw.vip.iter().enumerate() {
             let field = |f: &str| format!("vip[{i}].{f}");
@@ -412,6 +527,10 @@ impl Config {
                     format!("use 1 to {MAX_AFFINITY_SECS} seconds"),
                 );
             }
+            let mut pool = match &v.telemetry {
+                None => None,
+                Some(t) => Some(RawTelemetry::validate(t, &cx, i)?),
+            };
             let mut backends: Vec<BackendRecord> = Vec::new();
             for (j, b) in v.backend.iter().enumerate() {
                 let bfield = |f: &str| format!("vip[{i}].backend[{j}].{f}");
@@ -459,8 +578,64 @@ impl Config {
                     mac,
                     mac_static: mac.is_some(),
                     slot: next_slot,
+                    auto_weight: None,
                 });
+                if let Some(t) = &mut pool {
+                    let mut endpoints = Vec::new();
+                    for (k, m) in b.metrics.iter().enumerate() {
+                        let kind: ServerKind = match m.kind.get_ref().parse() {
+                            Ok(k) => k,
+                            Err(e) => {
+                                return cx.err(
+                                    m.kind.span(),
+                                    bfield(&format!("metrics[{k}].kind")),
+                                    e,
+                                );
+                            }
+                        };
+                        let url = m.url.get_ref();
+                        if !url.starts_with("http://") || url.len() <= "http://".len() {
+                            return cx.err(
+                                m.url.span(),
+                                bfield(&format!("metrics[{k}].url")),
+                                "an http:// URL like \"http://10.0.1.10:8000/metrics\"",
+                            );
+                        }
+                        endpoints.push((kind, url.clone()));
+                    }
+                    if let Some(u) = &b.models_url
+                        && !u.get_ref().starts_with("http://")
+                    {
+                        return cx.err(
+                            u.span(),
+                            bfield("models_url"),
+                            "an http:// URL like \"http://10.0.1.10:8000/v1/models\"",
+                        );
+                    }
+                    t.backends.insert(
+                        addr,
+                        BackendTelemetry {
+                            endpoints,
+                            models: b.models.clone().map(|m| m.into_iter().collect()),
+                            models_url: b.models_url.as_ref().map(|u| u.get_ref().clone()),
+                        },
+                    );
+                } else if !b.metrics.is_empty() || b.models.is_some() || b.models_url.is_some() {
+                    let span = b
+                        .metrics
+                        .first()
+                        .map(|m| m.url.span())
+                        .unwrap_or(b.address.span());
+                    return cx.err(
+                        span,
+                        bfield("metrics"),
+                        "metrics and models need a [vip.telemetry] table on the VIP",
+                    );
+                }
                 next_slot += 1;
+            }
+            if let Some(p) = pool {
+                telemetry.insert(id, p);
             }
             vips.push(VipRecord {
                 spec: VipSpec {
@@ -501,6 +676,7 @@ impl Config {
             },
             load,
             initial: Snapshot { settings, vips },
+            telemetry,
         })
     }
 }

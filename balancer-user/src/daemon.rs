@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     api::{
         ApiError, BackendStatsRow, DownBackend, Reply, Request, StatsReply, StatusReply,
-        VipStatsRow,
+        VipStatsRow, WeightsReply,
         server::{self, Handler},
     },
     config::Config,
@@ -42,6 +42,7 @@ pub struct Daemon {
     lb: Mutex<LoadBalancer>,
     programs: Programs,
     started: Instant,
+    weights: Mutex<WeightsReply>,
 }
 
 fn lb_error(e: LbError) -> ApiError {
@@ -175,6 +176,15 @@ impl Handler for Daemon {
         match req {
             Request::Status => self.status().map(Reply::Status),
             Request::Stats => self.stats().map(Reply::Stats),
+            Request::Weights => Ok(Reply::Weights(
+                self.weights
+                    .lock()
+                    .map(|w| w.clone())
+                    .map_err(|_| ApiError {
+                        status: 500,
+                        message: "weights report poisoned".into(),
+                    })?,
+            )),
             Request::ListVips => Ok(Reply::Vips(self.lock()?.vips())),
             Request::AddVip(spec) => self.mutate(|lb| lb.add_vip(spec)),
             Request::RemoveVip(id) => self.mutate(|lb| lb.remove_vip(&id)),
@@ -255,6 +265,11 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
         lb: Mutex::new(lb),
         programs: dp.programs,
         started: Instant::now(),
+        weights: Mutex::new(WeightsReply {
+            cycle_ms: 0.0,
+            apply_ms: 0.0,
+            pools: Vec::new(),
+        }),
     });
 
     let listener = server::bind(&cfg.daemon.socket)
@@ -273,6 +288,10 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
     }
 
     tokio::spawn(resolve_loop(daemon.clone()));
+    let auto = crate::autoweight::Autoweight::new(&cfg.telemetry);
+    if !auto.is_empty() {
+        tokio::spawn(telemetry_loop(daemon.clone(), auto));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -282,6 +301,50 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
     info!("stopping; the data plane stays attached (`balancer detach` removes it)");
     let _ = std::fs::remove_file(&cfg.daemon.socket);
     Ok(())
+}
+
+/// Scrapes, scores and applies telemetry-driven weights every interval.
+async fn telemetry_loop(daemon: Arc<Daemon>, mut auto: crate::autoweight::Autoweight) {
+    let mut tick = tokio::time::interval(auto.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let members = match daemon.lock() {
+            Ok(lb) => lb.pools(),
+            Err(_) => return,
+        };
+        let decisions = auto.tick(&members).await;
+        let d = daemon.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let Ok(mut lb) = d.lock() else {
+                return Duration::ZERO;
+            };
+            let before = lb.snapshot();
+            for (vip, ds) in decisions {
+                let items: Vec<_> = ds
+                    .iter()
+                    .map(|x| (x.addr, x.weight, x.down.clone()))
+                    .collect();
+                if let Err(e) = lb.apply_auto_weights(&vip, &items) {
+                    warn!(%vip, error = %e, "applying telemetry weights");
+                }
+            }
+            if lb.snapshot() != before {
+                let _ = d.persist(&lb);
+            }
+            t0.elapsed()
+        })
+        .await
+        .unwrap_or_default();
+        if let Ok(mut w) = daemon.weights.lock() {
+            *w = WeightsReply {
+                cycle_ms: auto.last_cycle.as_secs_f64() * 1e3,
+                apply_ms: applied.as_secs_f64() * 1e3,
+                pools: auto.report(),
+            };
+        }
+    }
 }
 
 /// Keeps every backend's next-hop MAC in line with the neighbour table.

@@ -405,6 +405,7 @@ struct BackendState {
     mac: Option<MacAddr>,
     mac_static: bool,
     slot: u32,
+    auto_weight: Option<u32>,
 }
 
 impl BackendState {
@@ -412,7 +413,7 @@ impl BackendState {
         if self.drained || !self.down.is_empty() || self.mac.is_none() {
             0
         } else {
-            self.weight
+            self.auto_weight.unwrap_or(self.weight)
         }
     }
 
@@ -442,6 +443,9 @@ pub struct BackendRecord {
     /// The MAC was configured, not resolved.
     #[serde(default)]
     pub mac_static: bool,
+    /// Weight set by telemetry (overrides `weight` in the ring while set).
+    #[serde(default)]
+    pub auto_weight: Option<u32>,
     /// Slot in the maps (used to match the running data plane on adoption).
     pub slot: u32,
 }
@@ -559,6 +563,7 @@ impl LoadBalancer {
                                     mac: b.mac,
                                     mac_static: b.mac_static,
                                     slot: b.slot,
+                                    auto_weight: b.auto_weight,
                                 },
                             );
                         }
@@ -655,6 +660,7 @@ impl LoadBalancer {
                             mac: b.mac,
                             mac_static: b.mac_static,
                             slot: b.slot,
+                            auto_weight: b.auto_weight,
                         })
                         .collect(),
                 })
@@ -851,6 +857,7 @@ impl LoadBalancer {
                 mac: spec.mac,
                 mac_static: spec.mac.is_some(),
                 slot,
+                auto_weight: None,
             },
         );
         if let Err(e) = self.sync_ring(vip) {
@@ -958,6 +965,52 @@ impl LoadBalancer {
                 b.down.remove(&source);
             }
         })
+    }
+
+    /// Applies telemetry's decisions to a pool in one ring rebuild: each
+    /// `(address, weight, down reason)` sets the backend's automatic weight and
+    /// its health state. Unknown addresses are skipped.
+    pub fn apply_auto_weights(
+        &mut self,
+        vip: &VipId,
+        decisions: &[(IpAddr, u32, Option<String>)],
+    ) -> Result<()> {
+        let st = self.vip_mut(vip)?;
+        let before: Vec<(IpAddr, BackendState)> =
+            st.backends.iter().map(|(a, b)| (*a, b.clone())).collect();
+        for (addr, w, down) in decisions {
+            if let Some(b) = st.backends.get_mut(addr) {
+                b.auto_weight = Some(*w);
+                match down {
+                    Some(r) => {
+                        b.down.insert(DownSource::Health, r.clone());
+                    }
+                    None => {
+                        b.down.remove(&DownSource::Health);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.sync_ring(vip) {
+            if let Ok(st) = self.vip_mut(vip) {
+                st.backends = before.into_iter().collect();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Each VIP's pool as (address, configured weight), for telemetry.
+    pub fn pools(&self) -> BTreeMap<VipId, Vec<(IpAddr, u32)>> {
+        self.vips
+            .iter()
+            .map(|(id, v)| {
+                (
+                    *id,
+                    v.backends.iter().map(|(a, b)| (*a, b.weight)).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Addresses of every backend whose next hop must be resolved (no

@@ -14,10 +14,14 @@
 //!   normalising backend metrics; [`scoring`]: from signals to weights;
 //! - [`api`]: the admin API (server for the daemon, client for the CLI);
 //! - [`metrics`]: the daemon's Prometheus endpoint;
-//! - [`daemon`]: `balancer run`, wiring all of the above.
+//! - [`autoweight`]: the loop from telemetry to ring weights;
+//! - [`daemon`]: `balancer run`, wiring all of the above;
+//! - [`agent`], [`nvml`]: `balancer agent`, the exporter for backend hosts.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod api;
+pub mod autoweight;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -28,6 +32,7 @@ pub mod maps;
 pub mod metrics;
 pub mod neigh;
 pub mod net;
+pub mod nvml;
 pub mod prom;
 pub mod scoring;
 pub mod state;

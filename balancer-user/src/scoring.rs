@@ -3,7 +3,10 @@
 //! For each backend of a pool, once per interval:
 //!
 //! 1. **Load** `L` is the weighted mean of the normalised load components the
-//!    backend reports (each 0..1; the [`Formula`] says how much each counts):
+//!    backend reports, or, if larger, its strongest backlog component (queue,
+//!    KV cache, latency, scaled by its weight relative to the heaviest one):
+//!    a long queue saturates a backend however idle its CPU is. Components
+//!    are 0..1; the [`Formula`] says how much each counts:
 //!    queue `1 - e^(-waiting/queue_scale)`, running
 //!    `1 - e^(-running/running_scale)`, KV cache, GPU utilisation, GPU memory,
 //!    CPU, host memory, network `bytes/s / net_capacity`, and latency
@@ -291,9 +294,22 @@ pub fn components(s: &Signals, p: &Policy) -> Vec<Component> {
     out
 }
 
+/// Components that mean backlog: any one of them saturates a backend alone.
+const BACKLOG: &[&str] = &["queue", "kv_cache", "latency"];
+
 fn weighted_load(c: &[Component]) -> Option<f64> {
     let w: f64 = c.iter().map(|x| x.weight).sum();
-    (w > 0.0).then(|| c.iter().map(|x| x.value * x.weight).sum::<f64>() / w)
+    if w <= 0.0 {
+        return None;
+    }
+    let mean = c.iter().map(|x| x.value * x.weight).sum::<f64>() / w;
+    let top = c.iter().map(|x| x.weight).fold(0.0, f64::max);
+    let backlog = c
+        .iter()
+        .filter(|x| BACKLOG.contains(&x.name.as_str()))
+        .map(|x| x.value * x.weight / top)
+        .fold(0.0, f64::max);
+    Some(mean.max(backlog))
 }
 
 impl Scorer {

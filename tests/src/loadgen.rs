@@ -21,10 +21,26 @@ use crate::netns;
 
 /// One HTTP/1.1 exchange on `stream`; returns the `x-backend` header.
 async fn exchange(stream: &mut BufReader<TcpStream>, keep_alive: bool) -> Result<String> {
+    exchange_req(stream, keep_alive, None).await
+}
+
+/// Like [`exchange`], with an optional JSON body POSTed to a path.
+async fn exchange_req(
+    stream: &mut BufReader<TcpStream>,
+    keep_alive: bool,
+    post: Option<(&str, &str)>,
+) -> Result<String> {
     let conn = if keep_alive { "keep-alive" } else { "close" };
+    let req = match post {
+        None => format!("GET / HTTP/1.1\r\nHost: vip\r\nConnection: {conn}\r\n\r\n"),
+        Some((path, body)) => format!(
+            "POST {path} HTTP/1.1\r\nHost: vip\r\nConnection: {conn}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    };
     stream
         .get_mut()
-        .write_all(format!("GET / HTTP/1.1\r\nHost: vip\r\nConnection: {conn}\r\n\r\n").as_bytes())
+        .write_all(req.as_bytes())
         .await
         .context("write")?;
     let mut line = String::new();
@@ -179,6 +195,76 @@ pub fn keepalive(
                                 *res.errors.entry("timeout".into()).or_insert(0) += 1;
                                 break;
                             }
+                        }
+                    }
+                    res
+                });
+            }
+            let mut total = ShortResult::default();
+            while let Some(r) = set.join_next().await {
+                let r = r?;
+                total.ok += r.ok;
+                for (k, v) in r.errors {
+                    *total.errors.entry(k).or_insert(0) += v;
+                }
+                for (k, v) in r.per_backend {
+                    *total.per_backend.entry(k).or_insert(0) += v;
+                }
+                total.latencies.extend(r.latencies);
+            }
+            total.elapsed = start.elapsed();
+            Ok(total)
+        })
+    })?
+}
+
+/// Sends OpenAI completion requests (one connection each) from `ns` for
+/// `duration`, `concurrency` at a time.
+pub fn completions(
+    ns: &str,
+    target: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+    model: &str,
+    max_tokens: u32,
+) -> Result<ShortResult> {
+    let body = format!(
+        "{{\"model\":\"{model}\",\"prompt\":\"hello from the load generator\",\"max_tokens\":{max_tokens}}}"
+    );
+    netns::run_in(ns, move || -> Result<ShortResult> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let start = Instant::now();
+            let end = start + duration;
+            let body = Arc::new(body);
+            let mut set = JoinSet::new();
+            for _ in 0..concurrency {
+                let body = body.clone();
+                set.spawn(async move {
+                    let mut res = ShortResult::default();
+                    while Instant::now() < end {
+                        let t0 = Instant::now();
+                        let r = timeout(Duration::from_secs(20), async {
+                            let s = TcpStream::connect(target).await.context("connect")?;
+                            s.set_nodelay(true)?;
+                            let mut s = BufReader::new(s);
+                            exchange_req(&mut s, false, Some(("/v1/completions", &body))).await
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok(b)) => {
+                                res.ok += 1;
+                                *res.per_backend.entry(b).or_insert(0) += 1;
+                                res.latencies.push(t0.elapsed());
+                            }
+                            Ok(Err(e)) => {
+                                *res.errors
+                                    .entry(format!("{e:#}").chars().take(80).collect())
+                                    .or_insert(0) += 1
+                            }
+                            Err(_) => *res.errors.entry("timeout".into()).or_insert(0) += 1,
                         }
                     }
                     res

@@ -50,6 +50,8 @@ pub struct Spec {
     pub server_bin: PathBuf,
     /// How backends strip the tunnel.
     pub decap: DecapMode,
+    /// How backends emulate inference (their names are set per backend).
+    pub emulator: crate::server::EmulatorConfig,
 }
 
 /// How backends strip the balancer's tunnel header.
@@ -77,6 +79,7 @@ impl Spec {
             backends,
             server_bin: server_bin.into(),
             decap: DecapMode::Xdp,
+            emulator: crate::server::EmulatorConfig::default(),
         }
     }
 }
@@ -106,7 +109,7 @@ pub struct Testbed {
     pub clients: Vec<Host>,
     /// Backends.
     pub backends: Vec<Host>,
-    servers: Vec<Child>,
+    servers: Vec<Option<Child>>,
     daemon: Option<Child>,
     keep: bool,
 }
@@ -321,9 +324,11 @@ impl Testbed {
             .join("decap")
     }
 
-    /// (Re)starts backend `i`'s HTTP server, answering after `delay`.
+    /// (Re)starts backend `i`'s HTTP server, answering `GET /` after `delay`.
     pub fn start_server(&mut self, i: usize, delay: std::time::Duration) -> Result<()> {
+        self.stop_server(i);
         let b = self.backends.get(i).context("no such backend")?.clone();
+        let emulator = serde_json::to_string(&self.spec.emulator)?;
         let child = command_in(&b.ns, &self.spec.server_bin.to_string_lossy())
             // Any address: the VIP (tunnelled traffic) and the backend's own
             // (direct traffic, e.g. from a proxy) alike.
@@ -335,13 +340,62 @@ impl Testbed {
                 &format!("0.0.0.0:{VIP_PORT}"),
             ])
             .args(["--delay-ms", &delay.as_millis().to_string()])
+            .args(["--emulator", &emulator])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting a backend server")?;
-        self.servers.push(child);
+        if self.servers.len() <= i {
+            self.servers.resize_with(i + 1, || None);
+        }
+        self.servers[i] = Some(child);
         Ok(())
+    }
+
+    /// Stops backend `i`'s server (it stops answering; connections are refused).
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(Some(mut c)) = self.servers.get_mut(i).map(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // `ip netns exec` may leave the server itself behind its shell.
+        if let Some(b) = self.backends.get(i)
+            && let Ok(out) = ip(&["netns", "pids", &b.ns])
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Changes backend `i`'s emulator at run time (speed, queue, failures).
+    pub fn emulator_admin(&self, i: usize, change: &crate::server::AdminConfig) -> Result<()> {
+        let b = self.backends.get(i).context("no such backend")?;
+        let target = SocketAddr::from((b.addr, VIP_PORT));
+        let body = serde_json::to_string(change)?;
+        let ns = self.gateway.ns.clone();
+        netns::run_in(&ns, move || -> Result<()> {
+            use std::io::{Read, Write};
+            let mut s =
+                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))?;
+            write!(
+                s,
+                "POST /admin/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            if !out.starts_with("HTTP/1.1 200") {
+                bail!("emulator admin refused: {out}");
+            }
+            Ok(())
+        })?
     }
 
     /// Scratch directory of this testbed (config, state file).
@@ -488,7 +542,7 @@ mtu = {mtu}
         if let Some(d) = self.daemon.take() {
             std::mem::forget(d);
         }
-        for mut c in self.servers.drain(..) {
+        for mut c in self.servers.drain(..).flatten() {
             // Detach: the server keeps running in its namespace.
             let _ = c.try_wait();
             std::mem::forget(c);
@@ -503,7 +557,7 @@ mtu = {mtu}
         }
         let _ = std::fs::remove_file(self.socket());
         let _ = std::fs::remove_dir_all(self.dir());
-        for c in &mut self.servers {
+        for c in self.servers.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
-use super::{AddBackend, SetWeight, StatsReply, StatusReply, vip_path};
+use super::{AddBackend, SetWeight, StatsReply, StatusReply, WeightsReply, vip_path};
 use crate::lb::{VipId, VipInfo, VipSpec};
 
 /// Errors talking to the daemon.
@@ -118,6 +118,11 @@ impl Client {
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> Result<StatsReply, ClientError> {
         self.call(Method::GET, "/v1/stats", None).await
+    }
+
+    /// `GET /v1/weights`.
+    pub async fn weights(&self) -> Result<WeightsReply, ClientError> {
+        self.call(Method::GET, "/v1/weights", None).await
     }
 
     /// Adds a VIP.

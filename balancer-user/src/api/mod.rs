@@ -11,6 +11,7 @@
 //! | POST | `/v1/vips/{..}/backends/{addr}/drain` or `/undrain` | | `{}` |
 //! | PUT | `/v1/vips/{..}/backends/{addr}/weight` | [`SetWeight`] | `{}` |
 //! | GET | `/v1/stats` | | [`StatsReply`] |
+//! | GET | `/v1/weights` | | [`WeightsReply`] |
 //!
 //! Errors come back with a 4xx/5xx status and `{"error": "..."}`.
 
@@ -142,6 +143,17 @@ pub struct StatsReply {
     pub vips: Vec<VipStatsRow>,
 }
 
+/// Reply of `GET /v1/weights`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsReply {
+    /// Milliseconds the last scrape-and-score cycle took.
+    pub cycle_ms: f64,
+    /// Milliseconds applying its decisions (ring rebuilds) took.
+    pub apply_ms: f64,
+    /// Pools with telemetry.
+    pub pools: Vec<crate::autoweight::PoolReport>,
+}
+
 /// A request, as the daemon's handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -163,10 +175,12 @@ pub enum Request {
     SetWeight(VipId, IpAddr, u32),
     /// Counters.
     Stats,
+    /// Telemetry-driven weights with explanations.
+    Weights,
 }
 
 /// A reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// To [`Request::Status`].
     Status(StatusReply),
@@ -174,6 +188,8 @@ pub enum Reply {
     Vips(Vec<VipInfo>),
     /// To [`Request::Stats`].
     Stats(StatsReply),
+    /// To [`Request::Weights`].
+    Weights(WeightsReply),
     /// A change was applied.
     Done,
 }

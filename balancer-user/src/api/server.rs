@@ -90,6 +90,7 @@ async fn respond(handler: Arc<dyn Handler>, req: HttpRequest<Incoming>) -> Respo
         Ok(Ok(Reply::Status(s))) => json(StatusCode::OK, &s),
         Ok(Ok(Reply::Vips(v))) => json(StatusCode::OK, &v),
         Ok(Ok(Reply::Stats(s))) => json(StatusCode::OK, &s),
+        Ok(Ok(Reply::Weights(w))) => json(StatusCode::OK, &w),
         Ok(Ok(Reply::Done)) => json(StatusCode::OK, &serde_json::json!({})),
         Ok(Err(e)) => error(e),
         Err(e) => error(ApiError {
@@ -144,6 +145,7 @@ async fn parse(req: HttpRequest<Incoming>) -> Result<Request, ApiError> {
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["v1", "status"]) => Ok(Request::Status),
         (Method::GET, ["v1", "stats"]) => Ok(Request::Stats),
+        (Method::GET, ["v1", "weights"]) => Ok(Request::Weights),
         (Method::GET, ["v1", "vips"]) => Ok(Request::ListVips),
         (Method::POST, ["v1", "vips"]) => Ok(Request::AddVip(body::<VipSpec>(req).await?)),
         (Method::DELETE, ["v1", "vips", a, p, t]) => Ok(Request::RemoveVip(vip_from(&[a, p, t])?)),

@@ -72,6 +72,22 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// Telemetry-driven weights: signals, load, score, weight, and why.
+    Weights {
+        /// Show every signal and the reasoning per backend.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Run the exporter on a backend host: CPU, memory, network from /proc,
+    /// GPUs through NVML when present (Prometheus format).
+    Agent {
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "0.0.0.0:9101")]
+        listen: std::net::SocketAddr,
+        /// Print one scrape to stdout and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -235,6 +251,7 @@ pub fn main() -> ExitCode {
         Cmd::Run(args) => run_daemon(args),
         Cmd::Detach(args) => detach(args),
         Cmd::Config(ConfigCmd::Check { file }) => config_check(&file, cli.output),
+        Cmd::Agent { listen, once } => agent(listen, once),
         cmd => client_cmd(cmd, Client::new(&cli.socket), cli.output),
     };
     match result {
@@ -297,6 +314,21 @@ fn detach(args: DetachArgs) -> Result<()> {
     Dataplane::detach(&dir)?;
     println!("detached ({} removed)", dir.display());
     Ok(())
+}
+
+fn agent(listen: std::net::SocketAddr, once: bool) -> Result<()> {
+    init_tracing();
+    if once {
+        let nvml = balancer::nvml::Nvml::load();
+        print!("{}", balancer::agent::render(nvml.as_ref())?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(balancer::agent::serve(listen))
+        .with_context(|| format!("serving on {listen}"))
 }
 
 fn config_check(file: &std::path::Path, output: Output) -> Result<()> {
@@ -428,7 +460,10 @@ fn client_cmd(cmd: Cmd, client: Client, output: Output) -> Result<()> {
                 Ok(())
             }
             Cmd::Stats { interval, once } => stats_loop(&client, output, interval, once).await,
-            Cmd::Run(_) | Cmd::Detach(_) | Cmd::Config(_) => unreachable!("handled before"),
+            Cmd::Weights { explain } => weights(&client, output, explain).await,
+            Cmd::Run(_) | Cmd::Detach(_) | Cmd::Config(_) | Cmd::Agent { .. } => {
+                unreachable!("handled before")
+            }
         }
     })
 }
@@ -522,6 +557,87 @@ async fn backend_cmd(cmd: BackendCmd, client: &Client, output: Output) -> Result
             Ok(())
         }
     }
+}
+
+async fn weights(client: &Client, output: Output, explain: bool) -> Result<()> {
+    let w = client.weights().await?;
+    if output == Output::Json {
+        return print_json(&w);
+    }
+    if w.pools.is_empty() {
+        println!("no pool has telemetry (add a [vip.telemetry] table to the configuration)");
+        return Ok(());
+    }
+    let f = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
+    for p in &w.pools {
+        println!(
+            "{}{}",
+            p.vip,
+            p.warning
+                .as_ref()
+                .map(|x| format!("  !! {x}"))
+                .unwrap_or_default()
+        );
+        let rows: Vec<Vec<String>> = p
+            .decisions
+            .iter()
+            .map(|d| {
+                let s = d.signals.clone().unwrap_or_default();
+                vec![
+                    d.addr.to_string(),
+                    d.weight.to_string(),
+                    format!("{:.2}", d.load),
+                    format!("{:.2}", d.capacity),
+                    f(s.queue_waiting, 0),
+                    f(s.requests_running, 0),
+                    f(s.kv_cache, 2),
+                    f(s.gpu_util, 2),
+                    f(s.cpu, 2),
+                    f(s.ttft_p95_s.map(|t| t * 1e3), 0),
+                    f(s.tokens_per_s, 0),
+                    if d.down.is_some() {
+                        "down".into()
+                    } else {
+                        "up".into()
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render(
+                &[
+                    ("BACKEND", Align::Left),
+                    ("WEIGHT", Align::Right),
+                    ("LOAD", Align::Right),
+                    ("CAPACITY", Align::Right),
+                    ("QUEUE", Align::Right),
+                    ("RUNNING", Align::Right),
+                    ("KV", Align::Right),
+                    ("GPU", Align::Right),
+                    ("CPU", Align::Right),
+                    ("TTFT P95 MS", Align::Right),
+                    ("TOK/S", Align::Right),
+                    ("STATE", Align::Left),
+                ],
+                &rows
+            )
+        );
+        if explain {
+            for d in &p.decisions {
+                println!("  {}: {}", d.addr, d.why);
+                for c in &d.components {
+                    println!("      {:<9} {:.3} x {:.2}", c.name, c.value, c.weight);
+                }
+            }
+        }
+        println!();
+    }
+    println!(
+        "last cycle: scrape + score {:.1} ms, apply {:.1} ms",
+        w.cycle_ms, w.apply_ms
+    );
+    Ok(())
 }
 
 type Key = (String, String);

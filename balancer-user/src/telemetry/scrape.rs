@@ -42,7 +42,7 @@ pub enum ScrapeError {
 }
 
 /// Limits of every scrape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScrapeLimits {
     /// Whole exchange, connect to last byte.
     pub timeout: Duration,

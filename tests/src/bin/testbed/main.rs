@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         seconds: u64,
     },
-    /// Serve HTTP (run inside a backend namespace).
+    /// Serve the emulated inference backend (run inside a backend namespace).
     Serve {
         /// Name to answer with.
         #[arg(long)]
@@ -51,9 +51,12 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
-        /// Delay before each answer, in milliseconds.
+        /// Delay before answering `GET /`, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Emulator settings as JSON (see `server::EmulatorConfig`).
+        #[arg(long)]
+        emulator: Option<String>,
     },
 }
 
@@ -73,12 +76,19 @@ fn run() -> Result<()> {
             name,
             listen,
             delay_ms,
+            emulator,
         } => {
+            let mut cfg: server::EmulatorConfig = match emulator {
+                Some(j) => serde_json::from_str(&j).context("--emulator JSON")?,
+                None => server::EmulatorConfig::default(),
+            };
+            cfg.name = name;
+            cfg.root_delay_ms = delay_ms;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(server::serve(listen, name, Duration::from_millis(delay_ms)))
+            rt.block_on(server::serve(listen, cfg))
         }
         Cmd::Up { clients, backends } => {
             require_root();

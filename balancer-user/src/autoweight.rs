@@ -1,0 +1,300 @@
+//! The telemetry control loop: scrape every backend of every pool that has
+//! telemetry, run health checks, learn which models each serves, score, and
+//! hand the decisions to the load balancer.
+//!
+//! One tick scrapes all endpoints of all pools concurrently; a backend whose
+//! endpoint is slow, huge or broken only fails its own scrape. A backend
+//! without configured endpoints is weighted by its capacity hint alone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    config::PoolTelemetry,
+    lb::VipId,
+    scoring::{Decision, Input, Scorer},
+    telemetry::{
+        Reading, Signals,
+        health::{Hysteresis, probe},
+        scrape::Scraper,
+    },
+};
+
+/// How often a backend's `/v1/models` is polled.
+const MODELS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct BackendRt {
+    prev: Option<Reading>,
+    cur: Option<Reading>,
+    last_ok: Option<Instant>,
+    scrape: Hysteresis,
+    health: Hysteresis,
+    scrape_error: Option<String>,
+    health_error: Option<String>,
+    api_models: Option<BTreeSet<String>>,
+    models_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    cfg: PoolTelemetry,
+    scorer: Scorer,
+    backends: BTreeMap<IpAddr, BackendRt>,
+    last: Vec<Decision>,
+    warning: Option<String>,
+}
+
+/// One pool's latest decisions, as reported by `balancer weights`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolReport {
+    /// The VIP.
+    pub vip: VipId,
+    /// The pool's warning (failing open, all saturated), if any.
+    pub warning: Option<String>,
+    /// Per backend.
+    pub decisions: Vec<Decision>,
+}
+
+/// The loop's state across ticks.
+pub struct Autoweight {
+    pools: BTreeMap<VipId, Pool>,
+    scraper: Scraper,
+    /// Duration of the last tick's scrape + score.
+    pub last_cycle: Duration,
+}
+
+impl Autoweight {
+    /// Loop state for the pools that have telemetry.
+    pub fn new(cfg: &BTreeMap<VipId, PoolTelemetry>) -> Self {
+        Self {
+            pools: cfg
+                .iter()
+                .map(|(id, c)| {
+                    (
+                        *id,
+                        Pool {
+                            cfg: c.clone(),
+                            scorer: Scorer::default(),
+                            backends: BTreeMap::new(),
+                            last: Vec::new(),
+                            warning: None,
+                        },
+                    )
+                })
+                .collect(),
+            scraper: Scraper::new(),
+            last_cycle: Duration::ZERO,
+        }
+    }
+
+    /// Whether any pool has telemetry.
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// The shortest interval of all pools.
+    pub fn interval(&self) -> Duration {
+        self.pools
+            .values()
+            .map(|p| p.cfg.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Latest decisions of every pool.
+    pub fn report(&self) -> Vec<PoolReport> {
+        self.pools
+            .iter()
+            .map(|(vip, p)| PoolReport {
+                vip: *vip,
+                warning: p.warning.clone(),
+                decisions: p.last.clone(),
+            })
+            .collect()
+    }
+
+    /// One tick. `members` is each VIP's pool now: (address, configured
+    /// weight, used as capacity hint). Returns the decisions to apply.
+    pub async fn tick(
+        &mut self,
+        members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
+    ) -> Vec<(VipId, Vec<Decision>)> {
+        let t0 = Instant::now();
+        // Every scrape, health check and model poll of every pool, at once.
+        struct Job {
+            vip: VipId,
+            addr: IpAddr,
+        }
+        let mut jobs = Vec::new();
+        let mut futs = Vec::new();
+        for (vip, pool) in &mut self.pools {
+            let Some(m) = members.get(vip) else { continue };
+            pool.backends.retain(|a, _| m.iter().any(|(x, _)| x == a));
+            for (addr, _) in m {
+                let rt = pool.backends.entry(*addr).or_insert_with(|| BackendRt {
+                    prev: None,
+                    cur: None,
+                    last_ok: None,
+                    scrape: Hysteresis::new(pool.cfg.fall, pool.cfg.rise),
+                    health: Hysteresis::new(pool.cfg.fall, pool.cfg.rise),
+                    scrape_error: None,
+                    health_error: None,
+                    api_models: None,
+                    models_at: None,
+                });
+                let bt = pool.cfg.backends.get(addr).cloned();
+                let endpoints = bt.as_ref().map(|b| b.endpoints.clone()).unwrap_or_default();
+                let models_url = bt
+                    .as_ref()
+                    .and_then(|b| b.models_url.clone())
+                    .filter(|_| rt.models_at.is_none_or(|t| t.elapsed() >= MODELS_EVERY));
+                let health = pool.cfg.health.clone();
+                let limits = pool.cfg.limits;
+                let scraper = self.scraper.clone();
+                let addr = *addr;
+                jobs.push(Job { vip: *vip, addr });
+                futs.push(async move {
+                    let scrapes = join_all(endpoints.iter().map(|(kind, url)| {
+                        let scraper = scraper.clone();
+                        async move {
+                            scraper
+                                .scrape(url, *kind, &limits)
+                                .await
+                                .map_err(|e| format!("{url}: {e}"))
+                        }
+                    }));
+                    let check = async {
+                        match &health {
+                            Some(c) => Some(probe(c, addr, limits.timeout, &scraper).await),
+                            None => None,
+                        }
+                    };
+                    let models = async {
+                        match &models_url {
+                            Some(u) => Some(scraper.models(u, &limits).await),
+                            None => None,
+                        }
+                    };
+                    let (s, h, m) = tokio::join!(scrapes, check, models);
+                    (endpoints.is_empty(), s, h, m)
+                });
+            }
+        }
+        let results = join_all(futs).await;
+        let now = Instant::now();
+        for (job, (no_endpoints, scrapes, health, models)) in jobs.into_iter().zip(results) {
+            let Some(pool) = self.pools.get_mut(&job.vip) else {
+                continue;
+            };
+            let Some(rt) = pool.backends.get_mut(&job.addr) else {
+                continue;
+            };
+            if !no_endpoints {
+                let mut merged: Option<Reading> = None;
+                let mut err = None;
+                for r in scrapes {
+                    match r {
+                        Ok(reading) => match &mut merged {
+                            Some(m) => m.merge(reading),
+                            None => merged = Some(reading),
+                        },
+                        Err(e) => err = Some(e),
+                    }
+                }
+                // Every endpoint must answer: a half-read backend is not read.
+                let ok = err.is_none() && merged.is_some();
+                if ok {
+                    rt.prev = rt.cur.take();
+                    rt.cur = merged;
+                    rt.last_ok = Some(now);
+                    rt.scrape_error = None;
+                } else {
+                    rt.scrape_error = err;
+                }
+                let was = rt.scrape.is_up();
+                if rt.scrape.record(ok) != was {
+                    if ok {
+                        info!(vip = %job.vip, backend = %job.addr, "telemetry back");
+                    } else {
+                        warn!(vip = %job.vip, backend = %job.addr, error = ?rt.scrape_error, "telemetry lost: backend down");
+                    }
+                }
+            }
+            if let Some(h) = health {
+                let ok = h.is_ok();
+                rt.health_error = h.err();
+                rt.health.record(ok);
+            }
+            if let Some(m) = models {
+                rt.models_at = Some(now);
+                if let Ok(m) = m {
+                    rt.api_models = Some(m);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (vip, pool) in &mut self.pools {
+            let Some(m) = members.get(vip) else { continue };
+            let inputs: Vec<Input> = m
+                .iter()
+                .filter_map(|(addr, hint)| {
+                    let rt = pool.backends.get(addr)?;
+                    let bt = pool.cfg.backends.get(addr);
+                    let no_endpoints = bt.is_none_or(|b| b.endpoints.is_empty());
+                    let down = if !rt.scrape.is_up() {
+                        Some(format!(
+                            "{} failed scrapes in a row: {}",
+                            pool.cfg.fall,
+                            rt.scrape_error.clone().unwrap_or_default()
+                        ))
+                    } else if !rt.health.is_up() {
+                        Some(format!(
+                            "health check: {}",
+                            rt.health_error.clone().unwrap_or_default()
+                        ))
+                    } else {
+                        None
+                    };
+                    let has_model = pool.cfg.model.as_ref().and_then(|model| {
+                        let sources = [
+                            bt.and_then(|b| b.models.as_ref()),
+                            rt.api_models.as_ref(),
+                            rt.cur.as_ref().and_then(|r| r.models.as_ref()),
+                        ];
+                        let known: Vec<_> = sources.into_iter().flatten().collect();
+                        (!known.is_empty()).then(|| known.iter().any(|s| s.contains(model)))
+                    });
+                    Some(Input {
+                        addr: *addr,
+                        hint: *hint as f64,
+                        signals: rt
+                            .cur
+                            .as_ref()
+                            .map(|c| Signals::derive(rt.prev.as_ref(), c)),
+                        // Without endpoints there is nothing to be stale.
+                        last_ok: if no_endpoints { Some(now) } else { rt.last_ok },
+                        down,
+                        has_model,
+                    })
+                })
+                .collect();
+            let (decisions, warning) = pool.scorer.score(&pool.cfg.policy, &inputs, now);
+            if warning.is_some() && warning != pool.warning {
+                warn!(vip = %vip, "{}", warning.clone().unwrap_or_default());
+            }
+            pool.warning = warning;
+            pool.last = decisions.clone();
+            out.push((*vip, decisions));
+        }
+        self.last_cycle = t0.elapsed();
+        out
+    }
+}

@@ -1,0 +1,259 @@
+//! Telemetry-driven weights on the namespace testbed: emulated inference
+//! backends report vLLM metrics, the daemon scrapes them, and the kernel's
+//! ring follows. Established connections never move.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use balancer::api::client::Client;
+use balancer_tests::{
+    loadgen, require_root,
+    server::AdminConfig,
+    testbed::{Spec, Testbed, VIP, VIP_PORT},
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A testbed whose VIP has telemetry: every backend's vLLM `/metrics`.
+fn telemetry_testbed(backends: usize, extra: &str) -> Testbed {
+    require_root();
+    let mut tb =
+        Testbed::up(Spec::unique(1, backends, env!("CARGO_BIN_EXE_testbed"))).expect("testbed");
+    let mut vip = format!(
+        "[[vip]]\nvip = \"{VIP}:{VIP_PORT}/tcp\"\n\n[vip.telemetry]\ninterval_ms = 400\nmodel = \"test-model\"\n{extra}\n\n[vip.telemetry.policy]\nslow_start_s = 2.0\n"
+    );
+    for b in &tb.backends {
+        vip.push_str(&format!(
+            "\n[[vip.backend]]\naddress = \"{a}\"\nmetrics = [{{ kind = \"vllm\", url = \"http://{a}:80/metrics\" }}]\n",
+            a = b.addr
+        ));
+    }
+    let cfg = tb.config(&vip);
+    tb.start_daemon(&cfg).unwrap();
+    tb
+}
+
+/// Published weights and ring slots per backend.
+fn weights(client: &Client, rt: &tokio::runtime::Runtime) -> BTreeMap<IpAddr, (u32, u64)> {
+    let vips = rt.block_on(client.vips()).unwrap();
+    vips[0]
+        .backends
+        .iter()
+        .map(|b| (b.addr, (b.effective_weight, b.ring_slots)))
+        .collect()
+}
+
+/// Polls until `cond` holds on the weights, or fails after `limit`.
+fn wait_for(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&BTreeMap<IpAddr, (u32, u64)>) -> bool,
+) -> Duration {
+    let t0 = Instant::now();
+    let mut last = BTreeMap::new();
+    while t0.elapsed() < limit {
+        last = weights(client, rt);
+        if cond(&last) {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let explain = rt
+        .block_on(client.weights())
+        .map(|w| format!("{:#?}", w.pools))
+        .unwrap_or_default();
+    panic!("{what}: not within {limit:?}; weights {last:?}\n{explain}");
+}
+
+#[test]
+fn a_filled_queue_takes_weight_away_and_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tb = telemetry_testbed(3, "");
+    let client = tb.client();
+    let rt = rt();
+    let b1: IpAddr = tb.backends[0].addr.into();
+    // Steady state: all equal after the slow start.
+    wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(15),
+        "equal weights",
+        |w| w.values().all(|(x, _)| *x >= 900),
+    );
+    let conns = loadgen::long_lived(
+        &tb.clients[0].ns,
+        tb.vip(),
+        24,
+        Duration::from_secs(8),
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tb.emulator_admin(
+        0,
+        &AdminConfig {
+            phantom_waiting: Some(40),
+            ..AdminConfig::default()
+        },
+    )
+    .unwrap();
+    let took = wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(4),
+        "b1's weight falls",
+        |w| {
+            let (mine, slots) = w[&b1];
+            let others = w
+                .iter()
+                .filter(|(a, _)| **a != b1)
+                .map(|(_, (x, _))| *x)
+                .min()
+                .unwrap_or(0);
+            mine * 4 < others
+                && slots * 4
+                    < w.iter()
+                        .filter(|(a, _)| **a != b1)
+                        .map(|(_, (_, s))| *s)
+                        .min()
+                        .unwrap_or(0)
+        },
+    );
+    eprintln!("queue of 40 on b1: weight and kernel ring followed in {took:?}");
+    let expl = rt.block_on(client.weights()).unwrap();
+    let d = expl.pools[0]
+        .decisions
+        .iter()
+        .find(|d| d.addr == b1)
+        .unwrap();
+    assert!(
+        d.why.contains("queue"),
+        "explanation names the queue: {}",
+        d.why
+    );
+    // The queue drains: the weight comes back.
+    tb.emulator_admin(
+        0,
+        &AdminConfig {
+            phantom_waiting: Some(0),
+            ..AdminConfig::default()
+        },
+    )
+    .unwrap();
+    wait_for(&client, &rt, Duration::from_secs(6), "b1 recovers", |w| {
+        w[&b1].0 >= 900
+    });
+    let results = conns.join().unwrap().unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.error.is_none(), "conn {i}: {:?}", r.error);
+        assert_eq!(r.backends.len(), 1, "conn {i} moved: {:?}", r.backends);
+    }
+}
+
+#[test]
+fn a_four_times_slower_backend_loses_weight_under_load() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tb = telemetry_testbed(3, "");
+    let client = tb.client();
+    let rt = rt();
+    let b1: IpAddr = tb.backends[0].addr.into();
+    wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(15),
+        "equal weights",
+        |w| w.values().all(|(x, _)| *x >= 900),
+    );
+    tb.emulator_admin(
+        0,
+        &AdminConfig {
+            speed: Some(0.25),
+            ..AdminConfig::default()
+        },
+    )
+    .unwrap();
+    // Enough concurrent requests to fill a slowed GPU's 8 slots.
+    let ns = tb.clients[0].ns.clone();
+    let vip = tb.vip();
+    let load = std::thread::spawn(move || {
+        loadgen::completions(&ns, vip, Duration::from_secs(8), 48, "test-model", 64)
+    });
+    let took = wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(7),
+        "slow b1 loses weight",
+        |w| {
+            let others = w
+                .iter()
+                .filter(|(a, _)| **a != b1)
+                .map(|(_, (x, _))| *x)
+                .min()
+                .unwrap_or(0);
+            w[&b1].0 * 2 < others
+        },
+    );
+    eprintln!("b1 at 1/4 speed: weight fell to half of the others' in {took:?}");
+    let r = load.join().unwrap().unwrap();
+    assert!(r.failed() == 0, "{:?}", r.errors);
+}
+
+#[test]
+fn a_dead_backend_goes_to_zero_and_ramps_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = telemetry_testbed(2, "fall = 2\nrise = 2");
+    let client = tb.client();
+    let rt = rt();
+    let b1: IpAddr = tb.backends[0].addr.into();
+    wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(15),
+        "equal weights",
+        |w| w.values().all(|(x, _)| *x >= 900),
+    );
+    tb.stop_server(0);
+    wait_for(&client, &rt, Duration::from_secs(5), "b1 down", |w| {
+        w[&b1] == (0, 0)
+    });
+    let st = rt.block_on(client.status()).unwrap();
+    let reason = &st.down.iter().find(|d| d.addr == b1).unwrap().reason;
+    assert!(reason.contains("failed scrapes"), "{reason}");
+    // New connections all reach b2 meanwhile.
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 300, 8).unwrap();
+    assert_eq!(r.ok, 300, "{:?}", r.errors);
+    tb.start_server(0, Duration::ZERO).unwrap();
+    // Back, through the slow start: first part way, then all the way.
+    let partial = wait_for(&client, &rt, Duration::from_secs(5), "b1 ramping", |w| {
+        w[&b1].0 > 0
+    });
+    let w = weights(&client, &rt);
+    assert!(
+        w[&b1].0 < 900,
+        "a returning backend ramps, it does not jump: {w:?}"
+    );
+    let full = wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(10),
+        "b1 fully back",
+        |w| w[&b1].0 >= 900,
+    );
+    eprintln!(
+        "b1 back after {partial:?}, at full weight after {:?} more",
+        full
+    );
+}
