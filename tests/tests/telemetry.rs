@@ -105,7 +105,8 @@ fn fuzzed_samples_never_panic_and_stay_bounded() {
     let limits = Limits::default();
     let (mut ok, mut err) = (0, 0);
     let t0 = Instant::now();
-    for i in 0..20_000 {
+    let n = balancer_tests::scaled(20_000) as usize;
+    for i in 0..n {
         let base = bases[i % 3].as_bytes(); // the small ones; node is 376 kB
         let mut b = base.to_vec();
         match rng.random_range(0..4) {
@@ -142,8 +143,8 @@ fn fuzzed_samples_never_panic_and_stay_bounded() {
             }
         }
     }
-    assert!(ok > 1000 && err > 1000, "ok {ok}, err {err}");
-    assert!(t0.elapsed() < Duration::from_secs(60));
+    assert!(ok > n / 20 && err > n / 20, "ok {ok}, err {err}");
+    assert!(t0.elapsed() < Duration::from_secs(120), "{:?}", t0.elapsed());
     // Pathological sizes are refused, not ground through.
     let many = "x 1\n".repeat(300_000);
     assert!(

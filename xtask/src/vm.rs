@@ -287,6 +287,9 @@ echo "@@BALANCER-INIT $(uname -r)"
     s.push_str(&format!(
         "export BALANCER_TEST_SCALE={scale}\nexport RUST_BACKTRACE=1\n"
     ));
+    if let Ok(shared) = std::fs::canonicalize(root().join("..").join("shared").join("data")) {
+        s.push_str(&format!("export BALANCER_SHARED_DATA={}\n", shared.display()));
+    }
     for (name, exe) in tests {
         s.push_str(&format!(
             "echo \"@@BALANCER-TEST-BEGIN {name}\"\n{} --test-threads=1 2>&1\necho \"@@BALANCER-TEST-END {name} $?\"\n",
@@ -353,6 +356,19 @@ fn build_initramfs(
             std::fs::copy(&src, &dst)?;
         }
         modules = ordered;
+    }
+    // The suites read third-party samples from ../shared/data beside the
+    // checkout; put the small ones the tests use at the same path.
+    let shared = root().join("..").join("shared").join("data");
+    if let Ok(shared) = std::fs::canonicalize(&shared) {
+        for sub in ["prometheus"] {
+            let src = shared.join(sub);
+            if let Ok(rd) = std::fs::read_dir(&src) {
+                for e in rd.flatten() {
+                    copy_into(&stage, &e.path())?;
+                }
+            }
+        }
     }
     std::fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
     let init = stage.join("init");
