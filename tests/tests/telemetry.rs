@@ -144,7 +144,11 @@ fn fuzzed_samples_never_panic_and_stay_bounded() {
         }
     }
     assert!(ok > n / 20 && err > n / 20, "ok {ok}, err {err}");
-    assert!(t0.elapsed() < Duration::from_secs(120), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        t0.elapsed()
+    );
     // Pathological sizes are refused, not ground through.
     let many = "x 1\n".repeat(300_000);
     assert!(

@@ -156,6 +156,8 @@ enum Bench {
     Maglev,
     /// HTTP through the balancer vs. direct vs. HAProxy on the testbed.
     E2e,
+    /// The telemetry cycle for 1000 backends, and metric-change-to-ring time.
+    Control,
 }
 
 fn main() -> ExitCode {
@@ -234,6 +236,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Dataplane => "dataplane",
                 Bench::Maglev => "maglev",
                 Bench::E2e => "e2e",
+                Bench::Control => "control",
             };
             run(cargo()
                 .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])

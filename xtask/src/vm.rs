@@ -288,7 +288,10 @@ echo "@@BALANCER-INIT $(uname -r)"
         "export BALANCER_TEST_SCALE={scale}\nexport RUST_BACKTRACE=1\n"
     ));
     if let Ok(shared) = std::fs::canonicalize(root().join("..").join("shared").join("data")) {
-        s.push_str(&format!("export BALANCER_SHARED_DATA={}\n", shared.display()));
+        s.push_str(&format!(
+            "export BALANCER_SHARED_DATA={}\n",
+            shared.display()
+        ));
     }
     for (name, exe) in tests {
         s.push_str(&format!(
