@@ -24,6 +24,16 @@ use crate::util::{self, output};
 pub const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("ethtool", "/usr/sbin/ethtool"),
+    // The VM suite: the guest's emulator, its shell and the initramfs tools.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
+    ("kmod", "/usr/sbin/depmod"),
+    // The cache's shared L2 in the Redis suites.
+    ("redis-server", "/usr/bin/redis-server"),
+    // Baselines of `bench e2e` and `bench proxy`.
+    ("haproxy", "/usr/sbin/haproxy"),
+    ("nginx", "/usr/sbin/nginx"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
