@@ -32,7 +32,30 @@
 //! address = "10.0.1.10"
 //! weight = 1
 //! # mac = "02:00:00:00:00:10"        # static next hop; else resolved
+//!
+//! [cache]                            # the inference result cache
+//! memory_mb = 256                    # L1 budget
+//! # redis = "redis://127.0.0.1:6379"  # shared L2 and invalidation bus
+//! # redis_timeout_ms = 100
+//! # redis_prefix = "balancer"
+//! [cache.models]                     # model versions (part of every key)
+//! # "llama-3-8b" = "2024-06"
+//!
+//! [[cache_route]]
+//! name = "openai"
+//! listen = "127.0.0.1:8080"
+//! backends = ["10.0.1.10:8000"]      # or: vip = "10.0.0.100:80/tcp" and
+//! # backend_port = 8000              #     the VIP's live pool and weights
+//! ttl_secs = 300
+//! max_object_bytes = 1048576         # larger responses are not stored
+//! max_request_bytes = 1048576        # larger requests get 413
+//! exclude_fields = ["user"]          # not part of the key
+//! # deterministic = true             # cache generic paths without opt-in
+//! # timeout_ms = 60000
 //! ```
+//!
+//! Without `daemon.iface` the daemon runs no data plane: a cache-only
+//! gateway, which needs at least one `[[cache_route]]`.
 
 use std::{
     fmt,
@@ -97,6 +120,38 @@ struct RawConfig {
     dataplane: RawDataplane,
     #[serde(default)]
     vip: Vec<RawVip>,
+    cache: Option<RawCache>,
+    #[serde(default)]
+    cache_route: Vec<RawCacheRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    memory_mb: Option<Spanned<u64>>,
+    shards: Option<Spanned<usize>>,
+    redis: Option<Spanned<String>>,
+    redis_timeout_ms: Option<Spanned<u64>>,
+    redis_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheRoute {
+    name: Option<Spanned<String>>,
+    listen: Spanned<String>,
+    backends: Option<Spanned<Vec<String>>>,
+    vip: Option<Spanned<String>>,
+    backend_port: Option<Spanned<u16>>,
+    ttl_secs: Option<Spanned<u64>>,
+    max_object_bytes: Option<Spanned<u64>>,
+    max_request_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    exclude_fields: Option<Vec<String>>,
+    deterministic: Option<bool>,
+    timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,8 +273,8 @@ impl RawTelemetry {
 /// Daemon settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
-    /// Interface to attach to.
-    pub iface: String,
+    /// Interface to attach to; `None`: no data plane (a cache-only gateway).
+    pub iface: Option<String>,
     /// Attach mode.
     pub xdp_mode: AttachMode,
     /// Named network namespace to run in.
@@ -245,6 +300,33 @@ pub struct Config {
     pub initial: Snapshot,
     /// Telemetry-driven weights, per VIP that has a `[vip.telemetry]` table.
     pub telemetry: BTreeMap<VipId, PoolTelemetry>,
+    /// Cache settings.
+    pub cache: crate::cache::Settings,
+    /// Cache routes (none: no proxy).
+    pub cache_routes: Vec<CacheRoute>,
+}
+
+/// Where a cache route's misses go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachePool {
+    /// A fixed list, equal weights.
+    Static(Vec<SocketAddr>),
+    /// The live pool of a VIP (its backends' current weights), on `port`.
+    Vip {
+        /// The VIP.
+        vip: VipId,
+        /// The backends' HTTP port.
+        port: u16,
+    },
+}
+
+/// One `[[cache_route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRoute {
+    /// The proxy's settings.
+    pub route: crate::cache::proxy::RouteConfig,
+    /// Its backends.
+    pub pool: CachePool,
 }
 
 /// Telemetry settings of one pool.
@@ -364,14 +446,15 @@ impl Config {
                     "an interface name of 1 to 15 characters, e.g. \"eth0\"",
                 );
             }
-            Some(s) => s.get_ref().clone(),
+            Some(s) => Some(s.get_ref().clone()),
+            None if !raw.cache_route.is_empty() => None,
             None => {
                 return Err(ConfigError {
                     path: path.to_path_buf(),
                     line: None,
                     col: None,
                     field: "daemon.iface".into(),
-                    message: "missing: name the interface to attach to, e.g. iface = \"eth0\""
+                    message: "missing: name the interface to attach to, e.g. iface = \"eth0\" (or configure a [[cache_route]] for a cache-only gateway)"
                         .into(),
                 });
             }
@@ -393,7 +476,10 @@ impl Config {
         let netns = d.netns.as_ref().map(|s| s.get_ref().clone());
         let pin_dir = match &d.pin_dir {
             Some(s) => PathBuf::from(s.get_ref()),
-            None => crate::dataplane::default_pin_dir(&iface, netns.as_deref()),
+            None => crate::dataplane::default_pin_dir(
+                iface.as_deref().unwrap_or("none"),
+                netns.as_deref(),
+            ),
         };
         let socket = d
             .socket
@@ -664,7 +750,10 @@ impl Config {
                 ),
             );
         }
+        let (cache, cache_routes) = validate_cache(&raw, &cx)?;
         Ok(Config {
+            cache,
+            cache_routes,
             daemon: DaemonConfig {
                 iface,
                 xdp_mode,
@@ -679,6 +768,188 @@ impl Config {
             telemetry,
         })
     }
+}
+
+fn validate_cache(
+    raw: &RawConfig,
+    cx: &Ctx<'_>,
+) -> Result<(crate::cache::Settings, Vec<CacheRoute>), ConfigError> {
+    use crate::cache::{Settings as CacheSettings, l2::RedisSettings, proxy::RouteConfig};
+    let mut settings = CacheSettings::default();
+    if let Some(c) = &raw.cache {
+        if let Some(m) = &c.memory_mb {
+            if !(1..=1 << 20).contains(m.get_ref()) {
+                return cx.err(m.span(), "cache.memory_mb", "use 1 to 1048576 (MiB)");
+            }
+            settings.memory_bytes = *m.get_ref() << 20;
+        }
+        if let Some(n) = &c.shards {
+            if !(1..=1024).contains(n.get_ref()) {
+                return cx.err(n.span(), "cache.shards", "use 1 to 1024");
+            }
+            settings.shards = *n.get_ref();
+        }
+        let timeout = match &c.redis_timeout_ms {
+            Some(t) if !(1..=10_000).contains(t.get_ref()) => {
+                return cx.err(t.span(), "cache.redis_timeout_ms", "use 1 to 10000");
+            }
+            Some(t) => Duration::from_millis(*t.get_ref()),
+            None => Duration::from_millis(100),
+        };
+        let prefix = match &c.redis_prefix {
+            Some(p) if p.get_ref().is_empty() || p.get_ref().contains(char::is_whitespace) => {
+                return cx.err(
+                    p.span(),
+                    "cache.redis_prefix",
+                    "a non-empty word without spaces",
+                );
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "balancer".into(),
+        };
+        if let Some(u) = &c.redis {
+            let url = u.get_ref();
+            if !(url.starts_with("redis://") || url.starts_with("unix://"))
+                || redis::Client::open(url.as_str()).is_err()
+            {
+                return cx.err(
+                    u.span(),
+                    "cache.redis",
+                    "a URL like \"redis://127.0.0.1:6379\" or \"unix:///run/redis.sock\"",
+                );
+            }
+            settings.redis = Some(RedisSettings {
+                url: url.clone(),
+                timeout,
+                prefix,
+            });
+        }
+        settings.versions = c.models.clone();
+    }
+    let mut routes: Vec<CacheRoute> = Vec::new();
+    for (i, r) in raw.cache_route.iter().enumerate() {
+        let field = |f: &str| format!("cache_route[{i}].{f}");
+        let name = r
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("route{i}"));
+        if name.is_empty() || routes.iter().any(|x| x.route.name == name) {
+            let span = r.name.as_ref().map(|n| n.span()).unwrap_or(r.listen.span());
+            return cx.err(
+                span,
+                field("name"),
+                format!("{name:?}: names must be unique and non-empty"),
+            );
+        }
+        let listen: SocketAddr = match r.listen.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return cx.err(
+                    r.listen.span(),
+                    field("listen"),
+                    "an address and port like \"127.0.0.1:8080\"",
+                );
+            }
+        };
+        if routes.iter().any(|x| x.route.listen == listen) {
+            return cx.err(
+                r.listen.span(),
+                field("listen"),
+                format!("{listen} is used by another route"),
+            );
+        }
+        let pool = match (&r.backends, &r.vip) {
+            (Some(b), None) => {
+                let mut addrs = Vec::new();
+                for a in b.get_ref() {
+                    match a.parse::<SocketAddr>() {
+                        Ok(x) => addrs.push(x),
+                        Err(_) => {
+                            return cx.err(
+                                b.span(),
+                                field("backends"),
+                                format!("{a:?}: use \"address:port\" like \"10.0.1.10:8000\""),
+                            );
+                        }
+                    }
+                }
+                if addrs.is_empty() {
+                    return cx.err(b.span(), field("backends"), "list at least one backend");
+                }
+                CachePool::Static(addrs)
+            }
+            (None, Some(v)) => {
+                let vip: VipId = match v.get_ref().parse() {
+                    Ok(id) => id,
+                    Err(e) => return cx.err(v.span(), field("vip"), e),
+                };
+                let Some(port) = &r.backend_port else {
+                    return cx.err(
+                        v.span(),
+                        field("backend_port"),
+                        "missing: the port the VIP's backends serve HTTP on",
+                    );
+                };
+                CachePool::Vip {
+                    vip,
+                    port: *port.get_ref(),
+                }
+            }
+            _ => {
+                return cx.err(
+                    r.listen.span(),
+                    field("backends"),
+                    "give exactly one of backends = [..] or vip = \"..\" (with backend_port)",
+                );
+            }
+        };
+        let ranged = |v: &Option<Spanned<u64>>, f: &str, default: u64, lo: u64, hi: u64| match v {
+            None => Ok(default),
+            Some(x) if (lo..=hi).contains(x.get_ref()) => Ok(*x.get_ref()),
+            Some(x) => cx.err(x.span(), field(f), format!("use {lo} to {hi}")),
+        };
+        let ttl = ranged(&r.ttl_secs, "ttl_secs", 300, 1, 7 * 86_400)?;
+        let max_object = ranged(
+            &r.max_object_bytes,
+            "max_object_bytes",
+            1 << 20,
+            1,
+            64 << 20,
+        )?;
+        let max_request = ranged(
+            &r.max_request_bytes,
+            "max_request_bytes",
+            1 << 20,
+            1,
+            64 << 20,
+        )?;
+        let timeout = ranged(&r.timeout_ms, "timeout_ms", 60_000, 1, 600_000)?;
+        routes.push(CacheRoute {
+            route: RouteConfig {
+                name,
+                listen,
+                ttl: Duration::from_secs(ttl),
+                max_object_bytes: max_object,
+                max_request_bytes: max_request,
+                exclude_fields: r
+                    .exclude_fields
+                    .clone()
+                    .unwrap_or_else(|| vec!["user".into()]),
+                deterministic: r.deterministic.unwrap_or(false),
+                timeout: Duration::from_millis(timeout),
+            },
+            pool,
+        });
+    }
+    if raw.cache.is_some() && routes.is_empty() {
+        return cx.err(
+            0..0,
+            "cache",
+            "a [cache] table without any [[cache_route]] caches nothing",
+        );
+    }
+    Ok((settings, routes))
 }
 
 #[cfg(test)]
@@ -718,7 +989,7 @@ mode = "l2-dsr"
     #[test]
     fn good_config() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.daemon.iface, "eth0");
+        assert_eq!(c.daemon.iface.as_deref(), Some("eth0"));
         assert_eq!(c.daemon.metrics, None);
         assert_eq!(c.initial.settings.mtu, 1600);
         assert_eq!(c.initial.vips.len(), 2);
@@ -814,5 +1085,77 @@ mode = "l2-dsr"
         assert!(e.message.contains("not a prime"), "{e}");
         let e = parse("").unwrap_err();
         assert!(e.message.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn cache_routes() {
+        let c = parse(
+            "[cache]\nmemory_mb = 64\nredis = \"redis://127.0.0.1:6390\"\n[cache.models]\nm = \"v2\"\n\
+             [[cache_route]]\nname = \"a\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n\
+             ttl_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.iface, None, "cache-only gateway");
+        assert_eq!(c.cache.memory_bytes, 64 << 20);
+        assert_eq!(c.cache.versions.get("m").map(String::as_str), Some("v2"));
+        assert_eq!(c.cache_routes[0].route.ttl, Duration::from_secs(5));
+        assert_eq!(
+            c.cache_routes[0].route.exclude_fields,
+            vec!["user".to_string()]
+        );
+        let vip = parse(
+            "[daemon]\niface = \"eth0\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\nbackend_port = 8000\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            vip.cache_routes[0].pool,
+            CachePool::Vip { port: 8000, .. }
+        ));
+        for (src, field, says) in [
+            (
+                "[[cache_route]]\nlisten = \"nope\"\nbackends = [\"127.0.0.1:1\"]\n",
+                "cache_route[0].listen",
+                "address and port",
+            ),
+            (
+                "[[cache_route]]\nlisten = \"127.0.0.1:1\"\n",
+                "cache_route[0].backends",
+                "exactly one",
+            ),
+            (
+                "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"10.0.0.1\"]\n",
+                "cache_route[0].backends",
+                "address:port",
+            ),
+            (
+                "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\n",
+                "cache_route[0].backend_port",
+                "missing",
+            ),
+            (
+                "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\nttl_secs = 0\n",
+                "cache_route[0].ttl_secs",
+                "use 1 to",
+            ),
+            (
+                "[cache]\nredis = \"http://x\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+                "cache.redis",
+                "redis://",
+            ),
+            (
+                "[cache]\nmemory_mb = 1\n[daemon]\niface = \"eth0\"\n",
+                "cache",
+                "caches nothing",
+            ),
+            (
+                "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+                "cache_route[1].listen",
+                "used by another",
+            ),
+        ] {
+            let e = parse(src).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 }

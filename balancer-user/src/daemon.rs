@@ -30,6 +30,11 @@ use crate::{
         VipStatsRow, WeightsReply,
         server::{self, Handler},
     },
+    cache::{
+        Cache, CacheError, InvalidateReply,
+        proxy::{PoolSource, Route},
+    },
+    config::CachePool,
     config::Config,
     dataplane::{Dataplane, Programs},
     lb::{BackendSpec, LbError, LoadBalancer, Snapshot},
@@ -39,8 +44,10 @@ use crate::{
 /// Shared daemon state.
 pub struct Daemon {
     cfg: Config,
-    lb: Mutex<LoadBalancer>,
-    programs: Programs,
+    /// `None` on a cache-only gateway (no `daemon.iface`).
+    lb: Option<Mutex<LoadBalancer>>,
+    programs: Option<Programs>,
+    cache: Option<Arc<Cache>>,
     started: Instant,
     weights: Mutex<WeightsReply>,
 }
@@ -60,7 +67,14 @@ fn lb_error(e: LbError) -> ApiError {
 
 impl Daemon {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, LoadBalancer>, ApiError> {
-        self.lb.lock().map_err(|_| ApiError {
+        let Some(lb) = &self.lb else {
+            return Err(ApiError {
+                status: 409,
+                message: "this daemon runs no data plane (no daemon.iface: a cache-only gateway)"
+                    .into(),
+            });
+        };
+        lb.lock().map_err(|_| ApiError {
             status: 500,
             message: "internal state poisoned by an earlier panic; restart the daemon".into(),
         })
@@ -87,8 +101,21 @@ impl Daemon {
         Ok(Reply::Done)
     }
 
-    /// Counters of every VIP and backend.
+    /// Counters of every VIP and backend, and of the cache.
     pub fn stats(&self) -> Result<StatsReply, ApiError> {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let cache = self.cache.as_ref().map(|c| c.stats());
+        if self.lb.is_none() {
+            return Ok(StatsReply {
+                at_ms,
+                global: Default::default(),
+                vips: Vec::new(),
+                cache,
+            });
+        }
         let lb = self.lock()?;
         let internal = |e: LbError| ApiError {
             status: 500,
@@ -124,18 +151,38 @@ impl Daemon {
                 backends,
             });
         }
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         Ok(StatsReply {
             at_ms,
             global,
             vips,
+            cache,
         })
     }
 
     fn status(&self) -> Result<StatusReply, ApiError> {
+        let cache_routes: Vec<String> = self
+            .cfg
+            .cache_routes
+            .iter()
+            .map(|r| format!("{} {}", r.route.name, r.route.listen))
+            .collect();
+        if self.lb.is_none() {
+            return Ok(StatusReply {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                iface: None,
+                netns: self.cfg.daemon.netns.clone(),
+                pin_dir: String::new(),
+                xdp_mode: None,
+                adopted: false,
+                uptime_secs: self.started.elapsed().as_secs(),
+                ring_size: 0,
+                flow_table: (0, 0),
+                vips: 0,
+                backends: 0,
+                down: Vec::new(),
+                cache_routes,
+            });
+        }
         let lb = self.lock()?;
         let vips = lb.vips();
         let mut down = Vec::new();
@@ -150,7 +197,7 @@ impl Daemon {
                 }
             }
         }
-        let att = self.programs.attachment();
+        let att = self.programs.as_ref().and_then(|p| p.attachment());
         let maps = lb.maps();
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -167,7 +214,32 @@ impl Daemon {
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
             down,
+            cache_routes,
         })
+    }
+
+    fn cache(&self) -> Result<&Arc<Cache>, ApiError> {
+        self.cache.as_ref().ok_or_else(|| ApiError {
+            status: 409,
+            message: "this daemon runs no cache (no [[cache_route]] in its configuration)".into(),
+        })
+    }
+
+    /// Runs a cache operation from the API's blocking thread.
+    fn cache_op(
+        &self,
+        op: impl std::future::Future<Output = Result<InvalidateReply, CacheError>>,
+    ) -> Result<Reply, ApiError> {
+        tokio::runtime::Handle::current()
+            .block_on(op)
+            .map(Reply::Invalidated)
+            .map_err(|e| ApiError {
+                status: match e {
+                    CacheError::BadKey(_) => 400,
+                    _ => 503,
+                },
+                message: e.to_string(),
+            })
     }
 }
 
@@ -202,6 +274,15 @@ impl Handler for Daemon {
             Request::Drain(vip, addr, true) => self.mutate(|lb| lb.drain(&vip, addr)),
             Request::Drain(vip, addr, false) => self.mutate(|lb| lb.undrain(&vip, addr)),
             Request::SetWeight(vip, addr, w) => self.mutate(|lb| lb.set_weight(&vip, addr, w)),
+            Request::CacheStats => Ok(Reply::Cache(self.cache()?.stats())),
+            Request::CacheInvalidate(op) => {
+                let c = self.cache()?.clone();
+                self.cache_op(async move { c.invalidate(op).await })
+            }
+            Request::CacheBump(model) => {
+                let c = self.cache()?.clone();
+                self.cache_op(async move { c.bump_version(&model).await })
+            }
         }
     }
 }
@@ -233,37 +314,38 @@ fn enter_netns(ns: &str) -> Result<()> {
 }
 
 async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
-    let d = cfg.daemon.clone();
-    let load = cfg.load;
-    let dp = tokio::task::spawn_blocking(move || {
-        Dataplane::attach(&d.iface, d.xdp_mode, &load, &d.pin_dir)
-    })
-    .await?
-    .with_context(|| format!("attaching to {}", cfg.daemon.iface))?;
-    let adopted = dp.programs.attachment().is_some_and(|a| a.adopted);
-    let snapshot = saved.unwrap_or_else(|| cfg.initial.clone());
-    let lb = match LoadBalancer::restore(dp.maps, &snapshot, adopted) {
-        Ok(lb) => lb,
-        Err(e) => {
-            if !adopted {
-                // We attached it just now: leave nothing behind.
-                drop(dp.programs);
-                let _ = Dataplane::detach(&cfg.daemon.pin_dir);
-            }
-            return Err(e).context("applying the saved state");
+    // The cache's listeners first: a port in use must stop us before the
+    // kernel is touched.
+    let cache = if cfg.cache_routes.is_empty() {
+        None
+    } else {
+        Some(Cache::new(cfg.cache.clone()).context("setting up the cache")?)
+    };
+    let mut listeners = Vec::new();
+    if let Some(c) = &cache {
+        for r in &cfg.cache_routes {
+            let route = Route::new(r.route.clone(), c.clone(), Arc::new(Vec::new));
+            listeners.push(route.bind().await?);
+        }
+    }
+    let (lb, programs) = match &cfg.daemon.iface {
+        Some(iface) => {
+            let (lb, programs) = attach(&cfg, iface, saved).await?;
+            (Some(Mutex::new(lb)), Some(programs))
+        }
+        None => {
+            info!(
+                routes = cfg.cache_routes.len(),
+                "cache-only gateway: no data plane"
+            );
+            (None, None)
         }
     };
-    state::save(&cfg.daemon.state_file, &lb.snapshot())?;
-    info!(
-        iface = %cfg.daemon.iface,
-        adopted,
-        vips = lb.vips().len(),
-        "balancer running"
-    );
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
-        lb: Mutex::new(lb),
-        programs: dp.programs,
+        lb,
+        programs,
+        cache: cache.clone(),
         started: Instant::now(),
         weights: Mutex::new(WeightsReply {
             cycle_ms: 0.0,
@@ -271,6 +353,14 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
             pools: Vec::new(),
         }),
     });
+    if let Some(c) = &cache {
+        tokio::spawn(c.clone().run_l2());
+        for (r, l) in cfg.cache_routes.iter().zip(listeners) {
+            let route = Route::new(r.route.clone(), c.clone(), pool_source(&daemon, &r.pool));
+            info!(route = %r.route.name, listen = %r.route.listen, "cache route serving");
+            tokio::spawn(route.serve(l));
+        }
+    }
 
     let listener = server::bind(&cfg.daemon.socket)
         .with_context(|| format!("binding {}", cfg.daemon.socket.display()))?;
@@ -287,9 +377,11 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
         ));
     }
 
-    tokio::spawn(resolve_loop(daemon.clone()));
+    if daemon.lb.is_some() {
+        tokio::spawn(resolve_loop(daemon.clone()));
+    }
     let auto = crate::autoweight::Autoweight::new(&cfg.telemetry);
-    if !auto.is_empty() {
+    if daemon.lb.is_some() && !auto.is_empty() {
         tokio::spawn(telemetry_loop(daemon.clone(), auto));
     }
 
@@ -301,6 +393,71 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
     info!("stopping; the data plane stays attached (`balancer detach` removes it)");
     let _ = std::fs::remove_file(&cfg.daemon.socket);
     Ok(())
+}
+
+/// Attaches (or adopts) the data plane and restores the VIPs.
+async fn attach(
+    cfg: &Config,
+    iface: &str,
+    saved: Option<Snapshot>,
+) -> Result<(LoadBalancer, Programs)> {
+    let d = cfg.daemon.clone();
+    let load = cfg.load;
+    let name = iface.to_string();
+    let dp = tokio::task::spawn_blocking(move || {
+        Dataplane::attach(&name, d.xdp_mode, &load, &d.pin_dir)
+    })
+    .await?
+    .with_context(|| format!("attaching to {iface}"))?;
+    let adopted = dp.programs.attachment().is_some_and(|a| a.adopted);
+    let snapshot = saved.unwrap_or_else(|| cfg.initial.clone());
+    let lb = match LoadBalancer::restore(dp.maps, &snapshot, adopted) {
+        Ok(lb) => lb,
+        Err(e) => {
+            if !adopted {
+                // We attached it just now: leave nothing behind.
+                drop(dp.programs);
+                let _ = Dataplane::detach(&cfg.daemon.pin_dir);
+            }
+            return Err(e).context("applying the saved state");
+        }
+    };
+    state::save(&cfg.daemon.state_file, &lb.snapshot())?;
+    info!(iface, adopted, vips = lb.vips().len(), "balancer running");
+    Ok((lb, dp.programs))
+}
+
+/// A cache route's backends: a fixed list, or a VIP's live pool with the
+/// control plane's current weights (drained and down backends excluded).
+fn pool_source(daemon: &Arc<Daemon>, pool: &CachePool) -> PoolSource {
+    match pool {
+        CachePool::Static(addrs) => {
+            let list: Vec<(std::net::SocketAddr, u32)> = addrs.iter().map(|a| (*a, 1)).collect();
+            Arc::new(move || list.clone())
+        }
+        CachePool::Vip { vip, port } => {
+            let (d, vip, port) = (Arc::downgrade(daemon), *vip, *port);
+            Arc::new(move || {
+                let Some(d) = d.upgrade() else {
+                    return Vec::new();
+                };
+                let Ok(lb) = d.lock() else {
+                    return Vec::new();
+                };
+                lb.vips()
+                    .into_iter()
+                    .find(|v| v.spec.id == vip)
+                    .map(|v| {
+                        v.backends
+                            .iter()
+                            .filter(|b| b.down.is_none() && !b.drained)
+                            .map(|b| (std::net::SocketAddr::new(b.addr, port), b.effective_weight))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        }
+    }
 }
 
 /// Scrapes, scores and applies telemetry-driven weights every interval.

@@ -15,6 +15,7 @@
 //! - [`api`]: the admin API (server for the daemon, client for the CLI);
 //! - [`metrics`]: the daemon's Prometheus endpoint;
 //! - [`autoweight`]: the loop from telemetry to ring weights;
+//! - [`cache`]: the inference result cache and its L7 proxy;
 //! - [`daemon`]: `balancer run`, wiring all of the above;
 //! - [`agent`], [`nvml`]: `balancer agent`, the exporter for backend hosts.
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod api;
 pub mod autoweight;
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

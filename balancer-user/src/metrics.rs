@@ -125,7 +125,100 @@ pub fn render(s: &StatsReply) -> String {
             }
         }
     }
+    if let Some(c) = &s.cache {
+        render_cache(c, &mut o);
+    }
     o
+}
+
+fn render_cache(c: &crate::cache::CacheStats, o: &mut String) {
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    family(
+        "balancer_cache_requests_total",
+        "counter",
+        "Requests through the cache routes by result: hit (L1), hit_l2, miss, coalesced (waited on an identical miss), bypass, too_large (413).",
+        &[
+            ("{result=\"hit\"}", c.hits as f64),
+            ("{result=\"hit_l2\"}", c.hits_l2 as f64),
+            ("{result=\"miss\"}", c.misses as f64),
+            ("{result=\"coalesced\"}", c.coalesced as f64),
+            ("{result=\"bypass\"}", c.bypasses as f64),
+            ("{result=\"too_large\"}", c.too_large as f64),
+        ],
+    );
+    family(
+        "balancer_cache_bytes_total",
+        "counter",
+        "Response body bytes served from the cache and stored into it.",
+        &[
+            ("{direction=\"served\"}", c.bytes_served as f64),
+            ("{direction=\"stored\"}", c.bytes_stored as f64),
+        ],
+    );
+    family(
+        "balancer_cache_entries_total",
+        "counter",
+        "Entry events: stored, refused by admission, invalidated; responses not cacheable.",
+        &[
+            ("{event=\"stored\"}", c.stored as f64),
+            ("{event=\"refused\"}", c.rejected as f64),
+            ("{event=\"invalidated\"}", c.invalidated as f64),
+            ("{event=\"uncacheable\"}", c.uncacheable as f64),
+        ],
+    );
+    family(
+        "balancer_cache_evictions_total",
+        "counter",
+        "Entries evicted to make room.",
+        &[("", c.evictions as f64)],
+    );
+    family(
+        "balancer_cache_gpu_seconds_saved_total",
+        "counter",
+        "Backend time saved by hits: each hit counts the backend time of the miss that filled it.",
+        &[("", c.gpu_seconds_saved)],
+    );
+    family(
+        "balancer_cache_backend_errors_total",
+        "counter",
+        "Backend failures and timeouts on cache routes.",
+        &[("", c.backend_errors as f64)],
+    );
+    family(
+        "balancer_cache_memory_bytes",
+        "gauge",
+        "L1 bytes held and the budget.",
+        &[
+            ("{kind=\"used\"}", c.bytes as f64),
+            ("{kind=\"budget\"}", c.budget as f64),
+        ],
+    );
+    family(
+        "balancer_cache_entries",
+        "gauge",
+        "Entries in L1.",
+        &[("", c.entries as f64)],
+    );
+    if let Some(l2) = &c.l2 {
+        family(
+            "balancer_cache_l2_up",
+            "gauge",
+            "1 while Redis (the L2 and invalidation bus) is connected.",
+            &[("", l2.up as u64 as f64)],
+        );
+        family(
+            "balancer_cache_l2_pending_invalidations",
+            "gauge",
+            "Invalidations queued while Redis is down.",
+            &[("", l2.pending as f64)],
+        );
+    }
 }
 
 /// Source of the numbers behind each scrape.
@@ -178,4 +271,48 @@ pub async fn serve(listener: TcpListener, source: StatsSource) {
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_metrics_are_valid_exposition_text() {
+        let cache = crate::cache::Cache::new(crate::cache::Settings::default()).unwrap();
+        let mut stats = cache.stats();
+        stats.hits = 7;
+        stats.gpu_seconds_saved = 1.25;
+        stats.l2 = Some(crate::cache::L2Stats {
+            url: "redis://127.0.0.1:1".into(),
+            up: false,
+            connects: 0,
+            errors: 0,
+            pending: 2,
+        });
+        let s = StatsReply {
+            at_ms: 0,
+            global: Default::default(),
+            vips: Vec::new(),
+            cache: Some(stats),
+        };
+        let text = render(&s);
+        let e = crate::prom::parse(&text, &crate::prom::Limits::default()).unwrap();
+        let hits = e
+            .samples
+            .iter()
+            .find(|x| {
+                x.name == "balancer_cache_requests_total"
+                    && x.labels.iter().any(|(k, v)| k == "result" && v == "hit")
+            })
+            .unwrap();
+        assert_eq!(hits.value, 7.0);
+        let saved = e
+            .samples
+            .iter()
+            .find(|x| x.name == "balancer_cache_gpu_seconds_saved_total")
+            .unwrap();
+        assert_eq!(saved.value, 1.25);
+        assert!(text.contains("balancer_cache_l2_pending_invalidations 2"));
+    }
 }

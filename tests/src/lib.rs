@@ -18,6 +18,7 @@ pub mod pkt;
 pub mod server;
 pub mod signals;
 pub mod testbed;
+pub mod traces;
 pub mod xdp;
 
 /// A file of the shared third-party data (`../shared/data` beside the

@@ -125,6 +125,32 @@ impl Client {
         self.call(Method::GET, "/v1/weights", None).await
     }
 
+    /// `GET /v1/cache`.
+    pub async fn cache_stats(&self) -> Result<crate::cache::CacheStats, ClientError> {
+        self.call(Method::GET, "/v1/cache", None).await
+    }
+
+    /// Invalidates cache entries.
+    pub async fn cache_invalidate(
+        &self,
+        b: &super::InvalidateBody,
+    ) -> Result<crate::cache::InvalidateReply, ClientError> {
+        self.call(Method::POST, "/v1/cache/invalidate", Self::body(b))
+            .await
+    }
+
+    /// Replaces a model's cache version.
+    pub async fn cache_bump(
+        &self,
+        model: &str,
+    ) -> Result<crate::cache::InvalidateReply, ClientError> {
+        let b = super::BumpBody {
+            model: model.to_string(),
+        };
+        self.call(Method::POST, "/v1/cache/bump", Self::body(&b))
+            .await
+    }
+
     /// Adds a VIP.
     pub async fn add_vip(&self, spec: &VipSpec) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(Method::POST, "/v1/vips", Self::body(spec))

@@ -12,6 +12,9 @@
 //! | PUT | `/v1/vips/{..}/backends/{addr}/weight` | [`SetWeight`] | `{}` |
 //! | GET | `/v1/stats` | | [`StatsReply`] |
 //! | GET | `/v1/weights` | | [`WeightsReply`] |
+//! | GET | `/v1/cache` | | [`CacheStats`] |
+//! | POST | `/v1/cache/invalidate` | [`InvalidateBody`] | [`InvalidateReply`] |
+//! | POST | `/v1/cache/bump` | [`BumpBody`] | [`InvalidateReply`] |
 //!
 //! Errors come back with a 4xx/5xx status and `{"error": "..."}`.
 
@@ -23,6 +26,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cache::{CacheStats, InvalidateReply, Invalidation},
     lb::{VipId, VipInfo, VipSpec},
     net::MacAddr,
 };
@@ -72,8 +76,8 @@ pub struct DownBackend {
 pub struct StatusReply {
     /// Daemon version.
     pub version: String,
-    /// Interface.
-    pub iface: String,
+    /// Interface; `None`: no data plane (a cache-only gateway).
+    pub iface: Option<String>,
     /// Network namespace, if any.
     pub netns: Option<String>,
     /// Pin directory.
@@ -94,6 +98,9 @@ pub struct StatusReply {
     pub backends: usize,
     /// Backends that are down, with reasons.
     pub down: Vec<DownBackend>,
+    /// Cache routes, as `name listen-address`.
+    #[serde(default)]
+    pub cache_routes: Vec<String>,
 }
 
 /// Counters of one backend in `GET /v1/stats`.
@@ -133,7 +140,7 @@ pub struct VipStatsRow {
 }
 
 /// Reply of `GET /v1/stats`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
     /// Milliseconds since the Unix epoch when read.
     pub at_ms: u64,
@@ -141,6 +148,56 @@ pub struct StatsReply {
     pub global: BTreeMap<String, u64>,
     /// Per VIP.
     pub vips: Vec<VipStatsRow>,
+    /// The result cache, when the daemon runs one.
+    #[serde(default)]
+    pub cache: Option<CacheStats>,
+}
+
+/// Body of `POST /v1/cache/invalidate`: a model, and at most one of a key
+/// or a prompt prefix (neither: the whole model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateBody {
+    /// The model.
+    pub model: String,
+    /// One entry's key (the `x-cache-key` header).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Entries whose prompt starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+impl InvalidateBody {
+    /// The invalidation it asks for.
+    pub fn into_invalidation(self) -> Result<Invalidation, ApiError> {
+        if self.model.is_empty() {
+            return Err(ApiError::bad_request("model must not be empty"));
+        }
+        match (self.key, self.prefix) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request("give a key or a prefix, not both")),
+            (Some(key), None) => Ok(Invalidation::Key {
+                model: self.model,
+                key,
+            }),
+            (None, Some(prefix)) if prefix.is_empty() => Err(ApiError::bad_request(
+                "an empty prefix would match everything: invalidate the model instead",
+            )),
+            (None, Some(prefix)) => Ok(Invalidation::Prefix {
+                model: self.model,
+                prefix,
+            }),
+            (None, None) => Ok(Invalidation::Model { model: self.model }),
+        }
+    }
+}
+
+/// Body of `POST /v1/cache/bump`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BumpBody {
+    /// The model whose version to replace.
+    pub model: String,
 }
 
 /// Reply of `GET /v1/weights`.
@@ -177,6 +234,12 @@ pub enum Request {
     Stats,
     /// Telemetry-driven weights with explanations.
     Weights,
+    /// Cache counters.
+    CacheStats,
+    /// Invalidate cache entries.
+    CacheInvalidate(Invalidation),
+    /// Replace a model's version.
+    CacheBump(String),
 }
 
 /// A reply.
@@ -190,6 +253,10 @@ pub enum Reply {
     Stats(StatsReply),
     /// To [`Request::Weights`].
     Weights(WeightsReply),
+    /// To [`Request::CacheStats`].
+    Cache(CacheStats),
+    /// To [`Request::CacheInvalidate`] and [`Request::CacheBump`].
+    Invalidated(InvalidateReply),
     /// A change was applied.
     Done,
 }

@@ -91,6 +91,8 @@ async fn respond(handler: Arc<dyn Handler>, req: HttpRequest<Incoming>) -> Respo
         Ok(Ok(Reply::Vips(v))) => json(StatusCode::OK, &v),
         Ok(Ok(Reply::Stats(s))) => json(StatusCode::OK, &s),
         Ok(Ok(Reply::Weights(w))) => json(StatusCode::OK, &w),
+        Ok(Ok(Reply::Cache(c))) => json(StatusCode::OK, &c),
+        Ok(Ok(Reply::Invalidated(r))) => json(StatusCode::OK, &r),
         Ok(Ok(Reply::Done)) => json(StatusCode::OK, &serde_json::json!({})),
         Ok(Err(e)) => error(e),
         Err(e) => error(ApiError {
@@ -147,6 +149,19 @@ async fn parse(req: HttpRequest<Incoming>) -> Result<Request, ApiError> {
         (Method::GET, ["v1", "stats"]) => Ok(Request::Stats),
         (Method::GET, ["v1", "weights"]) => Ok(Request::Weights),
         (Method::GET, ["v1", "vips"]) => Ok(Request::ListVips),
+        (Method::GET, ["v1", "cache"]) => Ok(Request::CacheStats),
+        (Method::POST, ["v1", "cache", "invalidate"]) => Ok(Request::CacheInvalidate(
+            body::<super::InvalidateBody>(req)
+                .await?
+                .into_invalidation()?,
+        )),
+        (Method::POST, ["v1", "cache", "bump"]) => {
+            let b = body::<super::BumpBody>(req).await?;
+            if b.model.is_empty() {
+                return Err(ApiError::bad_request("model must not be empty"));
+            }
+            Ok(Request::CacheBump(b.model))
+        }
         (Method::POST, ["v1", "vips"]) => Ok(Request::AddVip(body::<VipSpec>(req).await?)),
         (Method::DELETE, ["v1", "vips", a, p, t]) => Ok(Request::RemoveVip(vip_from(&[a, p, t])?)),
         (Method::POST, ["v1", "vips", a, p, t, "backends"]) => {

@@ -88,9 +88,35 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// The inference result cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Hits, misses, bytes, evictions, GPU-seconds saved, L2 state, versions.
+    Stats,
+    /// Remove entries of a model here, in Redis and on every other gateway.
+    Invalidate {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// Only this entry (the `x-cache-key` response header).
+        #[arg(long, conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Only entries whose prompt text starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Give a model a new version: all its cached results become unreachable.
+    BumpVersion {
+        /// The model.
+        model: String,
+    },
 }
 
 #[derive(Args)]
@@ -277,7 +303,7 @@ fn run_daemon(args: RunArgs) -> Result<()> {
     let mut cfg = Config::load(&args.config)?;
     let mut repin = false;
     if let Some(i) = args.iface {
-        cfg.daemon.iface = i;
+        cfg.daemon.iface = Some(i);
         repin = true;
     }
     if let Some(ns) = args.netns {
@@ -285,7 +311,10 @@ fn run_daemon(args: RunArgs) -> Result<()> {
         repin = true;
     }
     if repin {
-        cfg.daemon.pin_dir = default_pin_dir(&cfg.daemon.iface, cfg.daemon.netns.as_deref());
+        cfg.daemon.pin_dir = default_pin_dir(
+            cfg.daemon.iface.as_deref().unwrap_or("none"),
+            cfg.daemon.netns.as_deref(),
+        );
     }
     if let Some(m) = args.xdp_mode {
         cfg.daemon.xdp_mode = match m {
@@ -298,7 +327,13 @@ fn run_daemon(args: RunArgs) -> Result<()> {
 
 fn detach(args: DetachArgs) -> Result<()> {
     let dir = match (args.config, args.pin_dir, args.iface) {
-        (Some(c), _, _) => Config::load(&c)?.daemon.pin_dir,
+        (Some(c), _, _) => {
+            let cfg = Config::load(&c)?;
+            if cfg.daemon.iface.is_none() {
+                bail!("{} configures no data plane (no daemon.iface)", c.display());
+            }
+            cfg.daemon.pin_dir
+        }
         (None, Some(d), _) => d,
         (None, None, Some(i)) => default_pin_dir(&i, args.netns.as_deref()),
         _ => bail!(
@@ -337,16 +372,159 @@ fn config_check(file: &std::path::Path, output: Output) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::json!({"ok": true, "vips": cfg.initial.vips.len(), "backends": backends})
+            serde_json::json!({"ok": true, "vips": cfg.initial.vips.len(), "backends": backends, "cache_routes": cfg.cache_routes.len()})
         ),
         Output::Table => println!(
-            "{}: ok ({} VIPs, {backends} backends, interface {})",
+            "{}: ok ({} VIPs, {backends} backends, {} cache routes, {})",
             file.display(),
             cfg.initial.vips.len(),
-            cfg.daemon.iface
+            cfg.cache_routes.len(),
+            match &cfg.daemon.iface {
+                Some(i) => format!("interface {i}"),
+                None => "no data plane (cache only)".into(),
+            }
         ),
     }
     Ok(())
+}
+
+async fn cache_cmd(c: CacheCmd, client: &Client, output: Output) -> Result<()> {
+    match c {
+        CacheCmd::Stats => {
+            let s = client.cache_stats().await?;
+            if output == Output::Json {
+                return print_json(&s);
+            }
+            let served = s.hits + s.hits_l2;
+            let lookups = served + s.misses + s.coalesced;
+            let pct = |n: u64| {
+                if lookups == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}%", 100.0 * n as f64 / lookups as f64)
+                }
+            };
+            let rows = vec![
+                vec!["hits (L1)".into(), s.hits.to_string(), pct(s.hits)],
+                vec!["hits (L2)".into(), s.hits_l2.to_string(), pct(s.hits_l2)],
+                vec!["misses".into(), s.misses.to_string(), pct(s.misses)],
+                vec![
+                    "coalesced".into(),
+                    s.coalesced.to_string(),
+                    pct(s.coalesced),
+                ],
+                vec!["bypasses".into(), s.bypasses.to_string(), String::new()],
+                vec![
+                    "413 too large".into(),
+                    s.too_large.to_string(),
+                    String::new(),
+                ],
+                vec![
+                    "not cacheable".into(),
+                    s.uncacheable.to_string(),
+                    String::new(),
+                ],
+                vec![
+                    "backend errors".into(),
+                    s.backend_errors.to_string(),
+                    String::new(),
+                ],
+                vec!["stored".into(), s.stored.to_string(), String::new()],
+                vec![
+                    "refused (admission)".into(),
+                    s.rejected.to_string(),
+                    String::new(),
+                ],
+                vec!["evicted".into(), s.evictions.to_string(), String::new()],
+                vec![
+                    "invalidated".into(),
+                    s.invalidated.to_string(),
+                    String::new(),
+                ],
+                vec![
+                    "bytes served".into(),
+                    human(s.bytes_served as f64),
+                    String::new(),
+                ],
+                vec![
+                    "GPU-seconds saved".into(),
+                    format!("{:.3}", s.gpu_seconds_saved),
+                    String::new(),
+                ],
+                vec![
+                    "L1 entries / bytes".into(),
+                    format!("{} / {}", s.entries, human(s.bytes as f64)),
+                    format!(
+                        "{:.1}% of {}",
+                        100.0 * s.bytes as f64 / s.budget.max(1) as f64,
+                        human(s.budget as f64)
+                    ),
+                ],
+            ];
+            print!(
+                "{}",
+                render(
+                    &[
+                        ("", Align::Left),
+                        ("count", Align::Right),
+                        ("share", Align::Right)
+                    ],
+                    &rows
+                )
+            );
+            match &s.l2 {
+                Some(l) => println!(
+                    "L2 {} {} (connects {}, errors {}, queued invalidations {})",
+                    l.url,
+                    if l.up { "up" } else { "DOWN: L1 only" },
+                    l.connects,
+                    l.errors,
+                    l.pending
+                ),
+                None => println!("L2 none"),
+            }
+            for (m, v) in &s.versions {
+                println!("model {m}: version {:?}", v);
+            }
+            Ok(())
+        }
+        CacheCmd::Invalidate { model, key, prefix } => {
+            let r = client
+                .cache_invalidate(&balancer::api::InvalidateBody { model, key, prefix })
+                .await?;
+            if output == Output::Json {
+                return print_json(&r);
+            }
+            println!(
+                "removed {} here, {} from Redis; {}",
+                r.l1_removed,
+                r.l2_removed,
+                if r.broadcast {
+                    "other gateways told"
+                } else {
+                    "Redis is down: queued for the other gateways"
+                }
+            );
+            Ok(())
+        }
+        CacheCmd::BumpVersion { model } => {
+            let r = client.cache_bump(&model).await?;
+            if output == Output::Json {
+                return print_json(&r);
+            }
+            println!(
+                "{model} is now version {:?}; {} old entries purged here; {}",
+                r.version,
+                r.l1_removed,
+                if r.broadcast {
+                    "other gateways told"
+                } else {
+                    "Redis is down: queued for the other gateways"
+                }
+            );
+            Ok(())
+        }
+    }
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
@@ -433,9 +611,16 @@ fn client_cmd(cmd: Cmd, client: Client, output: Output) -> Result<()> {
                 println!(
                     "balancer {} on {}{}",
                     s.version,
-                    s.iface,
+                    s.iface.as_deref().unwrap_or("no interface (cache only)"),
                     s.netns.map(|n| format!(" (netns {n})")).unwrap_or_default()
                 );
+                for r in &s.cache_routes {
+                    println!("  cache route {r}");
+                }
+                if s.iface.is_none() {
+                    println!("  uptime      {}s", s.uptime_secs);
+                    return Ok(());
+                }
                 println!(
                     "  data plane  {} ({}), pins {}",
                     if s.adopted { "adopted" } else { "attached" },
@@ -461,6 +646,7 @@ fn client_cmd(cmd: Cmd, client: Client, output: Output) -> Result<()> {
             }
             Cmd::Stats { interval, once } => stats_loop(&client, output, interval, once).await,
             Cmd::Weights { explain } => weights(&client, output, explain).await,
+            Cmd::Cache(c) => cache_cmd(c, &client, output).await,
             Cmd::Run(_) | Cmd::Detach(_) | Cmd::Config(_) | Cmd::Agent { .. } => {
                 unreachable!("handled before")
             }

@@ -1,0 +1,337 @@
+//! `cargo xtask bench cache`: replays the cache traces of
+//! `shared/data/traces/cache/` (and the Mooncake prefix-block trace) at
+//! several cache sizes through our policy and three baselines in the same
+//! run: plain LRU, moka (W-TinyLFU) and quick_cache (S3-FIFO-like).
+//!
+//! Prints object hit ratio, byte hit ratio for traces with sizes, and the
+//! cost saved for traces with miss penalties, with ratios against LRU and
+//! the best baseline.
+//!
+//! Options: `--limit N` accesses per trace (default 2,000,000; the P3 and
+//! P6 traces hold 3.9 and 12.7 million), `--only NAME[,NAME]` substrings of
+//! trace names, `--sizes F[,F]` cache sizes as fractions of the trace's
+//! footprint (distinct objects, or their bytes for traces with sizes).
+//! Traces with costs also run at 0.05% and 0.2%, where misses are common
+//! enough for cost-awareness to show.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use balancer::cache::policy::Policy;
+use balancer_tests::traces::{self, Access, Trace};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// One simulated cache: `access` answers hit or miss and admits on a miss.
+trait Sim {
+    fn access(&mut self, a: &Access) -> bool;
+}
+
+struct Ours(Policy<u64>);
+
+impl Sim for Ours {
+    fn access(&mut self, a: &Access) -> bool {
+        if self.0.touch(&a.key) {
+            return true;
+        }
+        self.0.insert(a.key, a.size as u64, a.cost as f64);
+        false
+    }
+}
+
+/// LRU by bytes: evict least recently used until the new object fits.
+struct Lru {
+    map: lru::LruCache<u64, u32>,
+    used: u64,
+    cap: u64,
+}
+
+impl Sim for Lru {
+    fn access(&mut self, a: &Access) -> bool {
+        if self.map.get(&a.key).is_some() {
+            return true;
+        }
+        if a.size as u64 > self.cap {
+            return false;
+        }
+        self.used += a.size as u64;
+        self.map.put(a.key, a.size);
+        while self.used > self.cap {
+            match self.map.pop_lru() {
+                Some((_, s)) => self.used -= s as u64,
+                None => break,
+            }
+        }
+        false
+    }
+}
+
+struct Moka(moka::sync::Cache<u64, u32>);
+
+impl Sim for Moka {
+    fn access(&mut self, a: &Access) -> bool {
+        if self.0.get(&a.key).is_some() {
+            return true;
+        }
+        self.0.insert(a.key, a.size);
+        false
+    }
+}
+
+#[derive(Clone)]
+struct BySize;
+
+impl quick_cache::Weighter<u64, u32> for BySize {
+    fn weight(&self, _: &u64, v: &u32) -> u64 {
+        *v as u64
+    }
+}
+
+struct Quick(quick_cache::unsync::Cache<u64, u32, BySize>);
+
+impl Sim for Quick {
+    fn access(&mut self, a: &Access) -> bool {
+        if self.0.get(&a.key).is_some() {
+            return true;
+        }
+        self.0.insert(a.key, a.size);
+        false
+    }
+}
+
+const POLICIES: [&str; 4] = ["LRU", "moka", "quick_cache", "balancer"];
+
+fn make(which: &str, cap: u64, items: usize) -> Box<dyn Sim> {
+    match which {
+        "LRU" => Box::new(Lru {
+            map: lru::LruCache::unbounded(),
+            used: 0,
+            cap,
+        }),
+        "moka" => Box::new(Moka(
+            moka::sync::Cache::builder()
+                .max_capacity(cap)
+                .weigher(|_: &u64, v: &u32| *v)
+                .build(),
+        )),
+        "quick_cache" => Box::new(Quick(quick_cache::unsync::Cache::with_weighter(
+            items.max(16),
+            cap,
+            BySize,
+        ))),
+        _ => Box::new(Ours(Policy::new(cap, items))),
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Score {
+    hits: u64,
+    bytes_hit: u64,
+    cost_saved: f64,
+    mops: f64,
+}
+
+fn replay(t: &Trace, which: &str, cap: u64, items: usize) -> Score {
+    let mut sim = make(which, cap, items);
+    let mut s = Score::default();
+    let t0 = Instant::now();
+    for a in &t.accesses {
+        if sim.access(a) {
+            s.hits += 1;
+            s.bytes_hit += a.size as u64;
+            s.cost_saved += a.cost as f64;
+        }
+    }
+    s.mops = t.accesses.len() as f64 / t0.elapsed().as_secs_f64() / 1e6;
+    s
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}", 100.0 * x)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let limit: usize = arg(&args, "--limit").unwrap_or(2_000_000);
+    let only: Option<String> = arg(&args, "--only");
+    let sizes: Vec<f64> = arg::<String>(&args, "--sizes")
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0.01, 0.05, 0.2]);
+    let dir = balancer_tests::shared_data("traces/cache");
+    let mut files: Vec<String> = traces::TRACES.iter().map(|s| s.to_string()).collect();
+    files.push("mooncake".into());
+    if let Some(o) = &only {
+        files.retain(|f| o.split(',').any(|p| f.contains(p)));
+    }
+    println!(
+        "bench cache: {} traces, sizes {:?} of each footprint, up to {limit} accesses each\n",
+        files.len(),
+        sizes
+    );
+    let pb = ProgressBar::new((files.len() * (sizes.len() + 2)) as u64);
+    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("style")?);
+    let mut rows = Vec::new();
+    for f in &files {
+        pb.set_message(format!("loading {f}"));
+        let t = if f == "mooncake" {
+            traces::load_mooncake(
+                &balancer_tests::shared_data("traces/arrivals/mooncake-conversation_trace.jsonl"),
+                limit,
+            )?
+        } else {
+            traces::load(&dir, f, limit)?
+        };
+        let (distinct, bytes) = t.footprint();
+        let total_bytes: u64 = t.accesses.iter().map(|a| a.size as u64).sum();
+        let total_cost: f64 = t.accesses.iter().map(|a| a.cost as f64).sum();
+        // Costs only matter where misses are common: small caches too.
+        let mut fracs = sizes.clone();
+        if t.costed && !args.iter().any(|a| a == "--sizes") {
+            fracs.splice(0..0, [0.0005, 0.002]);
+        }
+        for &frac in &fracs {
+            pb.set_message(format!("{} at {}%", t.name, frac * 100.0));
+            let (cap, items) = if t.sized {
+                let cap = (bytes as f64 * frac) as u64;
+                (cap, ((distinct as f64 * frac) as usize).max(16))
+            } else {
+                let n = ((distinct as f64 * frac) as u64).max(4);
+                (n, n as usize)
+            };
+            let scores: Vec<Score> = POLICIES.iter().map(|p| replay(&t, p, cap, items)).collect();
+            rows.push((t.clone_meta(), frac, cap, scores, total_bytes, total_cost));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+
+    let n_acc = |m: &Meta| m.accesses as f64;
+    println!("object hit ratio, %  (ratio: balancer / best baseline)");
+    println!(
+        "{:<22} {:>6} {:>9} {:>8} {:>8} {:>12} {:>9} {:>7}",
+        "trace", "size", "capacity", "LRU", "moka", "quick_cache", "balancer", "ratio"
+    );
+    let (mut wins, mut total) = (0, 0);
+    let mut ratios = Vec::new();
+    for (m, frac, cap, s, _, _) in &rows {
+        let hr: Vec<f64> = s.iter().map(|x| x.hits as f64 / n_acc(m)).collect();
+        let best = hr[..3].iter().cloned().fold(0.0, f64::max);
+        total += 1;
+        // Equal within a hundredth of a percentage point counts as matching.
+        if hr[3] + 1e-4 >= best {
+            wins += 1;
+        }
+        if best > 0.0 {
+            ratios.push(hr[3] / best);
+        }
+        println!(
+            "{:<22} {:>5}% {:>9} {:>8} {:>8} {:>12} {:>9} {:>7.3}",
+            m.name,
+            frac * 100.0,
+            cap,
+            pct(hr[0]),
+            pct(hr[1]),
+            pct(hr[2]),
+            pct(hr[3]),
+            if best > 0.0 { hr[3] / best } else { 1.0 }
+        );
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(1.0);
+    let close = ratios.iter().filter(|r| **r >= 0.95).count();
+    println!(
+        "\nbalancer >= best baseline on {wins} of {total} trace/size pairs; within 5% of it on {close} of {}; median ratio {median:.3}",
+        ratios.len()
+    );
+
+    let sized: Vec<_> = rows.iter().filter(|r| r.0.sized).collect();
+    if !sized.is_empty() {
+        println!("\nbyte hit ratio, % (traces with sizes)");
+        println!(
+            "{:<22} {:>6} {:>8} {:>8} {:>12} {:>9}",
+            "trace", "size", "LRU", "moka", "quick_cache", "balancer"
+        );
+        for (m, frac, _, s, tb, _) in sized {
+            let b: Vec<String> = s
+                .iter()
+                .map(|x| pct(x.bytes_hit as f64 / *tb as f64))
+                .collect();
+            println!(
+                "{:<22} {:>5}% {:>8} {:>8} {:>12} {:>9}",
+                m.name,
+                frac * 100.0,
+                b[0],
+                b[1],
+                b[2],
+                b[3]
+            );
+        }
+    }
+    let costed: Vec<_> = rows.iter().filter(|r| r.0.costed).collect();
+    if !costed.is_empty() {
+        println!(
+            "\ncost saved, % of all miss penalties (traces with costs); target balancer/LRU >= 1.3"
+        );
+        println!(
+            "{:<22} {:>6} {:>8} {:>8} {:>12} {:>9} {:>11}",
+            "trace", "size", "LRU", "moka", "quick_cache", "balancer", "bal/LRU"
+        );
+        for (m, frac, _, s, _, tc) in costed {
+            let c: Vec<f64> = s.iter().map(|x| x.cost_saved / tc).collect();
+            println!(
+                "{:<22} {:>5}% {:>8} {:>8} {:>12} {:>9} {:>11.2}",
+                m.name,
+                frac * 100.0,
+                pct(c[0]),
+                pct(c[1]),
+                pct(c[2]),
+                pct(c[3]),
+                if c[0] > 0.0 {
+                    c[3] / c[0]
+                } else {
+                    f64::INFINITY
+                }
+            );
+        }
+    }
+    let mut mops = [0.0; 4];
+    for r in &rows {
+        for (i, s) in r.3.iter().enumerate() {
+            mops[i] += s.mops / rows.len() as f64;
+        }
+    }
+    println!(
+        "\nsingle-thread replay speed, mean M accesses/s: LRU {:.1}, moka {:.1}, quick_cache {:.1}, balancer {:.1}",
+        mops[0], mops[1], mops[2], mops[3]
+    );
+    Ok(())
+}
+
+/// What the report needs of a trace.
+struct Meta {
+    name: String,
+    accesses: usize,
+    sized: bool,
+    costed: bool,
+}
+
+trait CloneMeta {
+    fn clone_meta(&self) -> Meta;
+}
+
+impl CloneMeta for Trace {
+    fn clone_meta(&self) -> Meta {
+        Meta {
+            name: self.name.clone(),
+            accesses: self.accesses.len(),
+            sized: self.sized,
+            costed: self.costed,
+        }
+    }
+}
