@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cachebed;
 pub mod loadgen;
 pub mod netns;
 pub mod pkt;

@@ -10,6 +10,7 @@
 //! `/metrics` reports this state under vLLM's metric names. Results are
 //! deterministic functions of (model, prompt), so caches can check them.
 //!
+//! `GET /admin/stats` counts inference calls received (the cache suites use it).
 //! `GET /` answers at once with the server's name (the L4 suites use it), and
 //! `POST /admin/config` changes `speed`, `phantom_waiting` (requests reported as
 //! queued, to fill the queue on demand) and `fail` (answer 500) at runtime.
@@ -104,6 +105,8 @@ struct State {
     prompt_tokens: AtomicU64,
     gen_tokens: AtomicU64,
     requests: AtomicU64,
+    /// Inference requests received, failed ones included.
+    calls: AtomicU64,
     ttft: Mutex<Vec<u64>>,
     ttft_sum: Mutex<f64>,
 }
@@ -159,6 +162,11 @@ pub async fn serve(listen: SocketAddr, cfg: EmulatorConfig) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    serve_on(listener, cfg).await
+}
+
+/// Serves on a bound listener until the process ends.
+pub async fn serve_on(listener: TcpListener, cfg: EmulatorConfig) -> Result<()> {
     let state = Arc::new(State {
         slots: Arc::new(Semaphore::new(cfg.slots.max(1))),
         cfg: Mutex::new(cfg),
@@ -170,6 +178,7 @@ pub async fn serve(listen: SocketAddr, cfg: EmulatorConfig) -> Result<()> {
         prompt_tokens: AtomicU64::new(0),
         gen_tokens: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        calls: AtomicU64::new(0),
         ttft: Mutex::new(vec![0; TTFT_BOUNDS.len() + 1]),
         ttft_sum: Mutex::new(0.0),
     });
@@ -211,6 +220,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_else(|_| Response::new(full("")))
         }
         ("GET", "/health") => Response::new(full("ok\n")),
+        ("GET", "/admin/stats") => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "calls": state.calls.load(Ordering::Relaxed),
+                "completed": state.requests.load(Ordering::Relaxed),
+            }),
+            &name,
+        ),
         ("GET", "/metrics") => Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
             .body(full(metrics(&state, &c)))
@@ -251,6 +268,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         ("POST", "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
+            state.calls.fetch_add(1, Ordering::Relaxed);
             infer(state, req, c, path).await
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no route {path}"), &name),

@@ -1,0 +1,350 @@
+//! Support for the cache suites and `bench proxy`: emulated backends on
+//! loopback, a real `redis-server`, cache-only `balancer run` gateways, and a
+//! small HTTP client.
+//!
+//! Everything listens on 127.0.0.1 ports the OS hands out; nothing needs
+//! root.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use crate::server::{EmulatorConfig, serve_on};
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// An emulated inference backend on its own thread and runtime.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Backend {
+    /// Starts one serving `models`, with decode `decode_ms` per token.
+    pub fn start(name: &str, models: &[&str], decode_ms: f64) -> Result<Self> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let cfg = EmulatorConfig {
+            name: name.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            slots: 256,
+            decode_ms_per_token: decode_ms,
+            ..Default::default()
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("backend runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let _ = serve_on(l, cfg).await;
+            });
+        });
+        Ok(Self { addr })
+    }
+
+    /// Inference calls it has received.
+    pub async fn calls(&self) -> Result<u64> {
+        let r = http(self.addr, "GET", "/admin/stats", "", &[]).await?;
+        let v: serde_json::Value = serde_json::from_str(&r.body)?;
+        v.get("calls")
+            .and_then(|c| c.as_u64())
+            .context("no calls in /admin/stats")
+    }
+
+    /// Makes it answer 500 (or not).
+    pub async fn fail(&self, fail: bool) -> Result<()> {
+        let r = http(
+            self.addr,
+            "POST",
+            "/admin/config",
+            &format!("{{\"fail\": {fail}}}"),
+            &[],
+        )
+        .await?;
+        if r.status != 200 {
+            bail!("admin/config: {}", r.status);
+        }
+        Ok(())
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: HashMap<String, String>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value, or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The `x-cache` header.
+    pub fn cache(&self) -> &str {
+        self.header("x-cache")
+    }
+}
+
+thread_local! {
+    static CLIENT: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+}
+
+/// One HTTP/1.1 request over a pooled keep-alive connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
+    let client = CLIENT.with(|c| c.clone());
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_string())))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .context("no response within 30 s")?
+        .with_context(|| format!("{method} http://{addr}{path}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A `redis-server` on a loopback port, without persistence.
+pub struct Redis {
+    /// Its port.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Result<Self> {
+        let mut r = Self {
+            port: free_port()?,
+            child: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// `redis://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: it persists nothing).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context(
+                "redis-server is not installed: the cache suites need it \
+                 (apt-get install redis-server; `cargo xtask setup` does)",
+            )?;
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 16];
+                    if let Ok(n) = s.read(&mut buf)
+                        && buf[..n].starts_with(b"+PONG")
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not answer on port {}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cache-only `balancer run`.
+pub struct Gateway {
+    /// Its working directory (config, socket, state, log).
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Starts a daemon with `config` (its `[daemon]` table is added here).
+    pub fn start(name: &str, config: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "balancer-cache-{name}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let full = format!(
+            "[daemon]\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"\"\n\n{config}",
+            dir.join("api.sock").display(),
+            dir.join("state.json").display()
+        );
+        let path = dir.join("balancer.toml");
+        std::fs::write(&path, full)?;
+        let log = std::fs::File::create(dir.join("daemon.log"))?;
+        let child = Command::new(crate::testbed::balancer_bin()?)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("BALANCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting balancer run")?;
+        let mut g = Self {
+            dir,
+            child: Some(child),
+        };
+        g.wait_ready()?;
+        Ok(g)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// An admin API client.
+    pub fn client(&self) -> balancer::api::client::Client {
+        balancer::api::client::Client::new(self.dir.join("api.sock"))
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(c) = &mut self.child
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("balancer run exited ({status}); log:\n{}", self.log());
+            }
+            match rt.block_on(client.status()) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("gateway not ready ({last}); log:\n{}", self.log())
+    }
+
+    /// Runs the `balancer` CLI against this daemon; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(crate::testbed::balancer_bin()?)
+            .arg("--socket")
+            .arg(self.dir.join("api.sock"))
+            .args(args)
+            .output()
+            .context("running the balancer CLI")?;
+        if !out.status.success() {
+            bail!(
+                "balancer {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("gateway log ({}):\n{}", self.dir.display(), self.log());
+        }
+    }
+}
