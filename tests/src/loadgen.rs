@@ -394,7 +394,7 @@ pub fn long_lived(
     })
 }
 
-/// Percentile of sorted-in-place latencies.
+/// Percentile `p` (0 to 1) of latencies, sorted in place.
 pub fn percentile(lat: &mut [Duration], p: f64) -> Duration {
     if lat.is_empty() {
         return Duration::ZERO;

@@ -158,6 +158,10 @@ enum Bench {
     E2e,
     /// The telemetry cycle for 1000 backends, and metric-change-to-ring time.
     Control,
+    /// Cache policy hit ratios on the shared traces vs. LRU, moka, quick_cache.
+    Cache,
+    /// The cache proxy's hit path vs. nginx proxy_cache.
+    Proxy,
 }
 
 fn main() -> ExitCode {
@@ -237,6 +241,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Maglev => "maglev",
                 Bench::E2e => "e2e",
                 Bench::Control => "control",
+                Bench::Cache => "cache",
+                Bench::Proxy => "proxy",
             };
             run(cargo()
                 .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])

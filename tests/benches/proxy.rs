@@ -1,0 +1,293 @@
+//! `cargo xtask bench proxy`: the cache's hit path against nginx's
+//! `proxy_cache` (configured to cache POST by body) on this machine, same
+//! backend, same requests, same number of workers (2).
+//!
+//! For each proxy: warm 64 distinct embedding requests (checked to be hits),
+//! then
+//!
+//! - **latency**: one keep-alive connection, requests back to back; p50 and
+//!   p99 (a hit never reaches the backend, so this is the latency the proxy
+//!   adds), and the backend directly for reference;
+//! - **throughput**: 32 keep-alive connections for `--seconds` (default 5),
+//!   requests/s and p99.
+//!
+//! Prints the figures and balancer/nginx ratios. The load generator runs in
+//! this process, on the same two cores as both proxies.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use balancer_tests::{
+    cachebed::{Backend, Gateway, free_port, http},
+    loadgen::percentile,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+const KEYS: usize = 64;
+
+fn bodies() -> Vec<String> {
+    (0..KEYS)
+        .map(|i| {
+            serde_json::json!({"model": "m", "input": format!("document number {i} of the benchmark corpus")})
+                .to_string()
+        })
+        .collect()
+}
+
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx(listen: u16, backend: SocketAddr) -> Result<Nginx> {
+    let bin = Path::new("/usr/sbin/nginx");
+    if !bin.exists() {
+        bail!("nginx is not installed (apt-get install nginx; `cargo xtask setup` does)");
+    }
+    let dir = std::env::temp_dir().join(format!("balancer-bench-nginx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("cache"))?;
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    # The body must be in memory for $request_body to be part of the key.
+    client_body_buffer_size 1m;
+    client_body_in_single_buffer on;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=inference:64m max_size=1g inactive=60m use_temp_path=off;
+    upstream backend {{ server {backend}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{listen};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache inference;
+            proxy_cache_methods POST;
+            proxy_cache_key "$request_uri|$request_body";
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx")?;
+    Ok(Nginx { child, dir })
+}
+
+async fn wait_port(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+/// Warms every key and checks the proxy then answers it from cache.
+async fn warm(addr: SocketAddr, hit_header: &str) -> Result<()> {
+    for b in bodies() {
+        http(addr, "POST", "/v1/embeddings", &b, &[]).await?;
+    }
+    for b in bodies() {
+        let r = http(addr, "POST", "/v1/embeddings", &b, &[]).await?;
+        if r.status != 200 || r.header(hit_header) != "HIT" {
+            bail!(
+                "{addr}: not a cache hit after warming ({} {hit_header}={:?})",
+                r.status,
+                r.header(hit_header)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Run {
+    ok: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+/// `conns` keep-alive connections cycling through the bodies for `dur`.
+async fn load(addr: SocketAddr, conns: usize, dur: Duration) -> Result<Run> {
+    let bodies: Vec<Bytes> = bodies().into_iter().map(Bytes::from).collect();
+    let start = Instant::now();
+    let end = start + dur;
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..conns {
+        let bodies = bodies.clone();
+        set.spawn(async move {
+            let mut run = Run::default();
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                run.errors += 1;
+                return run;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut send, conn)) = http1::handshake(TokioIo::new(stream)).await else {
+                run.errors += 1;
+                return run;
+            };
+            tokio::spawn(conn);
+            let mut i = c;
+            while Instant::now() < end {
+                let body = bodies[i % bodies.len()].clone();
+                i += 1;
+                let req = hyper::Request::post("/v1/embeddings")
+                    .header("host", "bench")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .expect("request");
+                let t0 = Instant::now();
+                match send.send_request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        if resp.into_body().collect().await.is_ok() {
+                            run.ok += 1;
+                            run.latencies.push(t0.elapsed());
+                        } else {
+                            run.errors += 1;
+                        }
+                    }
+                    _ => {
+                        run.errors += 1;
+                        break;
+                    }
+                }
+            }
+            run
+        });
+    }
+    let mut total = Run::default();
+    while let Some(r) = set.join_next().await {
+        let r = r?;
+        total.ok += r.ok;
+        total.errors += r.errors;
+        total.latencies.extend(r.latencies);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds: f64 = arg(&args, "--seconds").unwrap_or(5.0);
+    let backend = Backend::start("backend", &["m"], 0.1)?;
+    let (p_ours, p_nginx) = (free_port()?, free_port()?);
+    let _gw = Gateway::start(
+        "bench",
+        &format!(
+            "[cache]\nmemory_mb = 256\n\n[[cache_route]]\nname = \"bench\"\nlisten = \"127.0.0.1:{p_ours}\"\nbackends = [\"{}\"]\nttl_secs = 600\n",
+            backend.addr
+        ),
+    )?;
+    let _ng = nginx(p_nginx, backend.addr)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let ours = SocketAddr::from(([127, 0, 0, 1], p_ours));
+    let theirs = SocketAddr::from(([127, 0, 0, 1], p_nginx));
+    rt.block_on(async {
+        wait_port(theirs).await?;
+        warm(ours, "x-cache").await?;
+        warm(theirs, "x-cache").await?;
+        println!(
+            "bench proxy: cache hits of {KEYS} distinct POST /v1/embeddings bodies, 2 workers each, load generator on the same 2 cores\n"
+        );
+        println!(
+            "{:<30} {:>10} {:>9} {:>9} {:>9}",
+            "", "req/s", "p50 ms", "p99 ms", "errors"
+        );
+        let lat = Duration::from_secs_f64((seconds / 2.0).max(1.0));
+        let thr = Duration::from_secs_f64(seconds);
+        let mut results = Vec::new();
+        for (name, addr, conns, dur) in [
+            ("backend direct, 1 conn", backend.addr, 1, lat),
+            ("balancer hit, 1 conn", ours, 1, lat),
+            ("nginx proxy_cache hit, 1 conn", theirs, 1, lat),
+            ("balancer hit, 32 conns", ours, 32, thr),
+            ("nginx proxy_cache hit, 32 conns", theirs, 32, thr),
+        ] {
+            let mut r = load(addr, conns, dur).await?;
+            let rps = r.ok as f64 / r.elapsed.as_secs_f64();
+            let p50 = percentile(&mut r.latencies, 0.50);
+            let p99 = percentile(&mut r.latencies, 0.99);
+            println!(
+                "{name:<30} {rps:>10.0} {:>9.3} {:>9.3} {:>9}",
+                ms(p50),
+                ms(p99),
+                r.errors
+            );
+            results.push((rps, p50, p99));
+        }
+        println!();
+        println!(
+            "latency a hit adds (all of it is proxy time: no backend), p99 at 1 conn: balancer {:.3} ms, nginx {:.3} ms",
+            ms(results[1].2),
+            ms(results[2].2)
+        );
+        println!(
+            "balancer / nginx: throughput at 32 conns {:.2}x; p99 at 1 conn {:.2}x, at 32 conns {:.2}x (lower is better)",
+            results[3].0 / results[4].0,
+            ms(results[1].2) / ms(results[2].2),
+            ms(results[3].2) / ms(results[4].2)
+        );
+        Ok(())
+    })
+}
