@@ -145,22 +145,15 @@ fn replay(t: &Trace, which: &str, cap: u64, items: usize) -> Score {
     s
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn pct(x: f64) -> String {
     format!("{:.2}", 100.0 * x)
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let limit: usize = arg(&args, "--limit").unwrap_or(2_000_000);
-    let only: Option<String> = arg(&args, "--only");
-    let sizes: Vec<f64> = arg::<String>(&args, "--sizes")
+    let limit: usize = balancer_tests::bench_arg(&args, "--limit").unwrap_or(2_000_000);
+    let only: Option<String> = balancer_tests::bench_arg(&args, "--only");
+    let sizes: Vec<f64> = balancer_tests::bench_arg::<String>(&args, "--sizes")
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![0.01, 0.05, 0.2]);
     let dir = balancer_tests::shared_data("traces/cache");

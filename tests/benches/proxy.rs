@@ -213,20 +213,13 @@ async fn load(addr: SocketAddr, conns: usize, dur: Duration) -> Result<Run> {
     Ok(total)
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds: f64 = arg(&args, "--seconds").unwrap_or(5.0);
+    let seconds: f64 = balancer_tests::bench_arg(&args, "--seconds").unwrap_or(5.0);
     let backend = Backend::start("backend", &["m"], 0.1)?;
     let (p_ours, p_nginx) = (free_port()?, free_port()?);
     let _gw = Gateway::start(

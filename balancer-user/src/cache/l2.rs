@@ -291,40 +291,23 @@ impl L2 {
             }
             Invalidation::Model { model } | Invalidation::Prefix { model, .. } => {
                 let pattern = format!("{}:e:{}:*", self.settings.prefix, hex(model));
-                let mut cursor = 0u64;
                 let mut n = 0;
-                loop {
-                    let (next, keys): (u64, Vec<Vec<u8>>) = self
-                        .query(
-                            redis::cmd("SCAN")
-                                .arg(cursor)
-                                .arg("MATCH")
-                                .arg(&pattern)
-                                .arg("COUNT")
-                                .arg(1000),
-                            force,
-                        )
-                        .await?;
-                    for k in keys {
-                        let doomed = match op {
-                            Invalidation::Prefix { prefix, .. } => {
-                                let v: Option<Vec<u8>> =
-                                    self.query(redis::cmd("GET").arg(&k), force).await?;
-                                v.as_deref()
-                                    .and_then(decode)
-                                    .is_some_and(|e| e.prompt.starts_with(prefix.as_str()))
-                            }
-                            _ => true,
-                        };
-                        if doomed {
-                            n += self.query::<u64>(redis::cmd("DEL").arg(&k), force).await?;
+                for k in self.scan(&pattern, force).await? {
+                    let doomed = match op {
+                        Invalidation::Prefix { prefix, .. } => {
+                            let v: Option<Vec<u8>> =
+                                self.query(redis::cmd("GET").arg(&k), force).await?;
+                            v.as_deref()
+                                .and_then(decode)
+                                .is_some_and(|e| e.prompt.starts_with(prefix.as_str()))
                         }
-                    }
-                    cursor = next;
-                    if cursor == 0 {
-                        return Ok(n);
+                        _ => true,
+                    };
+                    if doomed {
+                        n += self.query::<u64>(redis::cmd("DEL").arg(&k), force).await?;
                     }
                 }
+                Ok(n)
             }
             Invalidation::Bump { model, token } => {
                 self.query::<()>(
@@ -348,10 +331,8 @@ impl L2 {
         .map(|_| ())
     }
 
-    /// Every model's version token in Redis, as (model, token).
-    pub(super) async fn versions(&self) -> Result<Vec<(String, String)>, CacheError> {
-        let pattern = format!("{}:v:*", self.settings.prefix);
-        let strip = format!("{}:v:", self.settings.prefix);
+    /// Every key matching `pattern` (SCAN, so Redis is never blocked).
+    async fn scan(&self, pattern: &str, force: bool) -> Result<Vec<String>, CacheError> {
         let mut cursor = 0u64;
         let mut out = Vec::new();
         loop {
@@ -360,26 +341,34 @@ impl L2 {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(&pattern)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(1000),
-                    true,
+                    force,
                 )
                 .await?;
-            for k in keys {
-                let Some(model) = k.strip_prefix(&strip).and_then(unhex) else {
-                    continue;
-                };
-                let v: Option<String> = self.query(redis::cmd("GET").arg(&k), true).await?;
-                if let Some(v) = v {
-                    out.push((model, v));
-                }
-            }
+            out.extend(keys);
             cursor = next;
             if cursor == 0 {
                 return Ok(out);
             }
         }
+    }
+
+    /// Every model's version token in Redis, as (model, token).
+    pub(super) async fn versions(&self) -> Result<Vec<(String, String)>, CacheError> {
+        let strip = format!("{}:v:", self.settings.prefix);
+        let mut out = Vec::new();
+        for k in self.scan(&format!("{strip}*"), true).await? {
+            let Some(model) = k.strip_prefix(&strip).and_then(unhex) else {
+                continue;
+            };
+            let v: Option<String> = self.query(redis::cmd("GET").arg(&k), true).await?;
+            if let Some(v) = v {
+                out.push((model, v));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -412,8 +412,15 @@ impl Route {
         }
     }
 
-    /// Sends the request to a backend of the pool; `None` when the pool is
-    /// empty.
+    fn backend_error(&self) {
+        self.cache
+            .counters
+            .backend_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends the request to a backend of the pool (503 when none has
+    /// weight).
     async fn send(
         &self,
         parts: &hyper::http::request::Parts,
@@ -443,17 +450,11 @@ impl Route {
         match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
             Ok(Ok(r)) => Ok((r, guard)),
             Ok(Err(e)) => {
-                self.cache
-                    .counters
-                    .backend_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.backend_error();
                 Err((StatusCode::BAD_GATEWAY, format!("backend {addr}: {e}")))
             }
             Err(_) => {
-                self.cache
-                    .counters
-                    .backend_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.backend_error();
                 Err((
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -532,20 +533,14 @@ impl Route {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    self.cache
-                        .counters
-                        .backend_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.backend_error();
                     return Outcome::Failed(
                         StatusCode::BAD_GATEWAY,
                         format!("backend response broke off: {e}"),
                     );
                 }
                 Err(_) => {
-                    self.cache
-                        .counters
-                        .backend_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.backend_error();
                     return Outcome::Failed(
                         StatusCode::GATEWAY_TIMEOUT,
                         "backend response stalled".into(),
