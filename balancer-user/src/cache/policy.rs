@@ -23,17 +23,21 @@
 //! rarely used response cannot displace many small, expensive, popular ones,
 //! and a scan of one-off requests cannot flush the working set.
 //!
-//! The window's share of the budget (1% to 80%) adapts by **hill climbing**:
-//! once the cache is full, every sample period (`3 ×` the expected entries)
-//! the hit ratio is compared with the previous period's; the
-//! window keeps growing (or shrinking) while that helps, and turns back
-//! when it hurts, with a decaying step. Recency-heavy workloads end up with a
-//! large window (close to LRU), frequency-heavy ones with a small one (close
-//! to LFU).
+//! The window's share of the budget adapts by **miniature simulation**
+//! (Waldspurger et al., 2017): four shadow copies of this policy, with
+//! windows of 1%, 20%, 50% and 80%, see a hash-sampled sixteenth of the keys
+//! (all of them below 4096 expected entries) at a sixteenth of the budget.
+//! Their cost-weighted hits decay by 5% a period (the shadows' size in
+//! accesses), and after every period the real window takes the share of the
+//! best one. Recency-heavy workloads end up with a large window (close to
+//! LRU), frequency-heavy ones with a small one (close to LFU). The shadows
+//! keep keys only, at a sixteenth of the size: about 1/4 of the real
+//! policy's bookkeeping.
 //!
 //! Entries live in a slab of nodes linked into the three lists, with a hash
 //! map from key to node: lookup, promotion, insertion and each eviction are
-//! O(1); evicting for one large entry is O(victims).
+//! O(1) (times the shadows, for sampled keys); evicting for one large entry
+//! is O(victims).
 
 use std::{
     collections::HashMap,
@@ -154,26 +158,29 @@ pub struct Admission<K> {
     pub evicted: Vec<K>,
 }
 
-/// Hill-climbing state for the window size.
+/// Window shares the shadow caches try, as fractions of the budget.
+const SHARES: [f64; 4] = [0.01, 0.2, 0.5, 0.8];
+/// Weight of the past in the shadows' scores, per period.
+const DECAY: f64 = 0.95;
+/// Sample one key in this many for the shadow caches of a large cache.
+const SHADOW_SAMPLING: u64 = 16;
+/// Below this many expected entries the shadows see every key.
+const SHADOW_FULL_BELOW: usize = 4096;
+
+/// Miniature simulations (Waldspurger et al., "Cache Modeling and
+/// Optimization using Miniature Simulations", 2017): the same policy with
+/// each candidate window share, fed a hash-sampled subset of the keys at a
+/// proportionally scaled budget. The real window follows the best of them.
 #[derive(Debug, Clone)]
-struct Climber {
-    hits: u64,
-    samples: u64,
+struct Shadow<K: Hash + Eq + Clone> {
+    minis: Vec<Policy<K>>,
+    /// Decayed cost-weighted hits per mini.
+    score: Vec<f64>,
+    mask: u64,
+    seen: u64,
     period: u64,
-    previous: f64,
-    /// Signed step in bytes.
-    step: f64,
 }
 
-/// Fraction of the budget a hill-climbing step starts at.
-const STEP: f64 = 0.0625;
-/// A hit-ratio change that restarts the climb at full step.
-const RESTART: f64 = 0.05;
-/// Step decay per period.
-const DECAY: f64 = 0.98;
-/// The window's bounds, as fractions of the budget.
-const WINDOW_MIN: f64 = 0.01;
-const WINDOW_MAX: f64 = 0.8;
 /// Probation entries weighed when one victim is enough.
 const SAMPLE: usize = 8;
 /// The protected segment's share of main.
@@ -190,29 +197,46 @@ pub struct Policy<K: Hash + Eq + Clone> {
     lists: [List; 3],
     sketch: Sketch,
     hasher: std::collections::hash_map::RandomState,
-    climber: Climber,
+    shadow: Option<Box<Shadow<K>>>,
 }
 
 impl<K: Hash + Eq + Clone> Policy<K> {
     /// A policy for `budget` bytes, sized for about `expected_items` entries.
     pub fn new(budget: u64, expected_items: usize) -> Self {
+        let mut p = Self::fixed(budget, expected_items, SHARES[0]);
+        let items = expected_items.max(16);
+        let sampling = if items < SHADOW_FULL_BELOW {
+            1
+        } else {
+            SHADOW_SAMPLING
+        };
+        let mini_items = (items as u64 / sampling).max(16) as usize;
+        p.shadow = Some(Box::new(Shadow {
+            minis: SHARES
+                .iter()
+                .map(|w| Self::fixed((budget / sampling).max(1), mini_items, *w))
+                .collect(),
+            score: vec![0.0; SHARES.len()],
+            mask: sampling - 1,
+            seen: 0,
+            period: (mini_items as u64).max(256),
+        }));
+        p
+    }
+
+    /// A policy whose window keeps `share` of the budget.
+    fn fixed(budget: u64, expected_items: usize, share: f64) -> Self {
         let items = expected_items.max(16);
         Self {
             budget,
-            window_max: ((budget as f64 * WINDOW_MIN) as u64).max(1),
+            window_max: ((budget as f64 * share) as u64).max(1),
             map: HashMap::with_capacity(items),
             nodes: Vec::with_capacity(items),
             free: Vec::new(),
             lists: [List::EMPTY; 3],
             sketch: Sketch::new(items),
             hasher: Default::default(),
-            climber: Climber {
-                hits: 0,
-                samples: 0,
-                period: 3 * items as u64,
-                previous: 0.0,
-                step: STEP * budget as f64,
-            },
+            shadow: None,
         }
     }
 
@@ -332,6 +356,34 @@ impl<K: Hash + Eq + Clone> Policy<K> {
     pub fn touch(&mut self, k: &K) -> bool {
         let h = self.hash(k);
         self.sketch.increment(h);
+        let known = self.map.get(k).map(|&i| {
+            let n = &self.nodes[i as usize];
+            (n.size, n.cost)
+        });
+        if let Some(sh) = self.shadow.as_mut()
+            && (h >> 48) & sh.mask == 0
+        {
+            for (m, score) in sh.minis.iter_mut().zip(sh.score.iter_mut()) {
+                if m.touch(k) {
+                    *score += m.cost_of(k).unwrap_or(1.0);
+                } else if let Some((size, cost)) = known {
+                    // The real cache hit: the caller will not insert.
+                    m.insert(k.clone(), size, cost);
+                }
+            }
+            sh.seen += 1;
+            if sh.seen.is_multiple_of(sh.period) {
+                let best = (0..SHARES.len())
+                    .max_by(|a, b| sh.score[*a].total_cmp(&sh.score[*b]))
+                    .unwrap_or(0);
+                self.window_max = ((self.budget as f64 * SHARES[best]) as u64).max(1);
+                // History fades slowly: one noisy period does not flip the
+                // window.
+                for x in sh.score.iter_mut() {
+                    *x *= DECAY;
+                }
+            }
+        }
         let hit = match self.map.get(k) {
             None => false,
             Some(&i) => {
@@ -347,8 +399,12 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 true
             }
         };
-        self.climb(hit);
         hit
+    }
+
+    /// The cost recorded for `k`, if held.
+    fn cost_of(&self, k: &K) -> Option<f64> {
+        self.map.get(k).map(|&i| self.nodes[i as usize].cost)
     }
 
     fn main_budget(&self) -> u64 {
@@ -365,34 +421,6 @@ impl<K: Hash + Eq + Clone> Policy<K> {
             self.unlink(i);
             self.push(i, Q::Probation);
         }
-    }
-
-    fn climb(&mut self, hit: bool) {
-        // Hit ratios only compare once the cache is full: while it fills,
-        // every period looks better than the last whatever the window.
-        if self.used() < self.budget.saturating_sub(self.budget / 64) {
-            return;
-        }
-        let c = &mut self.climber;
-        c.samples += 1;
-        c.hits += hit as u64;
-        if c.samples < c.period {
-            return;
-        }
-        let rate = c.hits as f64 / c.samples as f64;
-        let change = rate - c.previous;
-        let amount = if change >= 0.0 { c.step } else { -c.step };
-        c.step = if change.abs() >= RESTART {
-            STEP * self.budget as f64 * amount.signum()
-        } else {
-            DECAY * amount
-        };
-        c.previous = rate;
-        c.hits = 0;
-        c.samples = 0;
-        let lo = (self.budget as f64 * WINDOW_MIN).max(1.0);
-        let hi = self.budget as f64 * WINDOW_MAX;
-        self.window_max = (self.window_max as f64 + amount).clamp(lo, hi) as u64;
     }
 
     /// Removes `k`; returns whether it was held.
@@ -437,6 +465,17 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         self.map.insert(k.clone(), i);
         self.push(i, Q::Window);
         self.evict(&mut evicted);
+        let sampled = self
+            .shadow
+            .as_ref()
+            .is_some_and(|sh| (self.nodes[i as usize].hash >> 48) & sh.mask == 0);
+        if sampled && let Some(sh) = self.shadow.as_mut() {
+            for m in &mut sh.minis {
+                if !m.contains(&k) {
+                    m.insert(k.clone(), size, cost);
+                }
+            }
+        }
         Admission {
             admitted: self.map.contains_key(&k),
             evicted,
@@ -588,7 +627,7 @@ mod tests {
         }
         assert_eq!(seen, p.len());
         let w = p.window_share();
-        assert!((WINDOW_MIN..=WINDOW_MAX).contains(&w), "{w}");
+        assert!(SHARES.iter().any(|s| (w - s).abs() < 0.01), "{w}");
     }
 
     #[test]
