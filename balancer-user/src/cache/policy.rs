@@ -384,22 +384,19 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 }
             }
         }
-        let hit = match self.map.get(k) {
-            None => false,
-            Some(&i) => {
-                let q = self.nodes[i as usize].q;
-                self.unlink(i);
-                match q {
-                    Q::Window => self.push(i, Q::Window),
-                    Q::Probation | Q::Protected => {
-                        self.push(i, Q::Protected);
-                        self.demote_protected();
-                    }
-                }
-                true
-            }
+        let Some(&i) = self.map.get(k) else {
+            return false;
         };
-        hit
+        let q = self.nodes[i as usize].q;
+        self.unlink(i);
+        match q {
+            Q::Window => self.push(i, Q::Window),
+            Q::Probation | Q::Protected => {
+                self.push(i, Q::Protected);
+                self.demote_protected();
+            }
+        }
+        true
     }
 
     /// The cost recorded for `k`, if held.
