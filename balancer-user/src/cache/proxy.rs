@@ -334,12 +334,11 @@ impl Route {
                     let parts = clone_parts(&parts);
                     let body = body.clone();
                     tokio::spawn(async move {
+                        // However the fetch ends, the flight ends with it:
+                        // a stale entry would make every later miss of
+                        // this key wait on a dead channel.
+                        let _done = FlightDone(route.clone(), k);
                         let out = route.fetch(&parts, body, k, model, prompt, version).await;
-                        route
-                            .flights
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&k);
                         let _ = tx.send(Some(Arc::new(out)));
                     });
                     (rx, true)
@@ -586,6 +585,19 @@ impl Route {
             headers: p.headers,
             body,
         }
+    }
+}
+
+/// Removes a key's flight when dropped.
+struct FlightDone(Arc<Route>, Key);
+
+impl Drop for FlightDone {
+    fn drop(&mut self) {
+        self.0
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
     }
 }
 
