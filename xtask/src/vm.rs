@@ -4,8 +4,9 @@
 //!
 //! 1. The kernel package comes from apt (`apt-get download`) and is cached
 //!    under `target/vm/`; its modules come with it.
-//! 2. An initramfs is assembled: busybox, `ip` and `ethtool` with the shared
-//!    libraries they and the test binaries need, the modules (veth, bridge,
+//! 2. An initramfs is assembled: busybox, `ip`, `ethtool` and
+//!    `redis-server` with the shared libraries they and the test binaries
+//!    need, the modules (veth, bridge,
 //!    ipip, ip6_tunnel and their dependencies), every test binary and the
 //!    `balancer` and `testbed` binaries at their host paths (the tests find
 //!    them there), and an init script.
@@ -32,7 +33,12 @@ use crate::util::{self, cargo, output, root};
 /// Modules the suites need in the guest.
 const MODULES: &[&str] = &["veth", "bridge", "ipip", "ip6_tunnel"];
 /// Host programs copied into the guest (with their libraries).
-const PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/ethtool"];
+const PROGRAMS: &[&str] = &[
+    "/usr/sbin/ip",
+    "/usr/sbin/ethtool",
+    // The cache suites' shared L2.
+    "/usr/bin/redis-server",
+];
 
 /// Which kernel to boot.
 pub enum Kernel {
@@ -178,9 +184,6 @@ fn copy_into(stage: &Path, src: &Path) -> Result<()> {
 
 /// Builds the test binaries (and the binaries they run); returns test
 /// executables with a short name each.
-/// Suites that run on the host only.
-const HOST_ONLY: &[&str] = &["cache", "cache_pool"];
-
 fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     util::step("vm: building test binaries");
     util::run(cargo().args([
@@ -217,10 +220,6 @@ fn build_tests() -> Result<Vec<(String, PathBuf)>> {
             tests.push((name, exe));
         }
     }
-    // The cache suites are L7 (over loopback with a redis-server, or over
-    // the testbed): nothing in them depends on the kernel, the guest has no
-    // Redis, and HTTP under software emulation is slow.
-    tests.retain(|(name, _)| !HOST_ONLY.contains(&name.as_str()));
     tests.sort();
     tests.dedup();
     Ok(tests)
