@@ -322,11 +322,8 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
         Some(Cache::new(cfg.cache.clone()).context("setting up the cache")?)
     };
     let mut listeners = Vec::new();
-    if let Some(c) = &cache {
-        for r in &cfg.cache_routes {
-            let route = Route::new(r.route.clone(), c.clone(), Arc::new(Vec::new));
-            listeners.push(route.bind().await?);
-        }
+    for r in &cfg.cache_routes {
+        listeners.push(crate::cache::proxy::bind(&r.route).await?);
     }
     let (lb, programs) = match &cfg.daemon.iface {
         Some(iface) => {

@@ -198,7 +198,7 @@ fn main() -> Result<()> {
                 (n, n as usize)
             };
             let scores: Vec<Score> = POLICIES.iter().map(|p| replay(&t, p, cap, items)).collect();
-            rows.push((t.clone_meta(), frac, cap, scores, total_bytes, total_cost));
+            rows.push((meta(&t), frac, cap, scores, total_bytes, total_cost));
             pb.inc(1);
         }
     }
@@ -314,17 +314,11 @@ struct Meta {
     costed: bool,
 }
 
-trait CloneMeta {
-    fn clone_meta(&self) -> Meta;
-}
-
-impl CloneMeta for Trace {
-    fn clone_meta(&self) -> Meta {
-        Meta {
-            name: self.name.clone(),
-            accesses: self.accesses.len(),
-            sized: self.sized,
-            costed: self.costed,
-        }
+fn meta(t: &Trace) -> Meta {
+    Meta {
+        name: t.name.clone(),
+        accesses: t.accesses.len(),
+        sized: t.sized,
+        costed: t.costed,
     }
 }

@@ -266,16 +266,7 @@ impl Gateway {
         );
         let path = dir.join("balancer.toml");
         std::fs::write(&path, full)?;
-        let log = std::fs::File::create(dir.join("daemon.log"))?;
-        let child = Command::new(crate::testbed::balancer_bin()?)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("BALANCER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting balancer run")?;
+        let child = crate::testbed::spawn_daemon(&path, &dir.join("daemon.log"))?;
         let mut g = Self {
             dir,
             child: Some(child),
@@ -318,20 +309,7 @@ impl Gateway {
 
     /// Runs the `balancer` CLI against this daemon; returns stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(crate::testbed::balancer_bin()?)
-            .arg("--socket")
-            .arg(self.dir.join("api.sock"))
-            .args(args)
-            .output()
-            .context("running the balancer CLI")?;
-        if !out.status.success() {
-            bail!(
-                "balancer {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::testbed::balancer_cli(&self.dir.join("api.sock"), args)
     }
 }
 

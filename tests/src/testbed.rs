@@ -134,6 +134,41 @@ pub fn balancer_bin() -> Result<PathBuf> {
     )
 }
 
+/// Starts `balancer run --config config`, appending its output to `log`.
+pub fn spawn_daemon(config: &Path, log: &Path) -> Result<std::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    std::process::Command::new(balancer_bin()?)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("BALANCER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting balancer run")
+}
+
+/// Runs the `balancer` CLI against the daemon on `socket`; returns stdout.
+pub fn balancer_cli(socket: &Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(balancer_bin()?)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .context("running the balancer CLI")?;
+    if !out.status.success() {
+        bail!(
+            "balancer {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn mac_of(ns: &str, dev: &str) -> Result<MacAddr> {
     let out = ip_in(ns, &["-o", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -463,20 +498,7 @@ mtu = {mtu}
         std::fs::create_dir_all(self.dir())?;
         let path = self.dir().join("balancer.toml");
         std::fs::write(&path, config)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir().join("daemon.log"))?;
-        let child = std::process::Command::new(balancer_bin()?)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("BALANCER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting balancer run")?;
-        self.daemon = Some(child);
+        self.daemon = Some(spawn_daemon(&path, &self.dir().join("daemon.log"))?);
         self.wait_ready(std::time::Duration::from_secs(20))
     }
 

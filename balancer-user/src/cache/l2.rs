@@ -14,10 +14,7 @@
 //! supervisor ([`super::Cache::run_l2`]) reconnects.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -371,9 +368,6 @@ impl L2 {
         Ok(out)
     }
 }
-
-/// A shared handle.
-pub type SharedL2 = Arc<L2>;
 
 #[cfg(test)]
 mod tests {

@@ -307,11 +307,6 @@ impl Cache {
         }))
     }
 
-    /// Whether an L2 is configured.
-    pub fn has_l2(&self) -> bool {
-        self.l2.is_some()
-    }
-
     /// The version string that goes into `model`'s keys.
     pub fn version(&self, model: &str) -> String {
         let base = self

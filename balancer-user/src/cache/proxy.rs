@@ -68,6 +68,18 @@ pub struct RouteConfig {
     pub timeout: Duration,
 }
 
+/// Binds a route's listener (before the route exists: a daemon binds every
+/// listener before it touches anything else).
+pub async fn bind(cfg: &RouteConfig) -> Result<TcpListener, CacheError> {
+    TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| CacheError::Bind {
+            route: cfg.name.clone(),
+            addr: cfg.listen,
+            message: e.to_string(),
+        })
+}
+
 /// The route's pool: backend addresses and current weights.
 pub type PoolSource = Arc<dyn Fn() -> Vec<(SocketAddr, u32)> + Send + Sync>;
 
@@ -181,17 +193,6 @@ impl Route {
     /// The route's configuration.
     pub fn config(&self) -> &RouteConfig {
         &self.cfg
-    }
-
-    /// Binds the listener.
-    pub async fn bind(&self) -> Result<TcpListener, CacheError> {
-        TcpListener::bind(self.cfg.listen)
-            .await
-            .map_err(|e| CacheError::Bind {
-                route: self.cfg.name.clone(),
-                addr: self.cfg.listen,
-                message: e.to_string(),
-            })
     }
 
     /// Serves connections until the process ends.

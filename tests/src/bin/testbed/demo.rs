@@ -3,7 +3,6 @@
 //! showing the distribution; halfway through, a weight changes live.
 
 use std::{
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -12,26 +11,13 @@ use anyhow::{Context, Result, bail};
 use balancer_tests::{
     loadgen::{self, ShortResult},
     signals,
-    testbed::{Spec, Testbed, balancer_bin},
+    testbed::{Spec, Testbed, balancer_cli},
 };
 
 const WEIGHTS: [u32; 3] = [1, 1, 2];
 
 fn cli(tb: &Testbed, args: &[&str]) -> Result<String> {
-    let out = Command::new(balancer_bin()?)
-        .arg("--socket")
-        .arg(tb.socket())
-        .args(args)
-        .output()
-        .context("running balancer")?;
-    if !out.status.success() {
-        bail!(
-            "balancer {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    balancer_cli(&tb.socket(), args)
 }
 
 pub fn run(duration: Duration) -> Result<()> {
