@@ -218,21 +218,39 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 16];
-                    if let Ok(n) = s.read(&mut buf)
-                        && buf[..n].starts_with(b"+PONG")
-                    {
-                        return Ok(());
-                    }
-                }
+            if self.command("PING").is_ok_and(|r| r == "PONG") {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("redis-server did not answer on port {}", self.port)
+    }
+
+    /// Sends one inline command (`CLIENT LIST TYPE pubsub`) on a new
+    /// connection and returns the reply: a status, integer or bulk string's
+    /// text (errors are `Err`).
+    pub fn command(&self, cmd: &str) -> Result<String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        let (kind, rest) = line.split_at(line.len().min(1));
+        match kind {
+            "+" | ":" => Ok(rest.to_string()),
+            "-" => bail!("redis: {cmd}: {rest}"),
+            "$" => {
+                let n: usize = rest.parse().context("bulk length")?;
+                let mut body = vec![0; n + 2];
+                r.read_exact(&mut body)?;
+                body.truncate(n);
+                Ok(String::from_utf8_lossy(&body).into_owned())
+            }
+            _ => bail!("redis: {cmd}: unexpected reply {line:?}"),
+        }
     }
 }
 
