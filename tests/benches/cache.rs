@@ -272,13 +272,24 @@ fn main() -> Result<()> {
     );
     let (mut wins, mut total) = (0, 0);
     let mut ratios = Vec::new();
+    // Per trace, in order: (name, sizes won, sizes).
+    let mut per_trace: Vec<(&str, usize, usize)> = Vec::new();
     for (m, frac, cap, s, _, _) in &rows {
         let hr: Vec<f64> = s.iter().map(|x| x.hits as f64 / n_acc(m)).collect();
         let best = hr[..3].iter().cloned().fold(0.0, f64::max);
         total += 1;
+        if per_trace.last().is_none_or(|t| t.0 != m.name) {
+            per_trace.push((&m.name, 0, 0));
+        }
+        if let Some(t) = per_trace.last_mut() {
+            t.2 += 1;
+        }
         // Equal within a hundredth of a percentage point counts as matching.
         if hr[3] + 1e-4 >= best {
             wins += 1;
+            if let Some(t) = per_trace.last_mut() {
+                t.1 += 1;
+            }
         }
         if best > 0.0 {
             ratios.push(hr[3] / best);
@@ -301,6 +312,11 @@ fn main() -> Result<()> {
     println!(
         "\nbalancer >= best baseline on {wins} of {total} trace/size pairs; within 5% of it on {close} of {}; median ratio {median:.3}",
         ratios.len()
+    );
+    let traces_won = per_trace.iter().filter(|t| 2 * t.1 > t.2).count();
+    println!(
+        "balancer >= best baseline at most of a trace's sizes on {traces_won} of {} traces",
+        per_trace.len()
     );
 
     let sized: Vec<_> = rows.iter().filter(|r| r.0.sized).collect();
@@ -339,7 +355,7 @@ fn main() -> Result<()> {
         for (m, frac, _, s, _, tc) in costed {
             let c: Vec<f64> = s.iter().map(|x| x.cost_saved / tc).collect();
             println!(
-                "{:<22} {:>5}% {:>8} {:>8} {:>12} {:>9} {:>8} {:>11.2}",
+                "{:<22} {:>5}% {:>8} {:>8} {:>12} {:>9} {:>8} {:>11.3}",
                 m.name,
                 frac * 100.0,
                 pct(c[0]),
