@@ -112,12 +112,14 @@ impl Sim for Quick {
 /// hit-ratio target is against the three caches above.
 #[derive(Default)]
 struct Gdsf {
-    queue: std::collections::BTreeSet<(u64, u64)>,
-    /// key -> (priority bits, frequency, cost, size)
-    entries: std::collections::HashMap<u64, (u64, u32, f64, u64)>,
+    /// (priority bits, last access: ties go to the least recent, key)
+    queue: std::collections::BTreeSet<(u64, u64, u64)>,
+    /// key -> (priority bits, last access, frequency, cost, size)
+    entries: std::collections::HashMap<u64, (u64, u64, u32, f64, u64)>,
     inflation: f64,
     used: u64,
     cap: u64,
+    clock: u64,
 }
 
 impl Sim for Gdsf {
@@ -125,11 +127,13 @@ impl Sim for Gdsf {
         // Non-negative f64s order as their bits do.
         let priority =
             |l: f64, f: u32, cost: f64, size: u64| (l + f as f64 * cost / size as f64).to_bits();
+        self.clock += 1;
         if let Some(e) = self.entries.get_mut(&a.key) {
-            self.queue.remove(&(e.0, a.key));
-            e.1 += 1;
-            e.0 = priority(self.inflation, e.1, e.2, e.3);
-            self.queue.insert((e.0, a.key));
+            self.queue.remove(&(e.0, e.1, a.key));
+            e.2 += 1;
+            e.0 = priority(self.inflation, e.2, e.3, e.4);
+            e.1 = self.clock;
+            self.queue.insert((e.0, e.1, a.key));
             return true;
         }
         let size = (a.size as u64).max(1);
@@ -137,18 +141,18 @@ impl Sim for Gdsf {
             return false;
         }
         while self.used + size > self.cap {
-            let Some((p, k)) = self.queue.pop_first() else {
+            let Some((p, _, k)) = self.queue.pop_first() else {
                 break;
             };
             self.inflation = f64::from_bits(p);
             if let Some(e) = self.entries.remove(&k) {
-                self.used -= e.3;
+                self.used -= e.4;
             }
         }
         let cost = (a.cost as f64).max(f64::MIN_POSITIVE);
         let p = priority(self.inflation, 1, cost, size);
-        self.entries.insert(a.key, (p, 1, cost, size));
-        self.queue.insert((p, a.key));
+        self.entries.insert(a.key, (p, self.clock, 1, cost, size));
+        self.queue.insert((p, self.clock, a.key));
         self.used += size;
         false
     }

@@ -226,9 +226,10 @@ impl Redis {
         bail!("redis-server did not answer on port {}", self.port)
     }
 
-    /// Sends one inline command (`CLIENT LIST TYPE pubsub`) on a new
+    /// Sends one inline command (e.g. `ACL SETUSER a off`) on a new
     /// connection and returns the reply: a status, integer or bulk string's
-    /// text (errors are `Err`).
+    /// text, empty for a null bulk string (errors are `Err`; arrays are not
+    /// supported).
     pub fn command(&self, cmd: &str) -> Result<String> {
         use std::io::{BufRead, BufReader, Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
@@ -238,18 +239,20 @@ impl Redis {
         let mut line = String::new();
         r.read_line(&mut line)?;
         let line = line.trim_end();
-        let (kind, rest) = line.split_at(line.len().min(1));
-        match kind {
-            "+" | ":" => Ok(rest.to_string()),
-            "-" => bail!("redis: {cmd}: {rest}"),
-            "$" => {
-                let n: usize = rest.parse().context("bulk length")?;
-                let mut body = vec![0; n + 2];
-                r.read_exact(&mut body)?;
-                body.truncate(n);
-                Ok(String::from_utf8_lossy(&body).into_owned())
-            }
-            _ => bail!("redis: {cmd}: unexpected reply {line:?}"),
+        if let Some(rest) = line.strip_prefix('+').or_else(|| line.strip_prefix(':')) {
+            Ok(rest.to_string())
+        } else if let Some(rest) = line.strip_prefix('-') {
+            bail!("redis: {cmd}: {rest}")
+        } else if line == "$-1" {
+            Ok(String::new())
+        } else if let Some(rest) = line.strip_prefix('$') {
+            let n: usize = rest.parse().context("bulk length")?;
+            let mut body = vec![0; n + 2];
+            r.read_exact(&mut body)?;
+            body.truncate(n);
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        } else {
+            bail!("redis: {cmd}: unexpected reply {line:?}")
         }
     }
 }

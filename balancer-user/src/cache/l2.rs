@@ -111,6 +111,8 @@ pub struct BusMessage {
 /// The Redis side of the cache.
 pub struct L2 {
     settings: RedisSettings,
+    /// The URL without its password, for stats and messages.
+    shown_url: String,
     client: redis::Client,
     conn: RwLock<Option<MultiplexedConnection>>,
     up: AtomicBool,
@@ -125,12 +127,14 @@ pub struct L2 {
 impl L2 {
     /// Checks the URL; connects later (see [`super::Cache::run_l2`]).
     pub fn new(settings: RedisSettings) -> Result<Self, CacheError> {
+        let shown_url = redacted(&settings.url);
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| CacheError::Redis {
-            context: format!("redis url {:?}", settings.url),
+            context: format!("redis url {shown_url:?}"),
             message: e.to_string(),
         })?;
         Ok(Self {
             settings,
+            shown_url,
             client,
             conn: RwLock::new(None),
             up: AtomicBool::new(false),
@@ -140,9 +144,9 @@ impl L2 {
         })
     }
 
-    /// The configured URL.
+    /// The configured URL, its password (if any) replaced by `***`.
     pub fn url(&self) -> &str {
-        &self.settings.url
+        &self.shown_url
     }
 
     /// Whether commands currently go to Redis.
@@ -369,9 +373,45 @@ impl L2 {
     }
 }
 
+/// `url` with the password of `scheme://user:password@host` replaced by
+/// `***`: the URL is shown in stats, the CLI and error messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://gw:s3cret@10.0.0.1:6379/2",
+                "redis://gw:***@10.0.0.1:6379/2",
+            ),
+            ("redis://:s3cret@host", "redis://:***@host"),
+            ("rediss://user@host", "rediss://user@host"),
+            (
+                "redis+unix:///run/redis.sock",
+                "redis+unix:///run/redis.sock",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn entries_round_trip_and_garbage_is_rejected() {

@@ -39,8 +39,9 @@
 //! end up with a large window (close to LRU), frequency-heavy ones with a
 //! small one (close to LFU). The shadows
 //! keep keys only, at a sixteenth of the size: about 1/4 of the real
-//! policy's bookkeeping (below 4096 entries they are full-size copies, which
-//! is small in absolute terms), plus an 8 KiB sketch each.
+//! policy's bookkeeping (for a policy, i.e. a store shard, below 4096
+//! expected entries they are full-size copies, small in absolute terms),
+//! plus an 8 KiB sketch each.
 //!
 //! Entries live in a slab of nodes linked into the three lists, with a hash
 //! map from key to node: lookup, promotion, insertion and each eviction are
@@ -202,6 +203,11 @@ struct Shadow<K: Hash + Eq + Clone> {
     /// Decayed cost of all sampled accesses: `total − score` is a mini's
     /// cost-weighted misses.
     total: f64,
+    /// Mean cost of recent inserts: the cost of an access whose key no one
+    /// holds (all minis miss it, so its exact value matters little).
+    mean_cost: f64,
+    /// Inserts seen, up to 100 (the mean's weight).
+    inserts: f64,
     /// Index of the share the real window has now.
     current: usize,
     mask: u64,
@@ -209,6 +215,9 @@ struct Shadow<K: Hash + Eq + Clone> {
     period: u64,
 }
 
+/// The largest cost an entry is given (a day of backend time): sums of
+/// costs must stay finite for the comparisons to mean anything.
+const MAX_COST: f64 = 86_400.0;
 /// Probation entries weighed when one victim is enough.
 const SAMPLE: usize = 8;
 /// The protected segment's share of main.
@@ -246,6 +255,8 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 .collect(),
             score: vec![0.0; SHARES.len()],
             total: 0.0,
+            mean_cost: 1.0,
+            inserts: 0.0,
             current: 0,
             mask: sampling - 1,
             seen: 0,
@@ -393,10 +404,11 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         if let Some(sh) = self.shadow.as_mut()
             && (h >> 48) & sh.mask == 0
         {
-            // A miss's cost is counted when it is inserted.
-            if let Some((_, cost)) = known {
-                sh.total += cost;
-            }
+            // Every access counts once, at the cost a hit would have saved.
+            sh.total += known
+                .map(|(_, cost)| cost)
+                .or_else(|| sh.minis.iter().find_map(|m| m.cost_of(k)))
+                .unwrap_or(sh.mean_cost);
             for (m, score) in sh.minis.iter_mut().zip(sh.score.iter_mut()) {
                 if m.touch(k) {
                     *score += m.cost_of(k).unwrap_or(1.0);
@@ -477,6 +489,12 @@ impl<K: Hash + Eq + Clone> Policy<K> {
 
     /// Offers a new entry (after its miss was [`touch`](Self::touch)ed).
     pub fn insert(&mut self, k: K, size: u64, cost: f64) -> Admission<K> {
+        // Costs come from measured times and Redis: keep sums finite.
+        let cost = if cost.is_nan() {
+            f64::MIN_POSITIVE
+        } else {
+            cost.clamp(f64::MIN_POSITIVE, MAX_COST)
+        };
         let mut evicted = Vec::new();
         self.remove(&k);
         if size > self.budget {
@@ -489,7 +507,7 @@ impl<K: Hash + Eq + Clone> Policy<K> {
             hash: self.hash(&k),
             key: k.clone(),
             size,
-            cost: cost.max(f64::MIN_POSITIVE),
+            cost,
             q: Q::Window,
             prev: NIL,
             next: NIL,
@@ -511,8 +529,11 @@ impl<K: Hash + Eq + Clone> Policy<K> {
             .shadow
             .as_ref()
             .is_some_and(|sh| (self.nodes[i as usize].hash >> 48) & sh.mask == 0);
+        if let Some(sh) = self.shadow.as_mut() {
+            sh.inserts = (sh.inserts + 1.0).min(100.0);
+            sh.mean_cost += (cost - sh.mean_cost) / sh.inserts;
+        }
         if sampled && let Some(sh) = self.shadow.as_mut() {
-            sh.total += cost.max(f64::MIN_POSITIVE);
             for m in &mut sh.minis {
                 if !m.contains(&k) {
                     m.insert(k.clone(), size, cost);
