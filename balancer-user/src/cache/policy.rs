@@ -503,8 +503,9 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 evicted,
             };
         }
+        let hash = self.hash(&k);
         let node = Node {
-            hash: self.hash(&k),
+            hash,
             key: k.clone(),
             size,
             cost,
@@ -525,18 +526,14 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         self.map.insert(k.clone(), i);
         self.push(i, Q::Window);
         self.evict(&mut evicted);
-        let sampled = self
-            .shadow
-            .as_ref()
-            .is_some_and(|sh| (self.nodes[i as usize].hash >> 48) & sh.mask == 0);
         if let Some(sh) = self.shadow.as_mut() {
             sh.inserts = (sh.inserts + 1.0).min(100.0);
             sh.mean_cost += (cost - sh.mean_cost) / sh.inserts;
-        }
-        if sampled && let Some(sh) = self.shadow.as_mut() {
-            for m in &mut sh.minis {
-                if !m.contains(&k) {
-                    m.insert(k.clone(), size, cost);
+            if (hash >> 48) & sh.mask == 0 {
+                for m in &mut sh.minis {
+                    if !m.contains(&k) {
+                        m.insert(k.clone(), size, cost);
+                    }
                 }
             }
         }
