@@ -89,6 +89,18 @@ pub struct ShortResult {
 }
 
 impl ShortResult {
+    /// Adds another run's counts and latencies (not its wall time).
+    pub fn absorb(&mut self, r: ShortResult) {
+        self.ok += r.ok;
+        for (k, v) in r.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in r.per_backend {
+            *self.per_backend.entry(k).or_insert(0) += v;
+        }
+        self.latencies.extend(r.latencies);
+    }
+
     /// Failed requests in all.
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()
@@ -202,15 +214,7 @@ pub fn keepalive(
             }
             let mut total = ShortResult::default();
             while let Some(r) = set.join_next().await {
-                let r = r?;
-                total.ok += r.ok;
-                for (k, v) in r.errors {
-                    *total.errors.entry(k).or_insert(0) += v;
-                }
-                for (k, v) in r.per_backend {
-                    *total.per_backend.entry(k).or_insert(0) += v;
-                }
-                total.latencies.extend(r.latencies);
+                total.absorb(r?);
             }
             total.elapsed = start.elapsed();
             Ok(total)
@@ -272,15 +276,7 @@ pub fn completions(
             }
             let mut total = ShortResult::default();
             while let Some(r) = set.join_next().await {
-                let r = r?;
-                total.ok += r.ok;
-                for (k, v) in r.errors {
-                    *total.errors.entry(k).or_insert(0) += v;
-                }
-                for (k, v) in r.per_backend {
-                    *total.per_backend.entry(k).or_insert(0) += v;
-                }
-                total.latencies.extend(r.latencies);
+                total.absorb(r?);
             }
             total.elapsed = start.elapsed();
             Ok(total)
@@ -298,15 +294,7 @@ pub fn short_for(
     let start = Instant::now();
     let mut total = ShortResult::default();
     while start.elapsed() < duration {
-        let r = short_connections(ns, target, 500, concurrency)?;
-        total.ok += r.ok;
-        for (k, v) in r.errors {
-            *total.errors.entry(k).or_insert(0) += v;
-        }
-        for (k, v) in r.per_backend {
-            *total.per_backend.entry(k).or_insert(0) += v;
-        }
-        total.latencies.extend(r.latencies);
+        total.absorb(short_connections(ns, target, 500, concurrency)?);
     }
     total.elapsed = start.elapsed();
     Ok(total)

@@ -312,6 +312,18 @@ fn redis_cfg(redis: &Redis) -> String {
     )
 }
 
+/// Invalidates model `m`'s entries whose prompt starts with `prefix`, on `g`.
+async fn invalidate_prefix(g: &Gateway, prefix: &str) -> balancer::cache::InvalidateReply {
+    g.client()
+        .cache_invalidate(&balancer::api::InvalidateBody {
+            model: "m".into(),
+            key: None,
+            prefix: Some(prefix.into()),
+        })
+        .await
+        .unwrap()
+}
+
 async fn wait_l2(g: &Gateway, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -351,15 +363,7 @@ fn two_gateways_share_redis_and_invalidations() {
         // Invalidate on A; B must drop its L1 copy within 100 ms.
         let seen_before = gb.client().cache_stats().await.unwrap().invalidated;
         let t0 = Instant::now();
-        let reply = ga
-            .client()
-            .cache_invalidate(&balancer::api::InvalidateBody {
-                model: "m".into(),
-                key: None,
-                prefix: Some("sha".into()),
-            })
-            .await
-            .unwrap();
+        let reply = invalidate_prefix(&ga, "sha").await;
         assert!(
             reply.broadcast && reply.l1_removed == 1 && reply.l2_removed == 1,
             "{reply:?}"
@@ -432,15 +436,7 @@ fn a_gateway_that_missed_a_broadcast_flushes_its_l1_when_it_reconnects() {
         redis.command("ACL SETUSER gwa off").unwrap();
         redis.command("CLIENT KILL USER gwa").unwrap();
         wait_l2(&ga, false).await;
-        let reply = gb
-            .client()
-            .cache_invalidate(&balancer::api::InvalidateBody {
-                model: "m".into(),
-                key: None,
-                prefix: Some("flush".into()),
-            })
-            .await
-            .unwrap();
+        let reply = invalidate_prefix(&gb, "flush").await;
         assert!(reply.broadcast && reply.l2_removed == 1, "{reply:?}");
 
         // Let A back in: once reconnected, its L1 must be empty.
@@ -498,15 +494,7 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
         wait_l2(&ga, false).await;
         wait_l2(&gb, false).await;
         // While Redis is down, A invalidates doc 0: queued for the others.
-        let reply = ga
-            .client()
-            .cache_invalidate(&balancer::api::InvalidateBody {
-                model: "m".into(),
-                key: None,
-                prefix: Some("doc 0".into()),
-            })
-            .await
-            .unwrap();
+        let reply = invalidate_prefix(&ga, "doc 0").await;
         assert!(!reply.broadcast, "nothing to broadcast on: {reply:?}");
         assert_eq!(
             ga.client().cache_stats().await.unwrap().l2.unwrap().pending,

@@ -53,15 +53,7 @@ pub fn run(duration: Duration) -> Result<()> {
             std::thread::spawn(move || -> Result<()> {
                 while Instant::now() < deadline && !signals::stop_requested() {
                     let r = loadgen::short_connections(&ns, target, 200, 8)?;
-                    let mut t = total.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-                    t.ok += r.ok;
-                    for (k, v) in r.errors {
-                        *t.errors.entry(k).or_insert(0) += v;
-                    }
-                    for (k, v) in r.per_backend {
-                        *t.per_backend.entry(k).or_insert(0) += v;
-                    }
-                    t.latencies.extend(r.latencies);
+                    total.lock().map_err(|_| anyhow::anyhow!("lock"))?.absorb(r);
                 }
                 Ok(())
             })
