@@ -200,7 +200,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             if !vm_only {
                 // The integration suites run the `balancer` binary itself.
-                run(cargo().args(["build", "-p", "balancer-user", "--bins"]))?;
+                util::build_bins(false)?;
                 run(cargo()
                     .args(["test", "--workspace", "--exclude", "balancer-ebpf", "--"])
                     .args(&args))?;
@@ -226,16 +226,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::ensure()?;
             util::require_root("benchmarks load XDP programs")?;
             // The e2e bench runs the daemon and the testbed's servers.
-            run(cargo().args([
-                "build",
-                "-q",
-                "--release",
-                "-p",
-                "balancer-user",
-                "-p",
-                "balancer-tests",
-                "--bins",
-            ]))?;
+            util::build_bins(true)?;
             let name = match which {
                 Bench::Dataplane => "dataplane",
                 Bench::Maglev => "maglev",
@@ -245,39 +236,33 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Proxy => "proxy",
             };
             run(cargo()
-                .args(["bench", "-q", "-p", "balancer-tests", "--bench", name, "--"])
+                .args(["bench", "-p", "balancer-tests", "--bench", name, "--"])
                 .args(&args))
         }
         Cmd::Demo { args } => {
             setup::ensure()?;
             util::require_root("the demo creates network namespaces and attaches XDP")?;
-            run(testbed_bin().arg("demo").args(&args))
+            run(testbed_bin()?.arg("demo").args(&args))
         }
         Cmd::Testbed { action, args } => {
             setup::ensure()?;
             util::require_root("testbeds are network namespaces")?;
             match action {
-                TestbedAction::Up => run(testbed_bin().arg("up").args(&args)),
-                TestbedAction::Down => run(testbed_bin().arg("down")),
+                TestbedAction::Up => run(testbed_bin()?.arg("up").args(&args)),
+                TestbedAction::Down => run(testbed_bin()?.arg("down")),
             }
         }
     }
 }
 
-/// `cargo run` of the testbed tool (release: the demo pushes real traffic).
-fn testbed_bin() -> std::process::Command {
-    let mut c = cargo();
-    c.args([
-        "run",
-        "-q",
-        "--release",
-        "-p",
-        "balancer-tests",
-        "--bin",
-        "testbed",
-        "--",
-    ]);
-    c
+/// The testbed tool, freshly built (release: the demo pushes real traffic),
+/// told where the `balancer` binary of the same build is.
+fn testbed_bin() -> Result<std::process::Command> {
+    util::build_bins(true)?;
+    let dir = util::target_dir().join("release");
+    let mut c = std::process::Command::new(dir.join("testbed"));
+    c.env("BALANCER_BIN", dir.join("balancer"));
+    Ok(c)
 }
 
 /// Formatting and clippy, warnings denied. The eBPF crate is linted for the

@@ -12,6 +12,15 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the
+/// workspace root.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// `cargo` as invoked us (same toolchain), in the workspace root.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -28,6 +37,29 @@ pub fn nightly_cargo() -> Command {
         .env_remove("CARGO")
         .env_remove("RUSTC");
     c
+}
+
+/// Builds every binary the demo, the testbeds and the benches start
+/// (`balancer`, `testbed`), in the profile they are started from. Cargo
+/// shows its own progress: a fresh build takes minutes.
+pub fn build_bins(release: bool) -> Result<()> {
+    step(&format!(
+        "building the balancer and testbed binaries ({})",
+        if release { "release" } else { "debug" }
+    ));
+    let mut c = cargo();
+    c.args([
+        "build",
+        "-p",
+        "balancer-user",
+        "-p",
+        "balancer-tests",
+        "--bins",
+    ]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
 }
 
 /// Runs a command, inheriting stdio; fails with its exit status.

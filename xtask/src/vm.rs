@@ -6,12 +6,15 @@
 //!    under `target/vm/`; its modules come with it.
 //! 2. An initramfs is assembled: busybox, `ip`, `ethtool` and
 //!    `redis-server` with the shared libraries they and the test binaries
-//!    need, the modules (veth, bridge,
-//!    ipip, ip6_tunnel and their dependencies), every test binary and the
-//!    `balancer` and `testbed` binaries at their host paths (the tests find
-//!    them there), and an init script.
-//! 3. The init mounts proc, sys, devtmpfs, bpffs and cgroup2, loads the
-//!    modules, runs each test binary between markers, and powers off.
+//!    need, the modules (veth, bridge, ipip, ip6_tunnel and their
+//!    dependencies), and the project's files at fixed guest paths of their
+//!    own under [`GUEST_ROOT`] (test binaries, the `balancer` and `testbed`
+//!    binaries, the shared samples), so that where the checkout lives on the
+//!    host never matters. The suites find them through environment variables
+//!    the init exports.
+//! 3. The init mounts proc, sys, devtmpfs, tmpfs (`/tmp`, `/run`), bpffs and
+//!    cgroup2, loads the modules, runs each test binary between markers, and
+//!    powers off.
 //! 4. QEMU boots it (KVM when usable, else TCG) under a timeout; the console is
 //!    streamed with a progress line and kept in `target/vm/console.log`; the
 //!    markers decide the verdict, and failing tests are named.
@@ -40,6 +43,21 @@ const PROGRAMS: &[&str] = &[
     "/usr/bin/redis-server",
 ];
 
+/// Where the project's files live in the guest. Nothing is mounted over it,
+/// whatever the host path of the checkout (a checkout under `/tmp` would be
+/// hidden by the guest's tmpfs if its files kept their host paths).
+pub const GUEST_ROOT: &str = "/balancer";
+/// What the init mounts: no staged file may live below one of these.
+const GUEST_MOUNTS: &[(&str, &str)] = &[
+    ("proc", "/proc"),
+    ("sysfs", "/sys"),
+    ("devtmpfs", "/dev"),
+    ("tmpfs", "/tmp"),
+    ("tmpfs", "/run"),
+];
+/// Folders of the shared third-party samples the suites read in the guest.
+const SHARED_SUBDIRS: &[&str] = &["prometheus"];
+
 /// Which kernel to boot.
 pub enum Kernel {
     /// Debian's `linux-image-cloud-amd64` of the host's release, via apt.
@@ -61,7 +79,7 @@ pub struct Options {
 }
 
 fn vm_dir() -> PathBuf {
-    root().join("target").join("vm")
+    util::target_dir().join("vm")
 }
 
 fn sh(cmd: &mut Command) -> Result<String> {
@@ -182,18 +200,21 @@ fn copy_into(stage: &Path, src: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies `src` to the guest path `dst` inside `stage`.
+fn copy_to(stage: &Path, src: &Path, dst: &Path) -> Result<()> {
+    let dst = stage.join(dst.strip_prefix("/").unwrap_or(dst));
+    if let Some(p) = dst.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(())
+}
+
 /// Builds the test binaries (and the binaries they run); returns test
 /// executables with a short name each.
 fn build_tests() -> Result<Vec<(String, PathBuf)>> {
+    util::build_bins(false)?;
     util::step("vm: building test binaries");
-    util::run(cargo().args([
-        "build",
-        "-p",
-        "balancer-user",
-        "-p",
-        "balancer-tests",
-        "--bins",
-    ]))?;
     let out = cargo()
         .args([
             "test",
@@ -268,16 +289,89 @@ mod serde_json_lite {
     }
 }
 
-fn init_script(tests: &[(String, PathBuf)], modules: &[String], scale: f64) -> String {
-    let mut s = String::from(
-        r#"#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
-mkdir -p /sys/fs/bpf /sys/fs/cgroup /run/netns /var
+/// The project's files in the guest: what is copied where, and what the
+/// init exports so that the suites find them.
+struct Layout {
+    /// (host path, guest path) of every staged project file.
+    files: Vec<(PathBuf, PathBuf)>,
+    /// Test binaries to run: (short name, guest path).
+    tests: Vec<(String, PathBuf)>,
+    /// Variables the init exports, each naming a guest path.
+    env: Vec<(&'static str, PathBuf)>,
+}
+
+/// Places the test binaries, the `balancer` and `testbed` binaries of
+/// `bin_dir`, and the shared samples (`shared`: their root and the files
+/// below it) under [`GUEST_ROOT`].
+fn layout(
+    tests: &[(String, PathBuf)],
+    bin_dir: &Path,
+    shared: Option<(&Path, &[PathBuf])>,
+) -> Result<Layout> {
+    let guest = Path::new(GUEST_ROOT);
+    let mut l = Layout {
+        files: Vec::new(),
+        tests: Vec::new(),
+        env: Vec::new(),
+    };
+    for (name, exe) in tests {
+        // The file name carries cargo's hash, so two targets never collide.
+        let file = exe
+            .file_name()
+            .with_context(|| format!("test binary {} has no file name", exe.display()))?;
+        let dst = guest.join("tests").join(file);
+        l.files.push((exe.clone(), dst.clone()));
+        l.tests.push((name.clone(), dst));
+    }
+    for (bin, var) in [
+        ("balancer", "BALANCER_BIN"),
+        ("testbed", "BALANCER_TESTBED_BIN"),
+    ] {
+        let dst = guest.join("bin").join(bin);
+        l.files.push((bin_dir.join(bin), dst.clone()));
+        l.env.push((var, dst));
+    }
+    if let Some((root_dir, files)) = shared {
+        let dst_root = guest.join("shared");
+        for f in files {
+            let rel = f
+                .strip_prefix(root_dir)
+                .with_context(|| format!("{} is not below {}", f.display(), root_dir.display()))?;
+            l.files.push((f.clone(), dst_root.join(rel)));
+        }
+        l.env.push(("BALANCER_SHARED_DATA", dst_root));
+    }
+    Ok(l)
+}
+
+/// The shared samples on the host: `$BALANCER_SHARED_DATA`, else
+/// `../shared/data` beside the checkout (as the suites look for them).
+fn shared_data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("BALANCER_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("..").join("shared").join("data"));
+    std::fs::canonicalize(dir).ok()
+}
+
+/// The files of [`SHARED_SUBDIRS`] below `dir`.
+fn shared_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in SHARED_SUBDIRS {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn init_script(l: &Layout, modules: &[String], scale: f64) -> String {
+    let mut s = String::from("#!/bin/sh\nexport PATH=/bin:/sbin:/usr/bin:/usr/sbin\n");
+    for (fs, at) in GUEST_MOUNTS {
+        s.push_str(&format!("mount -t {fs} {fs} {at}\n"));
+    }
+    s.push_str(
+        r#"mkdir -p /sys/fs/bpf /sys/fs/cgroup /run/netns /var
 ln -sf /run /var/run
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -293,13 +387,12 @@ echo "@@BALANCER-INIT $(uname -r)"
     s.push_str(&format!(
         "export BALANCER_TEST_SCALE={scale}\nexport RUST_BACKTRACE=1\n"
     ));
-    if let Ok(shared) = std::fs::canonicalize(root().join("..").join("shared").join("data")) {
-        s.push_str(&format!(
-            "export BALANCER_SHARED_DATA={}\n",
-            shared.display()
-        ));
+    for (var, path) in &l.env {
+        s.push_str(&format!("export {var}={}\n", path.display()));
     }
-    for (name, exe) in tests {
+    // Tests start in a scratch folder of the guest's own.
+    s.push_str("cd /tmp\n");
+    for (name, exe) in &l.tests {
         s.push_str(&format!(
             "echo \"@@BALANCER-TEST-BEGIN {name}\"\n{} --test-threads=1 2>&1\necho \"@@BALANCER-TEST-END {name} $?\"\n",
             exe.display()
@@ -332,18 +425,25 @@ fn build_initramfs(
     for a in applets.lines().filter(|a| !["ip", "ethtool"].contains(a)) {
         let _ = std::os::unix::fs::symlink("busybox", stage.join("bin").join(a));
     }
-    let mut bins: Vec<PathBuf> = PROGRAMS.iter().map(PathBuf::from).collect();
-    for (_, exe) in tests {
-        bins.push(exe.clone());
-    }
-    let target = root().join("target").join("debug");
-    for b in ["balancer", "testbed"] {
-        bins.push(target.join(b));
-    }
+    let shared = shared_data_dir().map(|d| {
+        let files = shared_files(&d);
+        (d, files)
+    });
+    let layout = layout(
+        tests,
+        &util::target_dir().join("debug"),
+        shared.as_ref().map(|(d, f)| (d.as_path(), f.as_slice())),
+    )?;
+    // System programs keep their paths; the project's files go where the
+    // layout says.
     let mut all_libs = BTreeSet::new();
-    for b in &bins {
-        copy_into(&stage, b)?;
-        all_libs.extend(libs(b));
+    for p in PROGRAMS {
+        copy_into(&stage, Path::new(p))?;
+        all_libs.extend(libs(Path::new(p)));
+    }
+    for (src, dst) in &layout.files {
+        copy_to(&stage, src, dst)?;
+        all_libs.extend(libs(src));
     }
     for l in &all_libs {
         copy_into(&stage, &std::fs::canonicalize(l).unwrap_or(l.clone()))?;
@@ -366,22 +466,9 @@ fn build_initramfs(
         }
         modules = ordered;
     }
-    // The suites read third-party samples from ../shared/data beside the
-    // checkout; put the small ones the tests use at the same path.
-    let shared = root().join("..").join("shared").join("data");
-    if let Ok(shared) = std::fs::canonicalize(&shared) {
-        for sub in ["prometheus"] {
-            let src = shared.join(sub);
-            if let Ok(rd) = std::fs::read_dir(&src) {
-                for e in rd.flatten() {
-                    copy_into(&stage, &e.path())?;
-                }
-            }
-        }
-    }
     std::fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
     let init = stage.join("init");
-    std::fs::write(&init, init_script(tests, &modules, scale))?;
+    std::fs::write(&init, init_script(&layout, &modules, scale))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
     let out = vm_dir().join("initramfs.cpio.gz");
@@ -708,4 +795,92 @@ fn boot(
         current,
         timed_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn under(p: &Path, dir: &str) -> bool {
+        p.starts_with(dir)
+    }
+
+    /// Wherever the checkout lives, the init names only staged guest paths,
+    /// and none of them lies below a mount that would hide it.
+    #[test]
+    fn the_init_names_only_guest_paths_no_mount_hides() {
+        for checkout in [
+            "/tmp/clone",
+            "/run/user/0/balancer",
+            "/proc/x",
+            "/home/dev/src/balancer",
+            "/",
+        ] {
+            let root_dir = Path::new(checkout);
+            let target = root_dir.join("target/debug");
+            let tests = vec![
+                ("attach".to_string(), target.join("deps/attach-0123abcd")),
+                (
+                    "balancer-unit".to_string(),
+                    target.join("deps/balancer-4567ef"),
+                ),
+            ];
+            let shared_root = root_dir.join("../shared/data");
+            let shared = vec![shared_root.join("prometheus/vllm.txt")];
+            let l = layout(&tests, &target, Some((&shared_root, &shared))).unwrap();
+            let script = init_script(&l, &["kernel/net/veth.ko".into()], 0.25);
+
+            let staged: BTreeSet<&Path> = l.files.iter().map(|(_, g)| g.as_path()).collect();
+            for g in &staged {
+                assert!(
+                    g.starts_with(GUEST_ROOT),
+                    "{checkout}: {} outside",
+                    g.display()
+                );
+                for (_, m) in GUEST_MOUNTS {
+                    assert!(!under(g, m), "{checkout}: {} is hidden by {m}", g.display());
+                }
+            }
+            for (_, t) in &l.tests {
+                assert!(
+                    staged.contains(t.as_path()),
+                    "{checkout}: test {t:?} not staged"
+                );
+                assert!(script.contains(&t.display().to_string()));
+            }
+            for (var, p) in &l.env {
+                assert!(
+                    staged.iter().any(|g| g.starts_with(p)),
+                    "{checkout}: {var}={} names nothing staged",
+                    p.display()
+                );
+                assert!(script.contains(&format!("export {var}={}", p.display())));
+            }
+            // Every project path the script names is staged; no host path
+            // of the checkout appears at all.
+            for word in script.split_whitespace() {
+                let w = word.trim_matches(|c| c == '"' || c == '\'');
+                let w = w.split_once('=').map_or(w, |(_, v)| v);
+                if w.starts_with(GUEST_ROOT) {
+                    let p = Path::new(w);
+                    assert!(
+                        staged.iter().any(|g| g.starts_with(p)),
+                        "{checkout}: {w} not staged"
+                    );
+                }
+                if checkout != "/" {
+                    assert!(
+                        !w.starts_with(checkout),
+                        "{checkout}: host path {w} in the init"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_test_binary_without_a_file_name_is_an_error() {
+        let err = layout(&[("x".into(), PathBuf::from("/"))], Path::new("/t"), None);
+        assert!(err.is_err());
+    }
 }
