@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -21,7 +21,10 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use crate::server::{EmulatorConfig, serve_on};
+use crate::{
+    patience,
+    server::{EmulatorConfig, serve_on},
+};
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> Result<u16> {
@@ -133,9 +136,10 @@ pub async fn http(
         b = b.header(*k, *v);
     }
     let req = b.body(Full::new(Bytes::from(body.to_string())))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+    let limit = patience(Duration::from_secs(30));
+    let resp = tokio::time::timeout(limit, client.request(req))
         .await
-        .context("no response within 30 s")?
+        .with_context(|| format!("no response within {limit:?}"))?
         .with_context(|| format!("{method} http://{addr}{path}"))?;
     let status = resp.status().as_u16();
     let headers = resp
@@ -154,6 +158,18 @@ pub async fn http(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// `$BALANCER_REDIS_SERVER`, else the first `redis-server` installed in the
+/// usual places.
+fn redis_server_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BALANCER_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// A `redis-server` on a loopback port, without persistence.
@@ -190,13 +206,11 @@ impl Redis {
     /// Starts it again on the same port (empty: it persists nothing).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context(
-                "redis-server is not installed: the cache suites need it \
-                 (apt-get install redis-server; `cargo xtask setup` does)",
-            )?;
+        let bin = redis_server_bin().context(
+            "redis-server is not installed: the cache suites need it \
+             (apt-get install redis-server; `cargo xtask setup` does) or set \
+             BALANCER_REDIS_SERVER",
+        )?;
         let child = Command::new(bin)
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
@@ -216,7 +230,7 @@ impl Redis {
             .spawn()
             .context("starting redis-server")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience(Duration::from_secs(10));
         while Instant::now() < deadline {
             if self.command("PING").is_ok_and(|r| r == "PONG") {
                 return Ok(());
@@ -233,7 +247,7 @@ impl Redis {
     pub fn command(&self, cmd: &str) -> Result<String> {
         use std::io::{BufRead, BufReader, Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_read_timeout(Some(patience(Duration::from_secs(2))))?;
         s.write_all(format!("{cmd}\r\n").as_bytes())?;
         let mut r = BufReader::new(s);
         let mut line = String::new();
@@ -311,7 +325,7 @@ impl Gateway {
             .enable_all()
             .build()?;
         let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
         let mut last = String::new();
         while Instant::now() < deadline {
             if let Some(c) = &mut self.child

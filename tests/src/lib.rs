@@ -8,7 +8,9 @@
 //! - [`netns`], [`testbed`]: a gateway, clients and backends in network
 //!   namespaces; [`server`] is what the backends run and [`loadgen`] the
 //!   clients;
-//! - [`require_root`]: suites that need root fail loudly without it.
+//! - [`require_root`]: suites that need root fail loudly without it;
+//! - [`scaled`], [`patience`]: load sizes shrink and deadlines grow on slow
+//!   machines (`$BALANCER_TEST_SCALE`).
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -42,15 +44,39 @@ pub fn shared_data(rel: &str) -> std::path::PathBuf {
     p
 }
 
-/// Scales a load size by `$BALANCER_TEST_SCALE` (default 1). The VM suite runs
-/// under software emulation and sets it below 1; the code paths are the same.
-pub fn scaled(n: u64) -> u64 {
-    let f: f64 = std::env::var("BALANCER_TEST_SCALE")
+/// `$BALANCER_TEST_SCALE`: how fast this machine runs the suites relative to
+/// the host, in (0, 1]; 1 when unset or invalid.
+fn test_scale() -> f64 {
+    std::env::var("BALANCER_TEST_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|f: &f64| *f > 0.0 && *f <= 1.0)
-        .unwrap_or(1.0);
-    ((n as f64 * f).round() as u64).max(1)
+        .unwrap_or(1.0)
+}
+
+/// Scales a load size by `$BALANCER_TEST_SCALE` (default 1). The VM suite runs
+/// under software emulation and sets it below 1; the code paths are the same.
+pub fn scaled(n: u64) -> u64 {
+    ((n as f64 * test_scale()).round() as u64).max(1)
+}
+
+/// The time to allow for something that takes up to `d` on the host: `d`
+/// divided by `$BALANCER_TEST_SCALE` (so `d` itself where that is unset).
+///
+/// Deadlines for waiting on a condition grow on slow machines; the condition
+/// itself never changes. Use it for every polling deadline, timeout and
+/// latency bound, so that no test passes or fails by wall-clock speed.
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    d.div_f64(test_scale())
+}
+
+/// The `testbed` binary (the backends' HTTP server): `$BALANCER_TESTBED_BIN`
+/// when set, else `compiled`, normally `env!("CARGO_BIN_EXE_testbed")`. That
+/// is a path on the build host; the VM suite puts the binary elsewhere.
+pub fn testbed_bin(compiled: &str) -> std::path::PathBuf {
+    std::env::var_os("BALANCER_TESTBED_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| compiled.into())
 }
 
 /// Fails the calling test with a clear message unless running as root: these

@@ -4,7 +4,10 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,7 +20,31 @@ use tokio::{
     time::timeout,
 };
 
-use crate::netns;
+use crate::{netns, patience};
+
+/// Ends a load generator before its duration: the test stops the load once
+/// the condition it waits for holds, however long that took. Clones share
+/// the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A flag not yet set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks every generator holding this flag to finish its current request
+    /// and stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// One HTTP/1.1 exchange on `stream`; returns the `x-backend` header.
 async fn exchange(stream: &mut BufReader<TcpStream>, keep_alive: bool) -> Result<String> {
@@ -127,7 +154,7 @@ pub fn short_connections(
                 let permit = sem.clone().acquire_owned().await?;
                 set.spawn(async move {
                     let t0 = Instant::now();
-                    let r = timeout(Duration::from_secs(10), async {
+                    let r = timeout(patience(Duration::from_secs(10)), async {
                         let s = TcpStream::connect(target).await.context("connect")?;
                         s.set_nodelay(true)?;
                         let mut s = BufReader::new(s);
@@ -177,12 +204,12 @@ pub fn keepalive(
         rt.block_on(async move {
             let start = Instant::now();
             let end = start + duration;
+            let limit = patience(Duration::from_secs(5));
             let mut set = JoinSet::new();
             for _ in 0..conns {
                 set.spawn(async move {
                     let mut res = ShortResult::default();
-                    let s = match timeout(Duration::from_secs(5), TcpStream::connect(target)).await
-                    {
+                    let s = match timeout(limit, TcpStream::connect(target)).await {
                         Ok(Ok(s)) => s,
                         _ => {
                             res.errors.insert("connect".into(), 1);
@@ -193,7 +220,7 @@ pub fn keepalive(
                     let mut s = BufReader::new(s);
                     while Instant::now() < end {
                         let t0 = Instant::now();
-                        match timeout(Duration::from_secs(5), exchange(&mut s, true)).await {
+                        match timeout(limit, exchange(&mut s, true)).await {
                             Ok(Ok(b)) => {
                                 res.ok += 1;
                                 *res.per_backend.entry(b).or_insert(0) += 1;
@@ -223,7 +250,7 @@ pub fn keepalive(
 }
 
 /// Sends OpenAI completion requests (one connection each) from `ns` for
-/// `duration`, `concurrency` at a time.
+/// `duration` or until `stop`, `concurrency` at a time.
 pub fn completions(
     ns: &str,
     target: SocketAddr,
@@ -231,7 +258,9 @@ pub fn completions(
     concurrency: usize,
     model: &str,
     max_tokens: u32,
+    stop: &Stop,
 ) -> Result<ShortResult> {
+    let stop = stop.clone();
     let body = format!(
         "{{\"model\":\"{model}\",\"prompt\":\"hello from the load generator\",\"max_tokens\":{max_tokens}}}"
     );
@@ -246,11 +275,12 @@ pub fn completions(
             let mut set = JoinSet::new();
             for _ in 0..concurrency {
                 let body = body.clone();
+                let stop = stop.clone();
                 set.spawn(async move {
                     let mut res = ShortResult::default();
-                    while Instant::now() < end {
+                    while Instant::now() < end && !stop.is_stopped() {
                         let t0 = Instant::now();
-                        let r = timeout(Duration::from_secs(20), async {
+                        let r = timeout(patience(Duration::from_secs(20)), async {
                             let s = TcpStream::connect(target).await.context("connect")?;
                             s.set_nodelay(true)?;
                             let mut s = BufReader::new(s);
@@ -311,9 +341,9 @@ pub struct LongResult {
     pub backends: Vec<String>,
 }
 
-/// Keeps `conns` keep-alive connections to `target` busy for `duration`, one
-/// request per connection every `interval`. A request taking longer than
-/// `stall` counts as a stall.
+/// Keeps `conns` keep-alive connections to `target` busy for `duration` or
+/// until `stop`, one request per connection every `interval`. A request
+/// taking longer than `stall` counts as a stall.
 pub fn long_lived(
     ns: &str,
     target: SocketAddr,
@@ -321,8 +351,10 @@ pub fn long_lived(
     duration: Duration,
     interval: Duration,
     stall: Duration,
+    stop: &Stop,
 ) -> std::thread::JoinHandle<Result<Vec<LongResult>>> {
     let ns = ns.to_string();
+    let stop = stop.clone();
     std::thread::spawn(move || {
         netns::enter(&ns)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -331,6 +363,7 @@ pub fn long_lived(
         rt.block_on(async move {
             let mut set = JoinSet::new();
             for _ in 0..conns {
+                let stop = stop.clone();
                 set.spawn(async move {
                     let mut res = LongResult {
                         requests: 0,
@@ -351,7 +384,7 @@ pub fn long_lived(
                     let _ = s.set_nodelay(true);
                     let mut s = BufReader::new(s);
                     let end = Instant::now() + duration;
-                    while Instant::now() < end {
+                    while Instant::now() < end && !stop.is_stopped() {
                         match timeout(stall, exchange(&mut s, true)).await {
                             Ok(Ok(b)) => {
                                 res.requests += 1;

@@ -24,7 +24,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use balancer::{api::client::Client, dataplane::AttachMode, decap::Decap, net::MacAddr};
 
-use crate::netns::{self, command_in, exec_in, ip, ip_in, sysctl_in};
+use crate::{
+    netns::{self, command_in, exec_in, ip, ip_in, sysctl_in},
+    patience,
+};
 
 /// The VIP every testbed serves.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
@@ -332,18 +335,16 @@ impl Testbed {
         for b in &self.backends {
             let addr = SocketAddr::from((VIP, VIP_PORT));
             let ok = netns::run_in(&b.ns, move || {
-                (0..100).any(|_| {
-                    if std::net::TcpStream::connect_timeout(
-                        &addr,
-                        std::time::Duration::from_millis(100),
-                    )
-                    .is_ok()
-                    {
+                let deadline =
+                    std::time::Instant::now() + patience(std::time::Duration::from_secs(10));
+                while std::time::Instant::now() < deadline {
+                    let attempt = patience(std::time::Duration::from_millis(100));
+                    if std::net::TcpStream::connect_timeout(&addr, attempt).is_ok() {
                         return true;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    false
-                })
+                }
+                false
             })?;
             if !ok {
                 bail!("backend {} did not start serving", b.name);
@@ -417,8 +418,10 @@ impl Testbed {
         let ns = self.gateway.ns.clone();
         netns::run_in(&ns, move || -> Result<()> {
             use std::io::{Read, Write};
-            let mut s =
-                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))?;
+            let mut s = std::net::TcpStream::connect_timeout(
+                &target,
+                patience(std::time::Duration::from_secs(2)),
+            )?;
             write!(
                 s,
                 "POST /admin/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -499,10 +502,11 @@ mtu = {mtu}
         let path = self.dir().join("balancer.toml");
         std::fs::write(&path, config)?;
         self.daemon = Some(spawn_daemon(&path, &self.dir().join("daemon.log"))?);
-        self.wait_ready(std::time::Duration::from_secs(20))
+        self.wait_ready(patience(std::time::Duration::from_secs(20)))
     }
 
-    /// Waits until the daemon answers and no backend is down.
+    /// Waits until the daemon answers and no backend is down, for `timeout`
+    /// as given (scale it with [`patience`]).
     pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<()> {
         let client = self.client();
         let rt = tokio::runtime::Builder::new_current_thread()

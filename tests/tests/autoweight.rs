@@ -11,9 +11,10 @@ use std::{
 
 use balancer::api::client::Client;
 use balancer_tests::{
-    loadgen, require_root,
+    loadgen, patience, require_root,
     server::AdminConfig,
     testbed::{Spec, Testbed, VIP, VIP_PORT},
+    testbed_bin,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -28,10 +29,19 @@ fn rt() -> tokio::runtime::Runtime {
 /// A testbed whose VIP has telemetry: every backend's vLLM `/metrics`.
 fn telemetry_testbed(backends: usize, extra: &str) -> Testbed {
     require_root();
-    let mut tb =
-        Testbed::up(Spec::unique(1, backends, env!("CARGO_BIN_EXE_testbed"))).expect("testbed");
+    let mut tb = Testbed::up(Spec::unique(
+        1,
+        backends,
+        testbed_bin(env!("CARGO_BIN_EXE_testbed")),
+    ))
+    .expect("testbed");
+    // The control loop's clock slows down with the machine, as the test's
+    // deadlines do: the same number of ticks fits in every wait.
+    let interval = patience(Duration::from_millis(400)).as_millis();
+    let slow_start = patience(Duration::from_secs(2)).as_secs_f64();
+    let stale = patience(Duration::from_secs(3)).as_millis();
     let mut vip = format!(
-        "[[vip]]\nvip = \"{VIP}:{VIP_PORT}/tcp\"\n\n[vip.telemetry]\ninterval_ms = 400\nmodel = \"test-model\"\n{extra}\n\n[vip.telemetry.policy]\nslow_start_s = 2.0\n"
+        "[[vip]]\nvip = \"{VIP}:{VIP_PORT}/tcp\"\n\n[vip.telemetry]\ninterval_ms = {interval}\nmodel = \"test-model\"\n{extra}\n\n[vip.telemetry.policy]\nslow_start_s = {slow_start}\nstale_after_ms = {stale}\n"
     );
     for b in &tb.backends {
         vip.push_str(&format!(
@@ -45,7 +55,7 @@ fn telemetry_testbed(backends: usize, extra: &str) -> Testbed {
 }
 
 /// Published weights and ring slots per backend.
-fn weights(client: &Client, rt: &tokio::runtime::Runtime) -> BTreeMap<IpAddr, (u32, u64)> {
+fn weights(client: &Client, rt: &tokio::runtime::Runtime) -> Weights {
     let vips = rt.block_on(client.vips()).unwrap();
     vips[0]
         .backends
@@ -54,20 +64,25 @@ fn weights(client: &Client, rt: &tokio::runtime::Runtime) -> BTreeMap<IpAddr, (u
         .collect()
 }
 
-/// Polls until `cond` holds on the weights, or fails after `limit`.
+type Weights = BTreeMap<IpAddr, (u32, u64)>;
+
+/// Polls until `cond` holds on the weights, or fails after `limit` (the
+/// host's; it grows with [`patience`]). Returns how long it took and the
+/// weights that met it.
 fn wait_for(
     client: &Client,
     rt: &tokio::runtime::Runtime,
     limit: Duration,
     what: &str,
-    cond: impl Fn(&BTreeMap<IpAddr, (u32, u64)>) -> bool,
-) -> Duration {
+    cond: impl Fn(&Weights) -> bool,
+) -> (Duration, Weights) {
+    let limit = patience(limit);
     let t0 = Instant::now();
     let mut last = BTreeMap::new();
     while t0.elapsed() < limit {
         last = weights(client, rt);
         if cond(&last) {
-            return t0.elapsed();
+            return (t0.elapsed(), last);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -93,13 +108,18 @@ fn a_filled_queue_takes_weight_away_and_back() {
         "equal weights",
         |w| w.values().all(|(x, _)| *x >= 900),
     );
+    // The connections run through every wait below and are stopped after
+    // them (the cap only bounds a failed run). A request slower than 2 s
+    // (scaled) counts as a stall.
+    let stop = loadgen::Stop::new();
     let conns = loadgen::long_lived(
         &tb.clients[0].ns,
         tb.vip(),
         24,
-        Duration::from_secs(8),
+        patience(Duration::from_secs(20)),
         Duration::from_millis(50),
-        Duration::from_secs(2),
+        patience(Duration::from_secs(2)),
+        &stop,
     );
     std::thread::sleep(Duration::from_millis(500));
     tb.emulator_admin(
@@ -110,7 +130,7 @@ fn a_filled_queue_takes_weight_away_and_back() {
         },
     )
     .unwrap();
-    let took = wait_for(
+    let (took, _) = wait_for(
         &client,
         &rt,
         Duration::from_secs(4),
@@ -156,6 +176,7 @@ fn a_filled_queue_takes_weight_away_and_back() {
     wait_for(&client, &rt, Duration::from_secs(6), "b1 recovers", |w| {
         w[&b1].0 >= 900
     });
+    stop.stop();
     let results = conns.join().unwrap().unwrap();
     for (i, r) in results.iter().enumerate() {
         assert!(r.error.is_none(), "conn {i}: {:?}", r.error);
@@ -186,12 +207,23 @@ fn a_four_times_slower_backend_loses_weight_under_load() {
     )
     .unwrap();
     // Enough concurrent requests to fill a slowed GPU's 8 slots.
+    // The load lasts longer than the wait (both scaled) and stops once the
+    // weight has fallen: the weight can only fall under load.
     let ns = tb.clients[0].ns.clone();
     let vip = tb.vip();
-    let load = std::thread::spawn(move || {
-        loadgen::completions(&ns, vip, Duration::from_secs(8), 48, "test-model", 64)
-    });
-    let took = wait_for(
+    let stop = loadgen::Stop::new();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let d = patience(Duration::from_secs(8));
+            // A slow machine sends fewer requests a second; longer answers
+            // (the emulator's tokens take wall-clock time) keep as many of
+            // them in flight, so the slowed GPU's slots still fill.
+            let tokens = patience(Duration::from_millis(64)).as_millis() as u32;
+            loadgen::completions(&ns, vip, d, 48, "test-model", tokens, &stop)
+        })
+    };
+    let (took, _) = wait_for(
         &client,
         &rt,
         Duration::from_secs(7),
@@ -207,6 +239,7 @@ fn a_four_times_slower_backend_loses_weight_under_load() {
         },
     );
     eprintln!("b1 at 1/4 speed: weight fell to half of the others' in {took:?}");
+    stop.stop();
     let r = load.join().unwrap().unwrap();
     assert!(r.failed() == 0, "{:?}", r.errors);
 }
@@ -237,15 +270,16 @@ fn a_dead_backend_goes_to_zero_and_ramps_back() {
     assert_eq!(r.ok, 300, "{:?}", r.errors);
     tb.start_server(0, Duration::ZERO).unwrap();
     // Back, through the slow start: first part way, then all the way.
-    let partial = wait_for(&client, &rt, Duration::from_secs(5), "b1 ramping", |w| {
+    // The ramp is checked on the first weights that show b1 back: a later
+    // read could already be at the end of a ramp on a slow machine.
+    let (partial, w) = wait_for(&client, &rt, Duration::from_secs(5), "b1 ramping", |w| {
         w[&b1].0 > 0
     });
-    let w = weights(&client, &rt);
     assert!(
         w[&b1].0 < 900,
         "a returning backend ramps, it does not jump: {w:?}"
     );
-    let full = wait_for(
+    let (full, _) = wait_for(
         &client,
         &rt,
         Duration::from_secs(10),

@@ -11,12 +11,16 @@
 //! | `oversize_requests_get_413` | 413 with a message naming the limit; the backend never sees it |
 //! | `malformed_json_and_streams_pass_through_uncached` | BYPASS, relayed as is, never stored |
 //! | `server_errors_are_never_cached` | 5xx relayed, not stored; the next success is |
-//! | `two_gateways_share_redis_and_invalidations` | L2 hits across gateways; invalidation seen in < 100 ms; bump-version propagates |
+//! | `two_gateways_share_redis_and_invalidations` | L2 hits across gateways; invalidation seen in < 100 ms (more on slow machines); bump-version propagates |
 //! | `redis_outage_degrades_to_l1_and_recovers_without_stale_hits` | kill -9 Redis mid-run: no client errors; restart: resync, no stale hit |
 
 use std::time::{Duration, Instant};
 
-use balancer_tests::cachebed::{Backend, Gateway, Redis, Reply, free_port, http};
+use balancer_tests::{
+    cachebed::{Backend, Gateway, Redis, Reply, free_port, http},
+    loadgen::Stop,
+    patience,
+};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -216,12 +220,14 @@ fn entries_expire_after_their_ttl() {
     let rt = rt();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
     let port = free_port().unwrap();
-    let _g = Gateway::start("ttl", &route("r", port, &b, "ttl_secs = 1")).unwrap();
+    // 1 s, longer on slow machines: the hits below must come within it.
+    let ttl = patience(Duration::from_secs(1)).as_secs_f64().ceil() as u64;
+    let _g = Gateway::start("ttl", &route("r", port, &b, &format!("ttl_secs = {ttl}"))).unwrap();
     rt.block_on(async {
         let body = embedding("m", "short-lived");
         assert_eq!(post(port, "/v1/embeddings", &body).await.cache(), "MISS");
         assert_eq!(post(port, "/v1/embeddings", &body).await.cache(), "HIT");
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(100)).await;
         assert_eq!(post(port, "/v1/embeddings", &body).await.cache(), "MISS");
         assert_eq!(post(port, "/v1/embeddings", &body).await.cache(), "HIT");
     });
@@ -305,11 +311,36 @@ fn server_errors_are_never_cached() {
 }
 
 fn redis_cfg(redis: &Redis) -> String {
+    // 200 ms per Redis command, longer on slow machines (at most the 10 s
+    // the daemon accepts).
+    let timeout_ms = patience(Duration::from_millis(200)).as_millis().min(10_000);
     format!(
-        "[cache]\nredis = \"{}\"\nredis_timeout_ms = 200\nredis_prefix = \"t{}\"\n\n",
+        "[cache]\nredis = \"{}\"\nredis_timeout_ms = {timeout_ms}\nredis_prefix = \"t{}\"\n\n",
         redis.url(),
         redis.port
     )
+}
+
+/// Keys in Redis (entries and version tokens).
+fn dbsize(redis: &Redis) -> u64 {
+    redis.command("DBSIZE").unwrap().parse().unwrap()
+}
+
+/// Waits until Redis holds more than `before` keys: a miss is written to the
+/// L2 in the background, after the response.
+async fn wait_l2_write(redis: &Redis, before: u64, who: &str) {
+    let deadline = Instant::now() + patience(Duration::from_secs(5));
+    loop {
+        let n = dbsize(redis);
+        if n > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} never wrote to Redis ({n} keys)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Invalidates model `m`'s entries whose prompt starts with `prefix`, on `g`.
@@ -325,7 +356,7 @@ async fn invalidate_prefix(g: &Gateway, prefix: &str) -> balancer::cache::Invali
 }
 
 async fn wait_l2(g: &Gateway, up: bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
     loop {
         let s = g.client().cache_stats().await.unwrap();
         if s.l2.as_ref().map(|l| l.up) == Some(up) {
@@ -348,9 +379,9 @@ fn two_gateways_share_redis_and_invalidations() {
         wait_l2(&ga, true).await;
         wait_l2(&gb, true).await;
         let body = embedding("m", "shared");
+        let keys = dbsize(&redis);
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "MISS");
-        // The L2 write is asynchronous: give it a moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_l2_write(&redis, keys, "A").await;
         let r = post(pb, "/v1/embeddings", &body).await;
         assert_eq!(
             (r.cache(), r.header("x-cache-source")),
@@ -360,7 +391,8 @@ fn two_gateways_share_redis_and_invalidations() {
         let r = post(pb, "/v1/embeddings", &body).await;
         assert_eq!(r.header("x-cache-source"), "l1", "copied into B's L1");
 
-        // Invalidate on A; B must drop its L1 copy within 100 ms.
+        // Invalidate on A; B must drop its L1 copy within 100 ms (scaled with
+        // patience: the bound is the host's).
         let seen_before = gb.client().cache_stats().await.unwrap().invalidated;
         let t0 = Instant::now();
         let reply = invalidate_prefix(&ga, "sha").await;
@@ -373,21 +405,23 @@ fn two_gateways_share_redis_and_invalidations() {
                 break;
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(2),
+                t0.elapsed() < patience(Duration::from_secs(2)),
                 "B never saw the invalidation"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let took = t0.elapsed();
         eprintln!("invalidation on A seen by B after {took:?}");
-        assert!(took < Duration::from_millis(100), "took {took:?}");
+        let bound = patience(Duration::from_millis(100));
+        assert!(took < bound, "took {took:?} (bound {bound:?})");
+        let keys = dbsize(&redis);
         assert_eq!(post(pb, "/v1/embeddings", &body).await.cache(), "MISS");
 
-        // A version bump on B reaches A.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A version bump on B reaches A. First A hits B's new L2 copy.
+        wait_l2_write(&redis, keys, "B").await;
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "HIT");
         let bumped = gb.client().cache_bump("m").await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + patience(Duration::from_secs(2));
         loop {
             let s = ga.client().cache_stats().await.unwrap();
             if s.versions.get("m") == Some(&bumped.version) {
@@ -421,14 +455,11 @@ fn a_gateway_that_missed_a_broadcast_flushes_its_l1_when_it_reconnects() {
         wait_l2(&ga, true).await;
         wait_l2(&gb, true).await;
         let body = embedding("m", "flush me");
+        let keys = dbsize(&redis);
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "MISS");
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "HIT");
         // The L2 write is asynchronous: wait until the entry is in Redis.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while redis.command("DBSIZE").unwrap() == "0" {
-            assert!(Instant::now() < deadline, "A never wrote to Redis");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_l2_write(&redis, keys, "A").await;
         let seen_before = ga.client().cache_stats().await.unwrap().invalidated;
 
         // Shut A out (it cannot log in again) and drop its connections;
@@ -470,24 +501,30 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
             post(pa, "/v1/embeddings", body).await;
             post(pb, "/v1/embeddings", body).await;
         }
-        // Clients keep going while Redis dies and comes back.
-        let load = tokio::spawn(async move {
-            let mut errors = 0;
-            let mut n = 0;
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                for (i, port) in [pa, pb].into_iter().enumerate() {
-                    // doc 0 stays out: the final check must see only what the
-                    // invalidation left.
-                    let body = embedding("m", &format!("doc {}", (n + i) % 29 + 1));
-                    let r = post(port, "/v1/embeddings", &body).await;
-                    if r.status != 200 {
-                        errors += 1;
+        // Clients keep going while Redis dies and comes back, however long
+        // that takes; they are stopped once both gateways are back on it (the
+        // cap only bounds a failed run).
+        let stop = Stop::new();
+        let load = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut errors = 0;
+                let mut n = 0;
+                let deadline = Instant::now() + patience(Duration::from_secs(60));
+                while Instant::now() < deadline && !stop.is_stopped() {
+                    for (i, port) in [pa, pb].into_iter().enumerate() {
+                        // doc 0 stays out: the final check must see only what the
+                        // invalidation left.
+                        let body = embedding("m", &format!("doc {}", (n + i) % 29 + 1));
+                        let r = post(port, "/v1/embeddings", &body).await;
+                        if r.status != 200 {
+                            errors += 1;
+                        }
+                        n += 1;
                     }
-                    n += 1;
                 }
+                (n, errors)
             }
-            (n, errors)
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         redis.kill();
@@ -504,6 +541,7 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
         redis.restart().unwrap();
         wait_l2(&ga, true).await;
         wait_l2(&gb, true).await;
+        stop.stop();
         let (n, errors) = load.await.unwrap();
         assert_eq!(
             errors, 0,

@@ -69,7 +69,12 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> Vec<u
 #[test]
 fn misses_follow_the_control_planes_weights() {
     require_root();
-    let mut tb = Testbed::up(Spec::unique(1, 3, env!("CARGO_BIN_EXE_testbed"))).expect("testbed");
+    let mut tb = Testbed::up(Spec::unique(
+        1,
+        3,
+        balancer_tests::testbed_bin(env!("CARGO_BIN_EXE_testbed")),
+    ))
+    .expect("testbed");
     let vip = tb.vip_toml(&[1, 1, 2], None);
     let route = format!(
         "[[cache_route]]\nname = \"pool\"\nlisten = \"{GW_ADDR}:{ROUTE_PORT}\"\nvip = \"{}:{}/tcp\"\nbackend_port = 80\n",

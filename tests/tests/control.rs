@@ -2,12 +2,19 @@
 //! clients through XDP to real HTTP servers, changed live through the admin API
 //! and the CLI.
 
-use std::{collections::BTreeMap, net::IpAddr, process::Command, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use balancer::{api::AddBackend, lb::VipId};
 use balancer_tests::{
-    loadgen, require_root,
+    loadgen, patience, require_root,
     testbed::{Spec, Testbed, VIP, VIP_PORT, balancer_bin},
+    testbed_bin,
 };
 
 /// Testbeds push real traffic; one at a time keeps the 2-core machine honest.
@@ -18,7 +25,7 @@ fn testbed(clients: usize, backends: usize) -> Testbed {
     Testbed::up(Spec::unique(
         clients,
         backends,
-        env!("CARGO_BIN_EXE_testbed"),
+        testbed_bin(env!("CARGO_BIN_EXE_testbed")),
     ))
     .expect("testbed up")
 }
@@ -81,13 +88,18 @@ fn long_lived_connections_survive_every_change() {
     tb.start_daemon(&cfg).unwrap();
     let client = tb.client();
     let rt = rt();
+    // The connections run through every change below, however long the
+    // restart takes, and are stopped after it (the cap only bounds a failed
+    // run). A request slower than 2 s (scaled) counts as a stall.
+    let stop = loadgen::Stop::new();
     let conns = loadgen::long_lived(
         &tb.clients[0].ns,
         tb.vip(),
         48,
-        Duration::from_secs(14),
+        patience(Duration::from_secs(40)),
         Duration::from_millis(50),
-        Duration::from_secs(2),
+        patience(Duration::from_secs(2)),
+        &stop,
     );
     std::thread::sleep(Duration::from_secs(2));
     let v = vip();
@@ -111,6 +123,9 @@ fn long_lived_connections_survive_every_change() {
     tb.restart_daemon().unwrap();
     let st = rt.block_on(client.status()).unwrap();
     assert!(st.adopted, "restart must adopt the running data plane");
+    // Some traffic under the restarted daemon too.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.stop();
     let results = conns.join().unwrap().unwrap();
     let mut failures = Vec::new();
     for (i, r) in results.iter().enumerate() {
@@ -324,7 +339,8 @@ fn unresolvable_backend_is_down_with_a_reason() {
     ))
     .unwrap();
     let mut reason = None;
-    for _ in 0..50 {
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
+    while Instant::now() < deadline {
         let st = rt.block_on(client.status()).unwrap();
         if let Some(d) = st.down.iter().find(|d| d.addr == ghost) {
             reason = Some(d.reason.clone());

@@ -18,6 +18,7 @@ use balancer_common::{
     hash::{client_hash, ring_slot},
 };
 use balancer_tests::{
+    patience,
     pkt::{self, Flow, GW_MAC},
     require_root,
     xdp::{self, DROP, PASS, TX, action_name},
@@ -773,11 +774,13 @@ fn affinity_pins_a_client_across_ring_changes() {
 fn affinity_entries_expire() {
     let mut fx = Fixture::new();
     let v = vip("10.100.0.7:80/tcp");
+    // 1 s, longer on slow machines: the second connection must come within it.
+    let ttl = patience(Duration::from_secs(1)).as_secs_f64().ceil() as u32;
     fx.lb
         .add_vip(VipSpec {
             id: v,
             mode: Mode::Tunnel,
-            affinity_secs: Some(1),
+            affinity_secs: Some(ttl),
         })
         .unwrap();
     for (a, m) in [("10.0.0.71", 0x71), ("10.0.0.72", 0x72)] {
@@ -800,7 +803,7 @@ fn affinity_entries_expire() {
     fx.lb.set_weight(&v, pinned, 0).unwrap();
     let (_, out) = fx.run(&Flow::tcp(client, 2, "10.100.0.7", 80).frame());
     assert_eq!(Fixture::backend_of(&out), pinned, "entry still live");
-    thread::sleep(Duration::from_millis(1100));
+    thread::sleep(Duration::from_secs(ttl.into()) + Duration::from_millis(100));
     let (_, out) = fx.run(&Flow::tcp(client, 3, "10.100.0.7", 80).frame());
     assert_eq!(
         Fixture::backend_of(&out),

@@ -12,7 +12,11 @@ use balancer_tests::{
 #[test]
 fn kernel_ipip_backends_answer_through_the_balancer() {
     require_root();
-    let mut spec = Spec::unique(1, 2, env!("CARGO_BIN_EXE_testbed"));
+    let mut spec = Spec::unique(
+        1,
+        2,
+        balancer_tests::testbed_bin(env!("CARGO_BIN_EXE_testbed")),
+    );
     spec.decap = DecapMode::Kernel;
     let mut tb = Testbed::up(spec).expect("testbed with kernel decap");
     let cfg = tb.config(&tb.vip_toml(&[1, 1], None));

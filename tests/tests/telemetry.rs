@@ -16,7 +16,7 @@ use balancer::{
         scrape::{ScrapeError, ScrapeLimits, Scraper},
     },
 };
-use balancer_tests::shared_data;
+use balancer_tests::{patience, shared_data};
 use bytes::Bytes;
 use http_body_util::{StreamBody, combinators::BoxBody};
 use hyper::{Response, body::Frame, server::conn::http1, service::service_fn};
@@ -145,7 +145,7 @@ fn fuzzed_samples_never_panic_and_stay_bounded() {
     }
     assert!(ok > n / 20 && err > n / 20, "ok {ok}, err {err}");
     assert!(
-        t0.elapsed() < Duration::from_secs(120),
+        t0.elapsed() < patience(Duration::from_secs(120)),
         "{:?}",
         t0.elapsed()
     );
@@ -204,7 +204,8 @@ async fn bad_server(vllm: String) -> SocketAddr {
                             )),
                             "/huge" => Response::new(full(vec![b'#'; 8 * 1024 * 1024])),
                             "/slow" => {
-                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                // Well past the scrape timeout, at any scale.
+                                tokio::time::sleep(patience(Duration::from_secs(5))).await;
                                 Response::new(full(vllm))
                             }
                             "/drip" => {
@@ -243,8 +244,10 @@ fn bad_endpoints_fail_alone_clearly_and_quickly() {
     rt.block_on(async {
         let addr = bad_server(read(SAMPLES[0].0)).await;
         let scraper = Scraper::new();
+        // The timeout and the bound on the whole run are the host's, scaled
+        // with patience (and /slow with them).
         let limits = ScrapeLimits {
-            timeout: Duration::from_millis(700),
+            timeout: patience(Duration::from_millis(700)),
             max_body: 1024 * 1024,
         };
         let paths = [
@@ -271,7 +274,7 @@ fn bad_endpoints_fail_alone_clearly_and_quickly() {
         let results = futures_util::future::join_all(futs).await;
         let elapsed = t0.elapsed();
         assert!(
-            elapsed < Duration::from_millis(1500),
+            elapsed < patience(Duration::from_millis(1500)),
             "scrapes ran concurrently and bounded: {elapsed:?}"
         );
         for (p, r) in results {

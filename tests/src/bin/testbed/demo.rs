@@ -105,6 +105,9 @@ pub fn run(duration: Duration) -> Result<()> {
     if t.failed() > 0 {
         bail!("{} requests failed: {:?}", t.failed(), t.errors);
     }
+    if t.ok == 0 {
+        bail!("no request was answered");
+    }
     Ok(())
 }
 
