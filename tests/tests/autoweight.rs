@@ -218,8 +218,10 @@ fn a_four_times_slower_backend_loses_weight_under_load() {
             let d = patience(Duration::from_secs(8));
             // A slow machine sends fewer requests a second; longer answers
             // (the emulator's tokens take wall-clock time) keep as many of
-            // them in flight, so the slowed GPU's slots still fill.
-            let tokens = patience(Duration::from_millis(64)).as_millis() as u32;
+            // them in flight, so the slowed GPU's slots still fill. Squared,
+            // for a guest slowed further by a loaded host.
+            let stretch = patience(Duration::from_secs(1)).as_secs_f64();
+            let tokens = (64.0 * stretch * stretch).round() as u32;
             loadgen::completions(&ns, vip, d, 48, "test-model", tokens, &stop)
         })
     };
