@@ -208,7 +208,7 @@ pub struct WeightsReply {
     /// Milliseconds applying its decisions (ring rebuilds) took.
     pub apply_ms: f64,
     /// Pools with telemetry.
-    pub pools: Vec<crate::autoweight::PoolReport>,
+    pub pools: Vec<crate::control::autoweight::PoolReport>,
 }
 
 /// A request, as the daemon's handler sees it.

@@ -354,7 +354,7 @@ fn detach(args: DetachArgs) -> Result<()> {
 fn agent(listen: std::net::SocketAddr, once: bool) -> Result<()> {
     init_tracing();
     if once {
-        let nvml = balancer::nvml::Nvml::load();
+        let nvml = balancer::agent::nvml::Nvml::load();
         print!("{}", balancer::agent::render(nvml.as_ref())?);
         return Ok(());
     }

@@ -10,6 +10,8 @@
 //! bounded loops). Tested on 6.1 and 6.18.
 
 mod bpffs;
+pub mod decap;
+pub mod maps;
 pub mod objects;
 
 use std::{
@@ -32,8 +34,8 @@ pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
 use tracing::{info, warn};
 
 use crate::{
-    maglev::is_prime,
-    maps::{BalancerMaps, MAP_NAMES, MapSource, MapsError},
+    dataplane::maps::{BalancerMaps, MAP_NAMES, MapSource, MapsError},
+    lb::maglev::is_prime,
 };
 
 /// Name of the XDP program in the object.

@@ -13,7 +13,7 @@ use hyper_util::{
 };
 
 use super::{Reading, ServerKind, presets};
-use crate::prom::{self, ParseError};
+use crate::control::prom::{self, ParseError};
 
 /// Errors of one scrape, each with what the operator can check.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

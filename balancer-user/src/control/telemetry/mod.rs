@@ -185,7 +185,7 @@ impl Signals {
                         .zip(&p.ttft)
                         .map(|(c, o)| (c.0, if c.1 >= o.1 { c.1 - o.1 } else { c.1 }))
                         .collect();
-                    crate::prom::histogram_quantile(0.95, &d)
+                    crate::control::prom::histogram_quantile(0.95, &d)
                 } else {
                     None
                 };

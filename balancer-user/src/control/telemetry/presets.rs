@@ -15,7 +15,7 @@ use std::{collections::BTreeSet, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 use super::Reading;
-use crate::prom::Exposition;
+use crate::control::prom::Exposition;
 
 /// What kind of server an endpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

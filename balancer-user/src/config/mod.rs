@@ -72,14 +72,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    control::scoring::Policy,
+    control::telemetry::{ServerKind, health::Check, scrape::ScrapeLimits},
     dataplane::{AttachMode, LoadOptions},
     lb::{
         BackendRecord, MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, Settings, Snapshot, VipId, VipRecord,
         VipSpec,
     },
     net::MacAddr,
-    scoring::Policy,
-    telemetry::{ServerKind, health::Check, scrape::ScrapeLimits},
 };
 
 /// A configuration error, located in the file.

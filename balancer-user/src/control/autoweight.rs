@@ -18,13 +18,13 @@ use tracing::{info, warn};
 
 use crate::{
     config::PoolTelemetry,
-    lb::VipId,
-    scoring::{Decision, Input, Scorer},
-    telemetry::{
+    control::scoring::{Decision, Input, Scorer},
+    control::telemetry::{
         Reading, Signals,
         health::{Hysteresis, probe},
         scrape::Scraper,
     },
+    lb::VipId,
 };
 
 /// How often a backend's `/v1/models` is polled.

@@ -297,7 +297,8 @@ mod tests {
             cache: Some(stats),
         };
         let text = render(&s);
-        let e = crate::prom::parse(&text, &crate::prom::Limits::default()).unwrap();
+        let e =
+            crate::control::prom::parse(&text, &crate::control::prom::Limits::default()).unwrap();
         let hits = e
             .samples
             .iter()

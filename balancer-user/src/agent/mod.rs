@@ -6,6 +6,8 @@
 //! presets read it. NVML is loaded at run time: without a GPU (or driver) the
 //! GPU series are simply absent.
 
+pub mod nvml;
+
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
@@ -14,7 +16,7 @@ use hyper::{Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::nvml::Nvml;
+use self::nvml::Nvml;
 
 /// Errors reading host statistics.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +200,7 @@ pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{prom, telemetry::presets};
+    use crate::{control::prom, control::telemetry::presets};
 
     #[test]
     fn renders_what_the_presets_read() {

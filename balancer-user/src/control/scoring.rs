@@ -38,7 +38,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::Signals;
+use crate::control::telemetry::Signals;
 
 /// Full scale of published weights.
 pub const SCALE: f64 = 1000.0;

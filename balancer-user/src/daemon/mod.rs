@@ -15,6 +15,9 @@
 //! Stopping the daemon leaves the data plane running; `balancer detach`
 //! removes it.
 
+pub mod metrics;
+pub mod state;
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -36,9 +39,9 @@ use crate::{
     },
     config::CachePool,
     config::Config,
+    control::neigh,
     dataplane::{Dataplane, Programs},
     lb::{BackendSpec, LbError, LoadBalancer, Snapshot},
-    metrics, neigh, state,
 };
 
 /// Shared daemon state.
@@ -377,7 +380,7 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
     if daemon.lb.is_some() {
         tokio::spawn(resolve_loop(daemon.clone()));
     }
-    let auto = crate::autoweight::Autoweight::new(&cfg.telemetry);
+    let auto = crate::control::autoweight::Autoweight::new(&cfg.telemetry);
     if daemon.lb.is_some() && !auto.is_empty() {
         tokio::spawn(telemetry_loop(daemon.clone(), auto));
     }
@@ -458,7 +461,7 @@ fn pool_source(daemon: &Arc<Daemon>, pool: &CachePool) -> PoolSource {
 }
 
 /// Scrapes, scores and applies telemetry-driven weights every interval.
-async fn telemetry_loop(daemon: Arc<Daemon>, mut auto: crate::autoweight::Autoweight) {
+async fn telemetry_loop(daemon: Arc<Daemon>, mut auto: crate::control::autoweight::Autoweight) {
     let mut tick = tokio::time::interval(auto.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

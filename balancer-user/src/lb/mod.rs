@@ -6,7 +6,7 @@
 //! maps in an order that keeps every packet on a consistent view:
 //!
 //! - a ring is rewritten only when its contents change, into the inactive half,
-//!   then published with a single `VIPS` update (see [`crate::maps::RingMap`]);
+//!   then published with a single `VIPS` update (see [`crate::dataplane::maps::RingMap`]);
 //! - a removed backend leaves the ring first; its slot is deactivated (which is
 //!   what moves its established flows elsewhere) one grace period later, so no
 //!   packet holding the old ring finds a dead slot;
@@ -15,6 +15,8 @@
 //!
 //! Backend slots are per (VIP, backend) membership: removing a backend from one
 //! VIP moves only that VIP's flows, even when the same server serves others.
+
+pub mod maglev;
 
 use std::{
     collections::BTreeMap,
@@ -32,9 +34,9 @@ use balancer_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use self::maglev::{MaglevError, Member};
 use crate::{
-    maglev::{self, MaglevError, Member},
-    maps::{BalancerMaps, MapsError},
+    dataplane::maps::{BalancerMaps, MapsError},
     net::{MacAddr, addr_words, family, words_addr},
 };
 

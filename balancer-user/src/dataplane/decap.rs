@@ -19,8 +19,8 @@ use balancer_common::{AddrKey, GlobalStats};
 use tracing::warn;
 
 use crate::{
+    dataplane::maps::MapsError,
     dataplane::{AttachMode, DataplaneError, objects},
-    maps::MapsError,
     net::{addr_words, family},
 };
 
