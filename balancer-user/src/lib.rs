@@ -3,7 +3,8 @@
 //! Module map, one folder per concern. Dependencies point down the list,
 //! never up:
 //!
-//! - [`net`]: MAC addresses and address/word conversions;
+//! - [`net`]: MAC addresses and address/word conversions; [`clock`]: Unix
+//!   milliseconds;
 //! - [`dataplane`]: the XDP programs: loading, attaching, pinning, adopting,
 //!   and typed handles on their maps, each with a userspace shadow;
 //! - [`lb`]: VIPs and backends: their types and validation, Maglev rings, the
@@ -23,6 +24,7 @@
 //! types; nothing here knows about the CLI.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod net;
 
 pub mod dataplane;

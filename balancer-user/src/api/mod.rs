@@ -272,12 +272,36 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: u16, message: impl Into<String>) -> Self {
         Self {
-            status: 400,
+            status,
             message: message.into(),
         }
+    }
+
+    /// 400: the request is wrong; the message says what to change.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+
+    /// 404: no such VIP or backend.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+
+    /// 409: the request conflicts with the daemon's state or role.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+
+    /// 500: the daemon failed; retrying will not help.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
+
+    /// 503: a dependency (Redis, say) is unavailable; retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
     }
 }
 

@@ -76,8 +76,7 @@ use crate::{
     control::telemetry::{ServerKind, health::Check, scrape::ScrapeLimits},
     dataplane::{AttachMode, LoadOptions},
     lb::{
-        BackendRecord, MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, Settings, Snapshot, VipId, VipRecord,
-        VipSpec,
+        BackendRecord, BackendSpec, LbError, Mode, Settings, Snapshot, VipId, VipRecord, VipSpec,
     },
     net::MacAddr,
 };
@@ -563,19 +562,17 @@ impl Config {
                 }
             }
         }
-        if let Err(e) = settings.check() {
-            let (span, field) = if e.to_string().contains("mtu") {
-                (p.mtu.as_ref().map(|s| s.span()), "dataplane.mtu")
-            } else if e.to_string().contains("v4") {
-                (
+        if let Err(e) = settings.validate() {
+            let (span, field) = match e.field() {
+                Some("mtu") => (p.mtu.as_ref().map(|s| s.span()), "dataplane.mtu"),
+                Some("tunnel_src_v4") => (
                     p.tunnel_src_v4.as_ref().map(|s| s.span()),
                     "dataplane.tunnel_src_v4",
-                )
-            } else {
-                (
+                ),
+                _ => (
                     p.tunnel_src_v6.as_ref().map(|s| s.span()),
                     "dataplane.tunnel_src_v6",
-                )
+                ),
             };
             return cx.err(span.unwrap_or(0..0), field, e.to_string());
         }
@@ -604,14 +601,18 @@ impl Config {
                     Err(e) => return cx.err(s.span(), field("mode"), e),
                 },
             };
-            if let Some(a) = &v.affinity_secs
-                && (*a.get_ref() == 0 || *a.get_ref() > MAX_AFFINITY_SECS)
-            {
-                return cx.err(
-                    a.span(),
-                    field("affinity_secs"),
-                    format!("use 1 to {MAX_AFFINITY_SECS} seconds"),
-                );
+            let spec = VipSpec {
+                id,
+                mode,
+                affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
+            };
+            // The engine's own rules, reported against the key that broke one.
+            if let Err(e) = spec.validate() {
+                let span = match (e.field(), &v.affinity_secs) {
+                    (Some("affinity_secs"), Some(a)) => a.span(),
+                    _ => v.vip.span(),
+                };
+                return cx.err(span, field(e.field().unwrap_or("vip")), e.to_string());
             }
             let mut pool = match &v.telemetry {
                 None => None,
@@ -624,16 +625,6 @@ impl Config {
                     Ok(a) => a,
                     Err(_) => return cx.err(b.address.span(), bfield("address"), "an IP address like \"10.0.1.10\" (no port: backends listen on the VIP's port)"),
                 };
-                if addr.is_unspecified() || addr.is_multicast() {
-                    return cx.err(b.address.span(), bfield("address"), "a unicast address");
-                }
-                if mode == Mode::L2Dsr && addr.is_ipv4() != id.addr.is_ipv4() {
-                    return cx.err(
-                        b.address.span(),
-                        bfield("address"),
-                        "L2 DSR needs backends in the VIP's address family",
-                    );
-                }
                 if backends.iter().any(|r| r.addr == addr) {
                     return cx.err(
                         b.address.span(),
@@ -642,14 +633,6 @@ impl Config {
                     );
                 }
                 let weight = b.weight.as_ref().map(|w| *w.get_ref()).unwrap_or(1);
-                if weight > MAX_WEIGHT {
-                    let span = b.weight.as_ref().map(|w| w.span()).unwrap_or(0..0);
-                    return cx.err(
-                        span,
-                        bfield("weight"),
-                        format!("{weight} out of range: use 0 to {MAX_WEIGHT} (0 drains)"),
-                    );
-                }
                 let mac = match &b.mac {
                     None => None,
                     Some(m) => match m.get_ref().parse::<MacAddr>() {
@@ -657,6 +640,13 @@ impl Config {
                         Err(e) => return cx.err(m.span(), bfield("mac"), e.to_string()),
                     },
                 };
+                if let Err(e) = (BackendSpec { addr, weight, mac }).validate(&spec) {
+                    let span = match (&e, &b.weight) {
+                        (LbError::BadWeight(_), Some(w)) => w.span(),
+                        _ => b.address.span(),
+                    };
+                    return cx.err(span, bfield(e.field().unwrap_or("address")), e.to_string());
+                }
                 backends.push(BackendRecord {
                     addr,
                     weight,
@@ -724,11 +714,7 @@ impl Config {
                 telemetry.insert(id, p);
             }
             vips.push(VipRecord {
-                spec: VipSpec {
-                    id,
-                    mode,
-                    affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
-                },
+                spec,
                 index: i as u32,
                 backends,
             });
@@ -1070,6 +1056,76 @@ mode = "l2-dsr"
             assert_eq!((e.line, e.field.as_str()), (Some(line), field), "{e}");
             assert!(e.message.contains(msg), "{e}");
             assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+        }
+    }
+
+    /// Rules that only the engine enforced once (a `0.0.0.0` VIP passed
+    /// `config check`, then failed after attaching) now fail here, with the
+    /// engine's own message, at the right key.
+    #[test]
+    fn config_check_applies_the_engines_rules() {
+        let cases = [
+            (
+                "0.0.0.0 VIP",
+                GOOD.replace("10.0.0.100:80", "0.0.0.0:80"),
+                11,
+                "vip[0].vip",
+                "unspecified",
+            ),
+            (
+                "[::] VIP",
+                GOOD.replace("[2001:db8::1]:443", "[::]:443"),
+                23,
+                "vip[1].vip",
+                "unspecified",
+            ),
+            (
+                "multicast VIP",
+                GOOD.replace("10.0.0.100:80", "239.1.1.1:80"),
+                11,
+                "vip[0].vip",
+                "multicast",
+            ),
+            (
+                "broadcast VIP",
+                GOOD.replace("10.0.0.100:80", "255.255.255.255:80"),
+                11,
+                "vip[0].vip",
+                "broadcast",
+            ),
+            (
+                "broadcast backend",
+                GOOD.replace("\"10.0.1.10\"", "\"255.255.255.255\""),
+                15,
+                "vip[0].backend[0].address",
+                "broadcast",
+            ),
+            (
+                "affinity beyond a week",
+                GOOD.replace("affinity_secs = 60", "affinity_secs = 604801"),
+                12,
+                "vip[0].affinity_secs",
+                "out of range",
+            ),
+            (
+                "L2 DSR backend in the other family",
+                GOOD.replace(
+                    "mode = \"l2-dsr\"",
+                    "mode = \"l2-dsr\"\n[[vip.backend]]\naddress = \"10.0.1.12\"",
+                ),
+                26,
+                "vip[1].backend[0].address",
+                "address family",
+            ),
+        ];
+        for (what, src, line, field, msg) in cases {
+            let e = parse(&src).unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (Some(line), field),
+                "{what}: {e}"
+            );
+            assert!(e.message.contains(msg), "{what}: {e}");
         }
     }
 

@@ -81,6 +81,11 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, StateError> {
             message: format!("version {}, this build reads {STATE_VERSION}", disk.version),
         });
     }
+    // The engine's rules, checked before anything touches the kernel.
+    disk.snapshot.validate().map_err(|e| StateError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok(Some(disk.snapshot))
 }
 

@@ -19,6 +19,7 @@ use std::{
     collections::BTreeMap,
     mem::size_of,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -384,17 +385,30 @@ impl<K: aya::Pod, V: aya::Pod> LruTable<K, V> {
 }
 
 /// Per-CPU statistics maps.
+///
+/// Shared (behind an `Arc`) between the engine, which resets a VIP's or a
+/// slot's counters when it hands the index out, and the readers (API,
+/// metrics). Each map sits behind its own leaf lock, held only for one
+/// syscall, so a reader never waits for the control plane's work.
 pub struct StatsMaps {
-    global: PerCpuArray<MapData, GlobalStats>,
-    vip: PerCpuArray<MapData, TrafficStats>,
-    backend: PerCpuArray<MapData, TrafficStats>,
+    global: Mutex<PerCpuArray<MapData, GlobalStats>>,
+    vip: Mutex<PerCpuArray<MapData, TrafficStats>>,
+    backend: Mutex<PerCpuArray<MapData, TrafficStats>>,
     cpus: usize,
+}
+
+type PerCpu<V> = Mutex<PerCpuArray<MapData, V>>;
+
+fn leaf<'a, V: aya::Pod>(m: &'a PerCpu<V>) -> std::sync::MutexGuard<'a, PerCpuArray<MapData, V>> {
+    // The guarded value is a map handle: a panic elsewhere cannot leave it
+    // half-updated, so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StatsMaps {
     /// Global counters summed over CPUs.
     pub fn global(&self) -> Result<GlobalStats> {
-        let v = self.global.get(&0, 0).map_err(kernel("STATS"))?;
+        let v = leaf(&self.global).get(&0, 0).map_err(kernel("STATS"))?;
         let mut sum = GlobalStats::default();
         for s in v.iter() {
             sum.add(s);
@@ -402,12 +416,8 @@ impl StatsMaps {
         Ok(sum)
     }
 
-    fn traffic(
-        map: &PerCpuArray<MapData, TrafficStats>,
-        name: &'static str,
-        index: u32,
-    ) -> Result<TrafficStats> {
-        let v = map.get(&index, 0).map_err(kernel(name))?;
+    fn traffic(map: &PerCpu<TrafficStats>, name: &'static str, index: u32) -> Result<TrafficStats> {
+        let v = leaf(map).get(&index, 0).map_err(kernel(name))?;
         let mut sum = TrafficStats::default();
         for s in v.iter() {
             sum.add(s);
@@ -431,15 +441,17 @@ impl StatsMaps {
     }
 
     /// Resets a VIP index's counters (when the index is given to a new VIP).
-    pub fn reset_vip(&mut self, index: u32) -> Result<()> {
+    pub fn reset_vip(&self, index: u32) -> Result<()> {
         let z = self.zeroes()?;
-        self.vip.set(index, z, 0).map_err(kernel("VIP_STATS"))
+        leaf(&self.vip)
+            .set(index, z, 0)
+            .map_err(kernel("VIP_STATS"))
     }
 
     /// Resets a backend slot's counters (when the slot is reused).
-    pub fn reset_backend(&mut self, index: u32) -> Result<()> {
+    pub fn reset_backend(&self, index: u32) -> Result<()> {
         let z = self.zeroes()?;
-        self.backend
+        leaf(&self.backend)
             .set(index, z, 0)
             .map_err(kernel("BACKEND_STATS"))
     }
@@ -472,12 +484,12 @@ pub struct BalancerMaps {
     pub backends: ShadowArray<Backend>,
     /// `CONFIG` (one element).
     pub config: ShadowArray<DataplaneConfig>,
-    /// `FLOWS`, the connection table (read-only view).
-    pub flows: FlowTable,
+    /// `FLOWS`, the connection table (read-only view, shared with readers).
+    pub flows: Arc<FlowTable>,
     /// `AFFINITY`.
     pub affinity: LruTable<AffinityKey, AffinityValue>,
-    /// Counters.
-    pub stats: StatsMaps,
+    /// Counters (shared with readers).
+    pub stats: Arc<StatsMaps>,
     /// Sizes as created.
     pub sizes: MapSizes,
 }
@@ -559,7 +571,7 @@ impl BalancerMaps {
             backends: ShadowArray::new("BACKENDS", backends)?,
             config: ShadowArray::new("CONFIG", config)?,
             flows: match flows {
-                Map::Array(data) => FlowTable::new(data, flow_sets)?,
+                Map::Array(data) => Arc::new(FlowTable::new(data, flow_sets)?),
                 _ => {
                     return Err(MapsError::Layout {
                         name: "FLOWS",
@@ -574,12 +586,14 @@ impl BalancerMaps {
                 map: HashMap::try_from(affinity).map_err(kernel("AFFINITY"))?,
                 capacity: max_affinity,
             },
-            stats: StatsMaps {
-                global: PerCpuArray::try_from(stats).map_err(kernel("STATS"))?,
-                vip: PerCpuArray::try_from(vip_stats).map_err(kernel("VIP_STATS"))?,
-                backend: PerCpuArray::try_from(backend_stats).map_err(kernel("BACKEND_STATS"))?,
+            stats: Arc::new(StatsMaps {
+                global: Mutex::new(PerCpuArray::try_from(stats).map_err(kernel("STATS"))?),
+                vip: Mutex::new(PerCpuArray::try_from(vip_stats).map_err(kernel("VIP_STATS"))?),
+                backend: Mutex::new(
+                    PerCpuArray::try_from(backend_stats).map_err(kernel("BACKEND_STATS"))?,
+                ),
                 cpus,
-            },
+            }),
             sizes,
         };
         maps.vips.load_shadow()?;
