@@ -26,13 +26,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use balancer::{
-    autoweight::Autoweight,
-    config::{BackendTelemetry, PoolTelemetry},
+    control::autoweight::{BackendTelemetry, PoolTelemetry},
+    control::autoweight::Autoweight,
+    control::scoring::Policy,
+    control::telemetry::{ServerKind, scrape::ScrapeLimits},
     dataplane::{Dataplane, LoadOptions},
     lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
     net::MacAddr,
-    scoring::Policy,
-    telemetry::{ServerKind, scrape::ScrapeLimits},
 };
 use balancer_tests::{require_root, shared_data};
 use bytes::Bytes;
@@ -204,8 +204,8 @@ fn run() -> Result<()> {
 
     // Warm-up: connections opened, weights settled.
     for _ in 0..3 {
-        let members = lb.pools();
-        let d = rt.block_on(auto.tick(&members));
+        let members = lb.view().load().members();
+        let d = rt.block_on(auto.tick_all(&members));
         for (v, ds) in d {
             let items: Vec<_> = ds
                 .iter()
@@ -221,8 +221,8 @@ fn run() -> Result<()> {
             q.store(((i + c) % 7) as u64 * 3, Ordering::Relaxed);
         }
         let t0 = Instant::now();
-        let members = lb.pools();
-        let d = rt.block_on(auto.tick(&members));
+        let members = lb.view().load().members();
+        let d = rt.block_on(auto.tick_all(&members));
         let scraped = t0.elapsed();
         let failed: usize = d
             .iter()
@@ -272,8 +272,8 @@ fn run() -> Result<()> {
         while settle < 8 {
             std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
             next_tick += Duration::from_secs(1);
-            let members = lb.pools();
-            for (v, ds) in rt.block_on(auto.tick(&members)) {
+            let members = lb.view().load().members();
+            for (v, ds) in rt.block_on(auto.tick_all(&members)) {
                 let items: Vec<_> = ds
                     .iter()
                     .map(|x| (x.addr, x.weight, x.down.clone()))
@@ -290,8 +290,8 @@ fn run() -> Result<()> {
         loop {
             std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
             next_tick += Duration::from_secs(1);
-            let members = lb.pools();
-            for (v, ds) in rt.block_on(auto.tick(&members)) {
+            let members = lb.view().load().members();
+            for (v, ds) in rt.block_on(auto.tick_all(&members)) {
                 let items: Vec<_> = ds
                     .iter()
                     .map(|x| (x.addr, x.weight, x.down.clone()))

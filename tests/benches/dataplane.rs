@@ -15,8 +15,8 @@ use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Context, bail, ensure};
 use balancer::{
+    dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions},
-    decap::Decap,
     lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
     net::{MacAddr, addr_words},
 };

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use balancer::maglev::{Member, build, disruption};
+use balancer::lb::maglev::{Member, build, disruption};
 
 const M: u32 = 65_537;
 const ROUNDS: usize = 7;

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use balancer::{api::client::Client, dataplane::AttachMode, decap::Decap, net::MacAddr};
+use balancer::{api::client::Client, dataplane::AttachMode, dataplane::decap::Decap, net::MacAddr};
 
 use crate::{
     netns::{self, command_in, exec_in, ip, ip_in, sysctl_in},

@@ -8,8 +8,8 @@
 use std::{net::IpAddr, thread, time::Duration};
 
 use balancer::{
+    dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions, Programs},
-    decap::Decap,
     lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
     net::MacAddr,
 };

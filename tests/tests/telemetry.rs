@@ -10,8 +10,8 @@ use std::{
 };
 
 use balancer::{
-    prom::{self, Limits},
-    telemetry::{
+    control::prom::{self, Limits},
+    control::telemetry::{
         ServerKind, Signals, presets,
         scrape::{ScrapeError, ScrapeLimits, Scraper},
     },

@@ -64,7 +64,7 @@ use std::{
 };
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     time::Duration,
 };
 
@@ -72,6 +72,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    control::autoweight::{BackendTelemetry, PoolTelemetry},
     control::scoring::Policy,
     control::telemetry::{ServerKind, health::Check, scrape::ScrapeLimits},
     dataplane::{AttachMode, LoadOptions},
@@ -326,38 +327,6 @@ pub struct CacheRoute {
     pub route: crate::cache::proxy::RouteConfig,
     /// Its backends.
     pub pool: CachePool,
-}
-
-/// Telemetry settings of one pool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolTelemetry {
-    /// Scrape interval.
-    pub interval: Duration,
-    /// Scrape limits.
-    pub limits: ScrapeLimits,
-    /// Failed scrapes (or checks) in a row that take a backend down.
-    pub fall: u32,
-    /// Good ones in a row that bring it back.
-    pub rise: u32,
-    /// The VIP's model or adapter: backends without it get no weight.
-    pub model: Option<String>,
-    /// Active health check, if any.
-    pub health: Option<Check>,
-    /// Scoring policy.
-    pub policy: Policy,
-    /// Per backend: where its telemetry is.
-    pub backends: BTreeMap<IpAddr, BackendTelemetry>,
-}
-
-/// Where one backend's telemetry comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendTelemetry {
-    /// Metrics endpoints, inference server first.
-    pub endpoints: Vec<(ServerKind, String)>,
-    /// Models it serves, from the configuration.
-    pub models: Option<BTreeSet<String>>,
-    /// Its OpenAI-compatible `/v1/models` URL, polled for its models.
-    pub models_url: Option<String>,
 }
 
 /// Default admin socket.

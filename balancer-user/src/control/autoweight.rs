@@ -17,12 +17,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    config::PoolTelemetry,
-    control::scoring::{Decision, Input, Scorer},
+    control::scoring::{Decision, Input, Policy, Scorer},
     control::telemetry::{
-        Reading, Signals,
-        health::{Hysteresis, probe},
-        scrape::Scraper,
+        Reading, ServerKind, Signals,
+        health::{Check, Hysteresis, probe},
+        scrape::{ScrapeLimits, Scraper},
     },
     lb::VipId,
 };
@@ -46,10 +45,44 @@ struct BackendRt {
 #[derive(Debug)]
 struct Pool {
     cfg: PoolTelemetry,
+    /// When this pool is next scraped: each pool keeps its own interval.
+    next_due: Instant,
     scorer: Scorer,
     backends: BTreeMap<IpAddr, BackendRt>,
     last: Vec<Decision>,
     warning: Option<String>,
+}
+
+/// Telemetry settings of one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTelemetry {
+    /// Scrape interval.
+    pub interval: Duration,
+    /// Scrape limits.
+    pub limits: ScrapeLimits,
+    /// Failed scrapes (or checks) in a row that take a backend down.
+    pub fall: u32,
+    /// Good ones in a row that bring it back.
+    pub rise: u32,
+    /// The VIP's model or adapter: backends without it get no weight.
+    pub model: Option<String>,
+    /// Active health check, if any.
+    pub health: Option<Check>,
+    /// Scoring policy.
+    pub policy: Policy,
+    /// Per backend: where its telemetry is.
+    pub backends: BTreeMap<IpAddr, BackendTelemetry>,
+}
+
+/// Where one backend's telemetry comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTelemetry {
+    /// Metrics endpoints, inference server first.
+    pub endpoints: Vec<(ServerKind, String)>,
+    /// Models it serves, from the configuration.
+    pub models: Option<BTreeSet<String>>,
+    /// Its OpenAI-compatible `/v1/models` URL, polled for its models.
+    pub models_url: Option<String>,
 }
 
 /// One pool's latest decisions, as reported by `balancer weights`.
@@ -82,6 +115,7 @@ impl Autoweight {
                         *id,
                         Pool {
                             cfg: c.clone(),
+                            next_due: Instant::now(),
                             scorer: Scorer::default(),
                             backends: BTreeMap::new(),
                             last: Vec::new(),
@@ -100,13 +134,9 @@ impl Autoweight {
         self.pools.is_empty()
     }
 
-    /// The shortest interval of all pools.
-    pub fn interval(&self) -> Duration {
-        self.pools
-            .values()
-            .map(|p| p.cfg.interval)
-            .min()
-            .unwrap_or(Duration::from_secs(1))
+    /// When the next pool falls due (`None` without pools).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pools.values().map(|p| p.next_due).min()
     }
 
     /// Latest decisions of every pool.
@@ -121,14 +151,54 @@ impl Autoweight {
             .collect()
     }
 
-    /// One tick. `members` is each VIP's pool now: (address, configured
-    /// weight, used as capacity hint). Returns the decisions to apply.
+    /// One tick: scrapes and scores the pools that are due, each at its own
+    /// interval. `members` is each VIP's pool now: (address, configured
+    /// weight, used as capacity hint). Returns the decisions to apply, for
+    /// the pools scraped.
     pub async fn tick(
         &mut self,
         members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
     ) -> Vec<(VipId, Vec<Decision>)> {
         let t0 = Instant::now();
-        // Every scrape, health check and model poll of every pool, at once.
+        let mut due = BTreeSet::new();
+        for (vip, pool) in &mut self.pools {
+            if pool.next_due <= t0 {
+                // From the due time, not from now: a slow scrape does not
+                // stretch the interval.
+                let next = pool.next_due + pool.cfg.interval;
+                // Fallen behind: start over from now rather than burst.
+                pool.next_due = if next > t0 {
+                    next
+                } else {
+                    t0 + pool.cfg.interval
+                };
+                due.insert(*vip);
+            }
+        }
+        self.scrape(&due, members).await;
+        let out = self.score(&due, members);
+        self.last_cycle = t0.elapsed();
+        out
+    }
+
+    /// One tick of every pool, due or not (benches measure whole cycles).
+    pub async fn tick_all(
+        &mut self,
+        members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
+    ) -> Vec<(VipId, Vec<Decision>)> {
+        let now = Instant::now();
+        for p in self.pools.values_mut() {
+            p.next_due = now;
+        }
+        self.tick(members).await
+    }
+
+    /// Every scrape, health check and model poll of the due pools, at once.
+    async fn scrape(
+        &mut self,
+        due: &BTreeSet<VipId>,
+        members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
+    ) {
         struct Job {
             vip: VipId,
             addr: IpAddr,
@@ -136,7 +206,9 @@ impl Autoweight {
         let mut jobs = Vec::new();
         let mut futs = Vec::new();
         for (vip, pool) in &mut self.pools {
-            let Some(m) = members.get(vip) else { continue };
+            let Some(m) = members.get(vip).filter(|_| due.contains(vip)) else {
+                continue;
+            };
             pool.backends.retain(|a, _| m.iter().any(|(x, _)| x == a));
             for (addr, _) in m {
                 let rt = pool.backends.entry(*addr).or_insert_with(|| BackendRt {
@@ -240,9 +312,20 @@ impl Autoweight {
                 }
             }
         }
+    }
+
+    /// Scores the due pools from their latest readings.
+    fn score(
+        &mut self,
+        due: &BTreeSet<VipId>,
+        members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
+    ) -> Vec<(VipId, Vec<Decision>)> {
+        let now = Instant::now();
         let mut out = Vec::new();
         for (vip, pool) in &mut self.pools {
-            let Some(m) = members.get(vip) else { continue };
+            let Some(m) = members.get(vip).filter(|_| due.contains(vip)) else {
+                continue;
+            };
             let inputs: Vec<Input> = m
                 .iter()
                 .filter_map(|(addr, hint)| {
@@ -294,7 +377,55 @@ impl Autoweight {
             pool.last = decisions.clone();
             out.push((*vip, decisions));
         }
-        self.last_cycle = t0.elapsed();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(ms: u64) -> PoolTelemetry {
+        PoolTelemetry {
+            interval: Duration::from_millis(ms),
+            limits: ScrapeLimits::default(),
+            fall: 2,
+            rise: 2,
+            model: None,
+            health: None,
+            policy: Policy::default(),
+            backends: BTreeMap::new(),
+        }
+    }
+
+    /// Each pool is scraped at its own interval, not at the shortest one.
+    #[tokio::test]
+    async fn every_pool_keeps_its_own_interval() {
+        let fast: VipId = "10.0.0.1:80".parse().unwrap();
+        let slow: VipId = "10.0.0.2:80".parse().unwrap();
+        let cfg = BTreeMap::from([(fast, pool(1)), (slow, pool(3_600_000))]);
+        let members = BTreeMap::from([
+            (fast, vec![("10.0.1.1".parse().unwrap(), 1)]),
+            (slow, vec![("10.0.1.2".parse().unwrap(), 1)]),
+        ]);
+        let mut auto = Autoweight::new(&cfg);
+        let vips =
+            |d: Vec<(VipId, Vec<Decision>)>| d.into_iter().map(|(v, _)| v).collect::<Vec<_>>();
+        assert_eq!(
+            vips(auto.tick(&members).await),
+            vec![fast, slow],
+            "both due at start"
+        );
+        for _ in 0..3 {
+            let due = auto.next_due().unwrap();
+            tokio::time::sleep_until(due.into()).await;
+            assert_eq!(
+                vips(auto.tick(&members).await),
+                vec![fast],
+                "only the fast pool"
+            );
+        }
+        assert!(auto.next_due().unwrap() < Instant::now() + Duration::from_secs(60));
+        assert_eq!(vips(auto.tick_all(&members).await), vec![fast, slow]);
     }
 }

@@ -43,10 +43,9 @@ async fn apply(
 
 /// Scrapes, scores and applies telemetry-driven weights as pools fall due.
 pub async fn telemetry(daemon: Arc<Daemon>, mut auto: Autoweight) {
-    let mut tick = tokio::time::interval(auto.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
+    // Each pool keeps its own interval: sleep until the next one is due.
+    while let Some(due) = auto.next_due() {
+        tokio::time::sleep_until(due.into()).await;
         let Some(plane) = &daemon.plane else { return };
         let members = plane.view.load().members();
         let decisions = auto.tick(&members).await;
