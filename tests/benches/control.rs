@@ -26,8 +26,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use balancer::{
-    control::autoweight::{BackendTelemetry, PoolTelemetry},
     control::autoweight::Autoweight,
+    control::autoweight::{BackendTelemetry, PoolTelemetry},
     control::scoring::Policy,
     control::telemetry::{ServerKind, scrape::ScrapeLimits},
     dataplane::{Dataplane, LoadOptions},

@@ -63,10 +63,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use std::{
-    collections::BTreeMap,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
