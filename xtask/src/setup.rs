@@ -29,6 +29,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("kmod", "/usr/sbin/depmod"),
+    // Strips debug info from the staged test binaries.
+    ("binutils", "/usr/bin/objcopy"),
     // The cache's shared L2 in the Redis suites.
     ("redis-server", "/usr/bin/redis-server"),
     // Baselines of `bench e2e` and `bench proxy`.
