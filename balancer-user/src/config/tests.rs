@@ -1,0 +1,279 @@
+//! The configuration's tests: every rule, located.
+
+use std::time::Duration;
+
+use super::*;
+use crate::lb::Mode;
+
+fn parse(src: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("t.toml"), src)
+}
+
+const GOOD: &str = r#"
+[daemon]
+iface = "eth0"
+metrics = ""
+
+[dataplane]
+mtu = 1600
+tunnel_src_v4 = "10.255.0.0/16"
+
+[[vip]]
+vip = "10.0.0.100:80/tcp"
+affinity_secs = 60
+
+[[vip.backend]]
+address = "10.0.1.10"
+weight = 3
+
+[[vip.backend]]
+address = "10.0.1.11"
+mac = "02:00:00:00:00:11"
+
+[[vip]]
+vip = "[2001:db8::1]:443/tcp"
+mode = "l2-dsr"
+"#;
+
+#[test]
+fn good_config() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.daemon.iface.as_deref(), Some("eth0"));
+    assert_eq!(c.daemon.metrics, None);
+    assert_eq!(c.initial.settings.mtu, 1600);
+    assert_eq!(c.initial.vips.len(), 2);
+    let v = &c.initial.vips[0];
+    assert_eq!(v.spec.affinity_secs, Some(60));
+    assert_eq!(v.backends[0].weight, 3);
+    assert_eq!(v.backends[1].weight, 1);
+    assert!(v.backends[1].mac_static);
+    assert_eq!(c.initial.vips[1].spec.mode, Mode::L2Dsr);
+}
+
+#[test]
+fn errors_name_line_and_field() {
+    let cases = [
+        (
+            GOOD.replace("weight = 3", "weight = 3000000"),
+            16,
+            "vip[0].backend[0].weight",
+            "out of range",
+        ),
+        (
+            GOOD.replace("\"10.0.1.11\"", "\"10.0.1.300\""),
+            19,
+            "vip[0].backend[1].address",
+            "IP address",
+        ),
+        (
+            GOOD.replace("l2-dsr", "magic"),
+            24,
+            "vip[1].mode",
+            "tunnel or l2-dsr",
+        ),
+        (
+            GOOD.replace("10.0.0.100:80/tcp", "10.0.0.100/tcp"),
+            11,
+            "vip[0].vip",
+            "missing port",
+        ),
+        (
+            GOOD.replace("02:00:00:00:00:11", "02:00"),
+            20,
+            "vip[0].backend[1].mac",
+            "six hex bytes",
+        ),
+        (
+            GOOD.replace("affinity_secs = 60", "affinity_secs = 0"),
+            12,
+            "vip[0].affinity_secs",
+            "1 to",
+        ),
+        (
+            GOOD.replace("mtu = 1600", "mtu = 100"),
+            7,
+            "dataplane.mtu",
+            "mtu 100",
+        ),
+        (
+            GOOD.replace("\"10.255.0.0/16\"", "\"10.255.0.0\""),
+            8,
+            "dataplane.tunnel_src_v4",
+            "prefix",
+        ),
+        (
+            GOOD.replace("\"10.255.0.0/16\"", "\"10.255.0.0/40\""),
+            8,
+            "dataplane.tunnel_src_v4",
+            "/40",
+        ),
+        (
+            GOOD.replace("\"10.0.1.10\"", "\"10.0.1.11\""),
+            19,
+            "vip[0].backend[1].address",
+            "twice",
+        ),
+    ];
+    for (src, line, field, msg) in cases {
+        let e = parse(&src).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(line), field), "{e}");
+        assert!(e.message.contains(msg), "{e}");
+        assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+    }
+}
+
+/// Rules that only the engine enforced once (a `0.0.0.0` VIP passed
+/// `config check`, then failed after attaching) now fail here, with the
+/// engine's own message, at the right key.
+#[test]
+fn config_check_applies_the_engines_rules() {
+    let cases = [
+        (
+            "0.0.0.0 VIP",
+            GOOD.replace("10.0.0.100:80", "0.0.0.0:80"),
+            11,
+            "vip[0].vip",
+            "unspecified",
+        ),
+        (
+            "[::] VIP",
+            GOOD.replace("[2001:db8::1]:443", "[::]:443"),
+            23,
+            "vip[1].vip",
+            "unspecified",
+        ),
+        (
+            "multicast VIP",
+            GOOD.replace("10.0.0.100:80", "239.1.1.1:80"),
+            11,
+            "vip[0].vip",
+            "multicast",
+        ),
+        (
+            "broadcast VIP",
+            GOOD.replace("10.0.0.100:80", "255.255.255.255:80"),
+            11,
+            "vip[0].vip",
+            "broadcast",
+        ),
+        (
+            "broadcast backend",
+            GOOD.replace("\"10.0.1.10\"", "\"255.255.255.255\""),
+            15,
+            "vip[0].backend[0].address",
+            "broadcast",
+        ),
+        (
+            "affinity beyond a week",
+            GOOD.replace("affinity_secs = 60", "affinity_secs = 604801"),
+            12,
+            "vip[0].affinity_secs",
+            "out of range",
+        ),
+        (
+            "L2 DSR backend in the other family",
+            GOOD.replace(
+                "mode = \"l2-dsr\"",
+                "mode = \"l2-dsr\"\n[[vip.backend]]\naddress = \"10.0.1.12\"",
+            ),
+            26,
+            "vip[1].backend[0].address",
+            "address family",
+        ),
+    ];
+    for (what, src, line, field, msg) in cases {
+        let e = parse(&src).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(line), field),
+            "{what}: {e}"
+        );
+        assert!(e.message.contains(msg), "{what}: {e}");
+    }
+}
+
+#[test]
+fn syntax_and_unknown_fields() {
+    let e = parse("[daemon]\niface = \"eth0\"\nifase = \"x\"\n").unwrap_err();
+    assert_eq!(e.field, "ifase");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.message.contains("unknown field"), "{e}");
+    let e = parse("[daemon\n").unwrap_err();
+    assert_eq!(e.line, Some(1), "{e}");
+    let e = parse("[dataplane]\nring_size = 100\n[daemon]\niface=\"x\"\n").unwrap_err();
+    assert!(e.message.contains("not a prime"), "{e}");
+    let e = parse("").unwrap_err();
+    assert!(e.message.contains("missing"), "{e}");
+}
+
+#[test]
+fn cache_routes() {
+    let c = parse(
+        "[cache]\nmemory_mb = 64\nredis = \"redis://127.0.0.1:6390\"\n[cache.models]\nm = \"v2\"\n\
+         [[cache_route]]\nname = \"a\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         ttl_secs = 5\n",
+    )
+    .unwrap();
+    assert_eq!(c.daemon.iface, None, "cache-only gateway");
+    assert_eq!(c.cache.memory_bytes, 64 << 20);
+    assert_eq!(c.cache.versions.get("m").map(String::as_str), Some("v2"));
+    assert_eq!(c.cache_routes[0].route.ttl, Duration::from_secs(5));
+    assert_eq!(
+        c.cache_routes[0].route.exclude_fields,
+        vec!["user".to_string()]
+    );
+    let vip = parse(
+        "[daemon]\niface = \"eth0\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\nbackend_port = 8000\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        vip.cache_routes[0].pool,
+        CachePool::Vip { port: 8000, .. }
+    ));
+    for (src, field, says) in [
+        (
+            "[[cache_route]]\nlisten = \"nope\"\nbackends = [\"127.0.0.1:1\"]\n",
+            "cache_route[0].listen",
+            "address and port",
+        ),
+        (
+            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\n",
+            "cache_route[0].backends",
+            "exactly one",
+        ),
+        (
+            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"10.0.0.1\"]\n",
+            "cache_route[0].backends",
+            "address:port",
+        ),
+        (
+            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\n",
+            "cache_route[0].backend_port",
+            "missing",
+        ),
+        (
+            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\nttl_secs = 0\n",
+            "cache_route[0].ttl_secs",
+            "use 1 to",
+        ),
+        (
+            "[cache]\nredis = \"http://x\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+            "cache.redis",
+            "redis://",
+        ),
+        (
+            "[cache]\nmemory_mb = 1\n[daemon]\niface = \"eth0\"\n",
+            "cache",
+            "caches nothing",
+        ),
+        (
+            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+            "cache_route[1].listen",
+            "used by another",
+        ),
+    ] {
+        let e = parse(src).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+}
