@@ -1,0 +1,336 @@
+//! The command line's clap types and value parsers, nothing else.
+//!
+//! Commands are split by where they run: [`LocalCmd`] without a daemon,
+//! [`DaemonCmd`] through its admin API. [`Cmd`] flattens both into one list;
+//! `display_order` keeps the help listing in the order users know.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use balancer::{
+    config::DEFAULT_SOCKET,
+    lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, VipId},
+    net::MacAddr,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The whole command line.
+#[derive(Parser)]
+#[command(
+    name = "balancer",
+    version,
+    about = "XDP load balancer for AI inference fleets"
+)]
+pub struct Cli {
+    /// Admin socket of the daemon.
+    #[arg(long, global = true, env = "BALANCER_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Output format.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Output {
+    /// Aligned tables for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Every command: the two kinds side by side at the same level.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Commands that need no daemon.
+    #[command(flatten)]
+    Local(LocalCmd),
+    /// Commands answered by the daemon.
+    #[command(flatten)]
+    Daemon(DaemonCmd),
+}
+
+/// Commands that run without a daemon.
+#[derive(Subcommand)]
+pub enum LocalCmd {
+    /// Run the daemon: attach (or adopt) the data plane and serve the admin API.
+    #[command(display_order = 0)]
+    Run(RunArgs),
+    /// Remove the data plane from an interface (traffic stops being balanced).
+    #[command(display_order = 1)]
+    Detach(DetachArgs),
+    /// Run the exporter on a backend host: CPU, memory, network from /proc,
+    /// GPUs through NVML when present (Prometheus format).
+    #[command(display_order = 7)]
+    Agent {
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "0.0.0.0:9101")]
+        listen: std::net::SocketAddr,
+        /// Print one scrape to stdout and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Configuration files.
+    #[command(subcommand, display_order = 9)]
+    Config(ConfigCmd),
+}
+
+/// Commands that talk to the daemon.
+#[derive(Subcommand)]
+pub enum DaemonCmd {
+    /// Manage VIPs.
+    #[command(subcommand, display_order = 2)]
+    Vip(VipCmd),
+    /// Manage backends.
+    #[command(subcommand, display_order = 3)]
+    Backend(BackendCmd),
+    /// Daemon and data-plane status, with down backends and why.
+    #[command(display_order = 4)]
+    Status,
+    /// Live traffic per VIP and backend, refreshed like top.
+    #[command(display_order = 5)]
+    Stats {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Print once and exit (rates are measured over one interval).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Telemetry-driven weights: signals, load, score, weight, and why.
+    #[command(display_order = 6)]
+    Weights {
+        /// Show every signal and the reasoning per backend.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// The inference result cache.
+    #[command(subcommand, display_order = 8)]
+    Cache(CacheCmd),
+}
+
+/// `balancer cache …`.
+#[derive(Subcommand)]
+pub enum CacheCmd {
+    /// Hits, misses, bytes, evictions, GPU-seconds saved, L2 state, versions.
+    Stats,
+    /// Remove entries of a model here, in Redis and on every other gateway.
+    Invalidate {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// Only this entry (the `x-cache-key` response header).
+        #[arg(long, conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Only entries whose prompt text starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Give a model a new version: all its cached results become unreachable.
+    BumpVersion {
+        /// The model.
+        model: String,
+    },
+}
+
+/// `balancer run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override `daemon.iface`.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Override `daemon.xdp_mode`.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// Override `daemon.netns`.
+    #[arg(long)]
+    pub netns: Option<String>,
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native mode, falling back to generic.
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+/// `balancer detach`.
+#[derive(Args)]
+pub struct DetachArgs {
+    /// Take the interface and pin directory from this configuration.
+    #[arg(long, short, conflicts_with_all = ["iface", "pin_dir"])]
+    pub config: Option<PathBuf>,
+    /// Interface.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Network namespace of the interface.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Pin directory.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// `balancer vip …`.
+#[derive(Subcommand)]
+pub enum VipCmd {
+    /// Add a VIP (its pool starts empty; its traffic is dropped until a backend is added).
+    Add {
+        /// ADDR:PORT[/tcp|udp]; PORT * or 0 for all ports; IPv6 in brackets.
+        vip: VipId,
+        /// Forwarding mode.
+        #[arg(long, default_value = "tunnel")]
+        mode: Mode,
+        /// Client affinity: keep each client on one backend for this many seconds.
+        #[arg(long, value_parser = parse_affinity)]
+        affinity: Option<u32>,
+    },
+    /// Remove a VIP and its pool.
+    Rm {
+        /// The VIP.
+        vip: VipId,
+    },
+    /// List VIPs.
+    List,
+}
+
+/// `balancer backend …`.
+#[derive(Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend to a VIP's pool.
+    Add {
+        /// The VIP.
+        vip: VipId,
+        /// Backend address.
+        addr: IpAddr,
+        /// Weight.
+        #[arg(long, default_value_t = 1, value_parser = parse_weight)]
+        weight: u32,
+        /// Static next-hop MAC (default: resolved from the neighbour table).
+        #[arg(long)]
+        mac: Option<MacAddr>,
+    },
+    /// Remove a backend; its connections move to the others.
+    Rm {
+        /// The VIP.
+        vip: VipId,
+        /// Backend address.
+        addr: IpAddr,
+    },
+    /// Stop sending new connections; established ones stay.
+    Drain {
+        /// The VIP.
+        vip: VipId,
+        /// Backend address.
+        addr: IpAddr,
+    },
+    /// Undo drain.
+    Undrain {
+        /// The VIP.
+        vip: VipId,
+        /// Backend address.
+        addr: IpAddr,
+    },
+    /// Change a weight.
+    SetWeight {
+        /// The VIP.
+        vip: VipId,
+        /// Backend address.
+        addr: IpAddr,
+        /// New weight (0 drains).
+        #[arg(value_parser = parse_weight)]
+        weight: u32,
+    },
+    /// List backends (of one VIP, or all).
+    List {
+        /// Only this VIP.
+        vip: Option<VipId>,
+    },
+}
+
+/// `balancer config …`.
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a configuration file without touching anything.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+// TODO(validator): this repeats the engine's weight range; switch to lb's
+// validator so the CLI and the API cannot disagree.
+fn parse_weight(s: &str) -> Result<u32, String> {
+    let w: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number; use 0 to {MAX_WEIGHT}"))?;
+    if w > MAX_WEIGHT {
+        return Err(format!("{w} is too large; use 0 to {MAX_WEIGHT}"));
+    }
+    Ok(w)
+}
+
+// TODO(validator): this repeats the engine's affinity range; switch to lb's
+// validator so the CLI and the API cannot disagree.
+fn parse_affinity(s: &str) -> Result<u32, String> {
+    let t: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds; use 1 to {MAX_AFFINITY_SECS}"))?;
+    if t == 0 || t > MAX_AFFINITY_SECS {
+        return Err(format!("use 1 to {MAX_AFFINITY_SECS} seconds"));
+    }
+    Ok(t)
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: use seconds between 0.1 and 3600")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_keep_their_order() {
+        let cmd = Cli::command();
+        let mut subs: Vec<_> = cmd
+            .get_subcommands()
+            .map(|s| (s.get_display_order(), s.get_name().to_string()))
+            .collect();
+        subs.sort();
+        let names: Vec<_> = subs.into_iter().map(|(_, n)| n).collect();
+        let want = [
+            "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "cache",
+            "config",
+        ];
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_weight("0"), Ok(0));
+        assert!(parse_weight(&(MAX_WEIGHT + 1).to_string()).is_err());
+        assert!(parse_weight("x").is_err());
+        assert!(parse_affinity("0").is_err());
+        assert_eq!(parse_affinity("60"), Ok(60));
+        assert!(parse_interval("0.05").is_err());
+        assert_eq!(parse_interval("2"), Ok(2.0));
+    }
+}

@@ -1,0 +1,160 @@
+//! Commands that run without a daemon: `run`, `detach`, `agent` and
+//! `config check`.
+
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{Context, Result, bail};
+use balancer::{
+    config::{Config, DaemonConfig},
+    dataplane::{AttachMode, Dataplane, default_pin_dir},
+};
+
+use super::{
+    args::{ConfigCmd, DetachArgs, LocalCmd, Output, RunArgs, XdpModeArg},
+    render,
+};
+
+/// Runs a local command.
+pub fn run(cmd: LocalCmd, output: Output) -> Result<()> {
+    match cmd {
+        LocalCmd::Run(args) => run_daemon(args),
+        LocalCmd::Detach(args) => detach(args),
+        LocalCmd::Agent { listen, once } => agent(listen, once),
+        LocalCmd::Config(ConfigCmd::Check { file }) => config_check(&file, output),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BALANCER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_daemon(args: RunArgs) -> Result<()> {
+    init_tracing();
+    let mut cfg = Config::load(&args.config)?;
+    apply_overrides(&mut cfg.daemon, &args);
+    balancer::daemon::run(cfg)
+}
+
+/// Applies `run`'s flags to the file's daemon settings.
+fn apply_overrides(d: &mut DaemonConfig, args: &RunArgs) {
+    let mut repin = false;
+    if let Some(i) = &args.iface {
+        d.iface = Some(i.clone());
+        repin = true;
+    }
+    if let Some(ns) = &args.netns {
+        d.netns = Some(ns.clone());
+        repin = true;
+    }
+    if repin {
+        d.pin_dir = pin_dir_for(d);
+    }
+    if let Some(m) = args.xdp_mode {
+        d.xdp_mode = match m {
+            XdpModeArg::Driver => AttachMode::Driver,
+            XdpModeArg::Generic => AttachMode::Generic,
+        };
+    }
+}
+
+/// The default pin directory for `d`'s interface and namespace, as the
+/// configuration loader derives it.
+fn pin_dir_for(d: &DaemonConfig) -> std::path::PathBuf {
+    default_pin_dir(d.iface.as_deref().unwrap_or("none"), d.netns.as_deref())
+}
+
+fn detach(args: DetachArgs) -> Result<()> {
+    let dir = match (args.config, args.pin_dir, args.iface) {
+        (Some(c), _, _) => {
+            let cfg = Config::load(&c)?;
+            if cfg.daemon.iface.is_none() {
+                bail!("{} configures no data plane (no daemon.iface)", c.display());
+            }
+            cfg.daemon.pin_dir
+        }
+        (None, Some(d), _) => d,
+        (None, None, Some(i)) => default_pin_dir(&i, args.netns.as_deref()),
+        _ => bail!(
+            "say which data plane: --config FILE, --iface IFACE [--netns NS] or --pin-dir DIR"
+        ),
+    };
+    if !dir.join("link").exists() {
+        bail!(
+            "no balancer is attached there ({} has no pinned link)",
+            dir.display()
+        );
+    }
+    Dataplane::detach(&dir)?;
+    println!("detached ({} removed)", dir.display());
+    Ok(())
+}
+
+fn agent(listen: SocketAddr, once: bool) -> Result<()> {
+    init_tracing();
+    if once {
+        let nvml = balancer::agent::nvml::Nvml::load();
+        print!("{}", balancer::agent::render(nvml.as_ref())?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(balancer::agent::serve(listen))
+        .with_context(|| format!("serving on {listen}"))
+}
+
+fn config_check(file: &Path, output: Output) -> Result<()> {
+    let cfg = Config::load(file)?;
+    println!("{}", render::config::check(file, &cfg, output));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn daemon(src: &str) -> DaemonConfig {
+        match Config::parse(Path::new("t.toml"), src) {
+            Ok(c) => c.daemon,
+            Err(e) => panic!("test config: {e}"),
+        }
+    }
+
+    fn args(iface: Option<&str>, netns: Option<&str>) -> RunArgs {
+        RunArgs {
+            config: PathBuf::from("t.toml"),
+            iface: iface.map(Into::into),
+            xdp_mode: None,
+            netns: netns.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn iface_override_moves_a_defaulted_pin_dir() {
+        let mut d = daemon("[daemon]\niface = \"eth0\"\n");
+        apply_overrides(&mut d, &args(Some("eth1"), None));
+        assert_eq!(d.iface.as_deref(), Some("eth1"));
+        assert_eq!(d.pin_dir, default_pin_dir("eth1", None));
+        apply_overrides(&mut d, &args(None, Some("ns1")));
+        assert_eq!(d.pin_dir, default_pin_dir("eth1", Some("ns1")));
+    }
+
+    #[test]
+    fn xdp_mode_override() {
+        let mut d = daemon("[daemon]\niface = \"eth0\"\nxdp_mode = \"driver\"\n");
+        let mut a = args(None, None);
+        a.xdp_mode = Some(XdpModeArg::Generic);
+        let before = d.pin_dir.clone();
+        apply_overrides(&mut d, &a);
+        assert_eq!(d.xdp_mode, AttachMode::Generic);
+        assert_eq!(d.pin_dir, before);
+    }
+}

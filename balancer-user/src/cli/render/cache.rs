@@ -1,0 +1,127 @@
+//! `balancer cache …`.
+
+use balancer::cache::{CacheStats, InvalidateReply};
+
+use super::table::{Align, human, render};
+
+/// Counters with each lookup outcome's share, then L2 state and versions.
+pub fn stats(s: &CacheStats) -> String {
+    let mut out = render(
+        &[
+            ("", Align::Left),
+            ("count", Align::Right),
+            ("share", Align::Right),
+        ],
+        &stats_rows(s),
+    );
+    match &s.l2 {
+        Some(l) => outln!(
+            out,
+            "L2 {} {} (connects {}, errors {}, queued invalidations {})",
+            l.url,
+            if l.up { "up" } else { "DOWN: L1 only" },
+            l.connects,
+            l.errors,
+            l.pending
+        ),
+        None => outln!(out, "L2 none"),
+    }
+    for (m, v) in &s.versions {
+        outln!(out, "model {m}: version {:?}", v);
+    }
+    out
+}
+
+fn stats_rows(s: &CacheStats) -> Vec<Vec<String>> {
+    // Shares are of lookups: every request that asked the cache.
+    let served = s.hits + s.hits_l2;
+    let lookups = served + s.misses + s.coalesced;
+    let pct = |n: u64| {
+        if lookups == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * n as f64 / lookups as f64)
+        }
+    };
+    let plain = |name: &str, v: String| vec![name.to_string(), v, String::new()];
+    vec![
+        vec!["hits (L1)".into(), s.hits.to_string(), pct(s.hits)],
+        vec!["hits (L2)".into(), s.hits_l2.to_string(), pct(s.hits_l2)],
+        vec!["misses".into(), s.misses.to_string(), pct(s.misses)],
+        vec![
+            "coalesced".into(),
+            s.coalesced.to_string(),
+            pct(s.coalesced),
+        ],
+        plain("bypasses", s.bypasses.to_string()),
+        plain("413 too large", s.too_large.to_string()),
+        plain("not cacheable", s.uncacheable.to_string()),
+        plain("backend errors", s.backend_errors.to_string()),
+        plain("stored", s.stored.to_string()),
+        plain("refused (admission)", s.rejected.to_string()),
+        plain("evicted", s.evictions.to_string()),
+        plain("invalidated", s.invalidated.to_string()),
+        plain("bytes served", human(s.bytes_served as f64)),
+        plain("GPU-seconds saved", format!("{:.3}", s.gpu_seconds_saved)),
+        vec![
+            "L1 entries / bytes".into(),
+            format!("{} / {}", s.entries, human(s.bytes as f64)),
+            format!(
+                "{:.1}% of {}",
+                100.0 * s.bytes as f64 / s.budget.max(1) as f64,
+                human(s.budget as f64)
+            ),
+        ],
+    ]
+}
+
+/// What `cache invalidate` did (without the newline).
+pub fn invalidated(r: &InvalidateReply) -> String {
+    format!(
+        "removed {} here, {} from Redis; {}",
+        r.l1_removed,
+        r.l2_removed,
+        told(r)
+    )
+}
+
+/// What `cache bump-version` did (without the newline).
+pub fn bumped(model: &str, r: &InvalidateReply) -> String {
+    format!(
+        "{model} is now version {:?}; {} old entries purged here; {}",
+        r.version,
+        r.l1_removed,
+        told(r)
+    )
+}
+
+fn told(r: &InvalidateReply) -> &'static str {
+    if r.broadcast {
+        "other gateways told"
+    } else {
+        "Redis is down: queued for the other gateways"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages() {
+        let r = InvalidateReply {
+            l1_removed: 2,
+            l2_removed: 3,
+            broadcast: false,
+            version: "v2".into(),
+        };
+        assert_eq!(
+            invalidated(&r),
+            "removed 2 here, 3 from Redis; Redis is down: queued for the other gateways"
+        );
+        assert_eq!(
+            bumped("m", &r),
+            "m is now version \"v2\"; 2 old entries purged here; Redis is down: queued for the other gateways"
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! `balancer vip list`.
+
+use balancer::lb::VipInfo;
+
+use super::table::{Align, render};
+
+/// One row per VIP: mode, affinity, pool size and how many are in the ring.
+pub fn vips(vips: &[VipInfo]) -> String {
+    let rows: Vec<Vec<String>> = vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.spec.id.to_string(),
+                v.spec.mode.to_string(),
+                v.spec
+                    .affinity_secs
+                    .map(|s| format!("{s}s"))
+                    .unwrap_or_else(|| "-".into()),
+                v.backends.len().to_string(),
+                v.backends
+                    .iter()
+                    .filter(|b| b.effective_weight > 0)
+                    .count()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            ("VIP", Align::Left),
+            ("MODE", Align::Left),
+            ("AFFINITY", Align::Right),
+            ("BACKENDS", Align::Right),
+            ("IN RING", Align::Right),
+        ],
+        &rows,
+    )
+}
