@@ -42,6 +42,10 @@ fn run_daemon(args: RunArgs) -> Result<()> {
 
 /// Applies `run`'s flags to the file's daemon settings.
 fn apply_overrides(d: &mut DaemonConfig, args: &RunArgs) {
+    // Config exposes only the resolved pin directory: it was defaulted iff it
+    // is the default for the file's own interface and namespace. Only then
+    // does it follow an overridden interface; a pin_dir the file names wins.
+    let defaulted = d.pin_dir == pin_dir_for(d);
     let mut repin = false;
     if let Some(i) = &args.iface {
         d.iface = Some(i.clone());
@@ -51,7 +55,7 @@ fn apply_overrides(d: &mut DaemonConfig, args: &RunArgs) {
         d.netns = Some(ns.clone());
         repin = true;
     }
-    if repin {
+    if repin && defaulted {
         d.pin_dir = pin_dir_for(d);
     }
     if let Some(m) = args.xdp_mode {
@@ -145,6 +149,15 @@ mod tests {
         assert_eq!(d.pin_dir, default_pin_dir("eth1", None));
         apply_overrides(&mut d, &args(None, Some("ns1")));
         assert_eq!(d.pin_dir, default_pin_dir("eth1", Some("ns1")));
+    }
+
+    #[test]
+    fn iface_override_keeps_an_explicit_pin_dir() {
+        let mut d = daemon("[daemon]\niface = \"eth0\"\npin_dir = \"/sys/fs/bpf/mine\"\n");
+        apply_overrides(&mut d, &args(Some("eth1"), Some("ns1")));
+        assert_eq!(d.iface.as_deref(), Some("eth1"));
+        assert_eq!(d.netns.as_deref(), Some("ns1"));
+        assert_eq!(d.pin_dir, PathBuf::from("/sys/fs/bpf/mine"));
     }
 
     #[test]
