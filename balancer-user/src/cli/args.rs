@@ -8,7 +8,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use balancer::{
     config::DEFAULT_SOCKET,
-    lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, VipId},
+    lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, VipId, validate_affinity, validate_weight},
     net::MacAddr,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -265,28 +265,20 @@ pub enum ConfigCmd {
     },
 }
 
-// TODO(validator): this repeats the engine's weight range; switch to lb's
-// validator so the CLI and the API cannot disagree.
+// The engine's validators: the CLI, the API and the configuration accept
+// exactly the same values.
 fn parse_weight(s: &str) -> Result<u32, String> {
     let w: u32 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a whole number; use 0 to {MAX_WEIGHT}"))?;
-    if w > MAX_WEIGHT {
-        return Err(format!("{w} is too large; use 0 to {MAX_WEIGHT}"));
-    }
-    Ok(w)
+    validate_weight(w).map_err(|e| e.to_string())
 }
 
-// TODO(validator): this repeats the engine's affinity range; switch to lb's
-// validator so the CLI and the API cannot disagree.
 fn parse_affinity(s: &str) -> Result<u32, String> {
     let t: u32 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds; use 1 to {MAX_AFFINITY_SECS}"))?;
-    if t == 0 || t > MAX_AFFINITY_SECS {
-        return Err(format!("use 1 to {MAX_AFFINITY_SECS} seconds"));
-    }
-    Ok(t)
+    validate_affinity(t).map_err(|e| e.to_string())
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
