@@ -162,6 +162,8 @@ enum Bench {
     Cache,
     /// The cache proxy's hit path vs. nginx proxy_cache.
     Proxy,
+    /// Cache hit latency and bypass throughput, quiet vs. ring churn.
+    Churn,
 }
 
 fn main() -> ExitCode {
@@ -234,6 +236,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Control => "control",
                 Bench::Cache => "cache",
                 Bench::Proxy => "proxy",
+                Bench::Churn => "churn",
             };
             run(cargo()
                 .args(["bench", "-p", "balancer-tests", "--bench", name, "--"])
