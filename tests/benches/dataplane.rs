@@ -39,8 +39,18 @@ struct Path {
     kernel: Vec<f64>,
 }
 
-fn parse_args() -> anyhow::Result<(u32, usize, Option<u32>)> {
+/// Command-line options.
+struct Args {
+    repeat: u32,
+    rounds: usize,
+    max_flows: Option<u32>,
+    /// Skip the connection-table design comparison (the slow part).
+    paths_only: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
     let mut repeat = 1_000_000u32;
+    let mut paths_only = false;
     let mut rounds = 5usize;
     let mut max_flows = None;
     let mut args = std::env::args().skip(1);
@@ -68,13 +78,21 @@ fn parse_args() -> anyhow::Result<(u32, usize, Option<u32>)> {
                         .context("--max-flows N")?,
                 )
             }
+            "--paths-only" => paths_only = true,
             "--bench" => {}
-            other => bail!("unknown argument {other:?}; use --repeat N and --rounds N"),
+            other => bail!(
+                "unknown argument {other:?}; use --repeat N, --rounds N, --max-flows N, --paths-only"
+            ),
         }
     }
     ensure!(repeat >= 1, "--repeat must be at least 1");
     ensure!(rounds >= 1, "--rounds must be at least 1");
-    Ok((repeat, rounds, max_flows))
+    Ok(Args {
+        repeat,
+        rounds,
+        max_flows,
+        paths_only,
+    })
 }
 
 fn delta(before: &GlobalStats, after: &GlobalStats, c: Counter) -> u64 {
@@ -93,7 +111,12 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     require_root();
-    let (repeat, rounds, max_flows) = parse_args()?;
+    let Args {
+        repeat,
+        rounds,
+        max_flows,
+        paths_only,
+    } = parse_args()?;
     // Count CPUs before pinning narrows what this thread may use.
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -407,7 +430,9 @@ fn run() -> anyhow::Result<()> {
             p.name, min, med, wmin, ratio, target, verdict
         );
     }
-    lru_flavours(&bench, repeat, cpus)?;
+    if !paths_only {
+        lru_flavours(&bench, repeat, cpus)?;
+    }
     if !misses.is_empty() {
         println!("\ntargets missed: {}", misses.join(", "));
     }
