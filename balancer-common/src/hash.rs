@@ -117,6 +117,24 @@ pub const fn ring_slot(hash: u32, ring_size: u32) -> u32 {
     ((hash as u64 * ring_size as u64) >> 32) as u32
 }
 
+/// Home slot hash of a VIP in the VIP table (see [`crate::VipSlot`]): the
+/// address words and the key's last word (port, protocol, family as laid out
+/// in [`crate::VipKey`]), multiplied in. The caller masks it to the table size.
+#[inline(always)]
+pub const fn vip_slot_hash(addr: &[u32; 4], tail: u32) -> u32 {
+    let h = (addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24))
+        .wrapping_mul(0x9e37_79b1);
+    let h = (h ^ tail).wrapping_mul(0x85eb_ca6b);
+    h ^ (h >> 16)
+}
+
+/// The last word of a [`crate::VipKey`] (port, protocol, family) as a
+/// little-endian load of its last four bytes reads it.
+#[inline(always)]
+pub const fn vip_key_tail(port: u16, proto: u8, family: u8) -> u32 {
+    port as u32 | (proto as u32) << 16 | (family as u32) << 24
+}
+
 /// Bit index of an address in the VIP prefilter (see [`crate::VipFilter`]).
 /// `first_word` is the address's first 32-bit word as read from the packet and
 /// `last_word` its last one (the same word for IPv4).

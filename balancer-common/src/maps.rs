@@ -148,6 +148,44 @@ pub struct VipMeta {
     pub affinity_timeout_secs: u32,
 }
 
+/// One slot of the VIP table (`VIPS`), an array the control plane lays out as
+/// an open-addressing hash table with linear probing.
+///
+/// Why not a kernel hash map: its lookup (jhash over the key, a bucket walk, a
+/// helper call) cost about 30 ns on the established path, a third of the
+/// whole packet. Here a VIP is found by our own cheap hash, one inlined array
+/// access and a five-word compare, usually in the first slot.
+///
+/// Readers never see a VIP half-inserted as a different VIP: a slot changes
+/// from empty or removed to a VIP, from a VIP to removed, or only in its
+/// `meta` (the ring flip writes one byte), and the `family` byte decides
+/// emptiness.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipSlot {
+    /// The VIP; `key.family` is [`VIP_SLOT_EMPTY`] or [`VIP_SLOT_REMOVED`] in a
+    /// slot that holds none.
+    pub key: VipKey,
+    /// Its metadata.
+    pub meta: VipMeta,
+}
+
+/// `VipSlot::key.family` of a slot never used: a probe stops there.
+pub const VIP_SLOT_EMPTY: u8 = 0;
+/// `VipSlot::key.family` of a slot whose VIP was removed: a probe goes on past
+/// it, and an insert may reuse it.
+pub const VIP_SLOT_REMOVED: u8 = 0xff;
+/// Most slots a VIP may lie from its home slot; lookups probe at most this many.
+pub const VIP_PROBES: u32 = 8;
+
+/// Number of `VIPS` slots for `max_vips` VIPs: a power of two with at most a
+/// quarter of it in use, so probes are short and a placement within
+/// [`VIP_PROBES`] of home is all but certain.
+pub const fn vip_table_slots(max_vips: u32) -> u32 {
+    let want = if max_vips < 2 { 8 } else { max_vips * 4 };
+    want.next_power_of_two()
+}
+
 /// A small Bloom filter (one hash) over all VIP addresses. Packets whose
 /// destination bit is clear cannot be for a VIP and pass after one array read,
 /// which keeps the non-VIP path close to a bare XDP_PASS.
@@ -350,6 +388,7 @@ mod pod {
     // SAFETY: every type is #[repr(C)], has no padding and is bytemuck::Pod.
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::VipFilter {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}

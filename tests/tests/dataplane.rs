@@ -1109,3 +1109,107 @@ fn full_set_evicts_least_recently_used() {
     let (live, _) = fx.lb.maps().flows.occupancy();
     assert!(live >= FLOW_WAYS as u64);
 }
+
+/// The VIP table is an array the control plane lays out as a hash table
+/// (open addressing): with the table full to its VIP limit, after removals
+/// and re-adds that reuse removed slots, every live VIP must still be found
+/// by the data path and every removed one must be gone. Ports vary so that
+/// several VIPs share an address and home slots collide.
+#[test]
+fn vip_table_finds_every_vip_through_removals_and_reuse() {
+    require_root();
+    let opts = LoadOptions {
+        ring_size: 251,
+        max_vips: 64,
+        max_backends: 128,
+        max_flows: 4096,
+        max_affinity: 256,
+    };
+    let dp = Dataplane::load(&opts).expect("load balancer");
+    let prog = dp.programs;
+    let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+    // Four addresses per /24, two ports each: unique for every i.
+    let id = |i: u32| {
+        vip(&format!(
+            "10.77.{}.{}:{}/tcp",
+            i / 8,
+            i % 8 / 2 + 1,
+            80 + i % 2
+        ))
+    };
+    let add = |lb: &mut LoadBalancer, v: VipId, i: u32| {
+        lb.add_vip(VipSpec {
+            id: v,
+            mode: Mode::L2Dsr,
+            affinity_secs: None,
+        })
+        .unwrap();
+        lb.add_backend(
+            &v,
+            BackendSpec {
+                addr: IpAddr::from([10, 0, 1, (i % 200) as u8 + 1]),
+                weight: 1,
+                mac: Some(mac((i % 200) as u8 + 1)),
+            },
+        )
+        .unwrap();
+    };
+    let syn_to = |v: &VipId| match v.addr {
+        IpAddr::V4(a) => Flow::tcp("192.0.2.7", 5555, &a.to_string(), v.port).frame(),
+        IpAddr::V6(_) => unreachable!("v4 VIPs only"),
+    };
+    let check = |lb: &LoadBalancer, live: &[VipId], gone: &[VipId], when: &str| {
+        let p = prog.program().unwrap();
+        let mut bad = Vec::new();
+        for v in live {
+            let (a, _) = xdp::run(p, &syn_to(v)).unwrap();
+            if a != TX {
+                bad.push(format!("{v} live but {}", action_name(a)));
+            }
+        }
+        for v in gone {
+            let (a, _) = xdp::run(p, &syn_to(v)).unwrap();
+            if a != PASS {
+                bad.push(format!("{v} removed but {}", action_name(a)));
+            }
+        }
+        bad.extend(lb.maps().verify().unwrap());
+        assert!(bad.is_empty(), "{when}:\n{}", bad.join("\n"));
+    };
+
+    let first: Vec<VipId> = (0..64).map(id).collect();
+    for (i, v) in first.iter().enumerate() {
+        add(&mut lb, *v, i as u32);
+    }
+    check(&lb, &first, &[], "64 VIPs, the table's limit");
+    assert!(
+        lb.add_vip(VipSpec {
+            id: vip("10.78.0.1:80/tcp"),
+            mode: Mode::L2Dsr,
+            affinity_secs: None,
+        })
+        .is_err(),
+        "a 65th VIP must be refused"
+    );
+
+    let (gone, kept): (Vec<VipId>, Vec<VipId>) = first
+        .iter()
+        .partition(|v| v.port % 2 == 0 || v.addr.to_string().ends_with(".1"));
+    for v in &gone {
+        lb.remove_vip(v).unwrap();
+    }
+    check(&lb, &kept, &gone, "after removing some");
+
+    let again: Vec<VipId> = (100..100 + gone.len() as u32).map(id).collect();
+    for (i, v) in again.iter().enumerate() {
+        add(&mut lb, *v, 64 + i as u32);
+    }
+    let live: Vec<VipId> = kept.iter().chain(&again).copied().collect();
+    let still_gone: Vec<VipId> = gone.iter().filter(|v| !live.contains(v)).copied().collect();
+    check(
+        &lb,
+        &live,
+        &still_gone,
+        "after re-adding into removed slots",
+    );
+}

@@ -28,7 +28,7 @@ use aya::{
 };
 use balancer_common::{
     DEFAULT_FLOW_SETS, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
-    DEFAULT_RING_SIZE, FLOW_WAYS, rings_entries, rings_len,
+    DEFAULT_RING_SIZE, FLOW_WAYS, rings_entries, rings_len, vip_table_slots,
 };
 pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
 use tracing::{info, warn};
@@ -178,7 +178,8 @@ impl LoadOptions {
         let flows = self.flow_sets() as u64 * 64;
         let aff = self.max_affinity as u64 * (20 + 16 + 64);
         let backends = self.max_backends as u64 * (28 + 24 * 2);
-        rings + flows + aff + backends
+        let vips = vip_table_slots(self.max_vips) as u64 * 32;
+        rings + flows + aff + backends + vips
     }
 }
 
@@ -245,13 +246,29 @@ fn raise_memlock() {
     }
 }
 
-fn loader<'a>(opts: &'a LoadOptions, rings: u32, flow_set_mask: &'a u32) -> EbpfLoader<'a> {
+/// The program's globals that follow from the table sizes.
+struct Masks {
+    flow_sets: u32,
+    vip_slots: u32,
+}
+
+impl Masks {
+    fn of(opts: &LoadOptions) -> Self {
+        Self {
+            flow_sets: opts.flow_sets() - 1,
+            vip_slots: vip_table_slots(opts.max_vips) - 1,
+        }
+    }
+}
+
+fn loader<'a>(opts: &'a LoadOptions, rings: u32, masks: &'a Masks) -> EbpfLoader<'a> {
     let mut l = EbpfLoader::new();
     l.override_global("RING_SIZE", &opts.ring_size, true)
-        .override_global("FLOW_SET_MASK", flow_set_mask, true)
+        .override_global("FLOW_SET_MASK", &masks.flow_sets, true)
+        .override_global("VIP_SLOT_MASK", &masks.vip_slots, true)
         .map_max_entries("FLOWS", opts.flow_sets())
         .map_max_entries("RINGS", rings_entries(rings))
-        .map_max_entries("VIPS", opts.max_vips)
+        .map_max_entries("VIPS", vip_table_slots(opts.max_vips))
         .map_max_entries("VIP_STATS", opts.max_vips)
         .map_max_entries("BACKENDS", opts.max_backends)
         .map_max_entries("BACKEND_STATS", opts.max_backends)
@@ -288,8 +305,8 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let rings = opts.validate()?;
         raise_memlock();
-        let mask = opts.flow_sets() - 1;
-        let mut ebpf = loader(opts, rings, &mask)
+        let masks = Masks::of(opts);
+        let mut ebpf = loader(opts, rings, &masks)
             .load(objects::BALANCER)
             .map_err(DataplaneError::Load)?;
         load_program(&mut ebpf)?;
@@ -342,8 +359,8 @@ impl Dataplane {
         pin_dir: &Path,
     ) -> Result<Self> {
         let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, pin_dir.join(n))).collect();
-        let mask = opts.flow_sets() - 1;
-        let mut l = loader(opts, rings, &mask);
+        let masks = Masks::of(opts);
+        let mut l = loader(opts, rings, &masks);
         for (name, path) in &pins {
             l.map_pin_path(name, path.as_path());
         }

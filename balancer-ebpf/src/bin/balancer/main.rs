@@ -37,6 +37,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use crate::{maps::STATS, parse::process};
 
 #[xdp]
+#[inline(always)]
 pub fn balancer(ctx: XdpContext) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;

@@ -3,12 +3,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
     AffinityKey, AffinityValue, Backend, DEFAULT_FLOW_SETS, DEFAULT_MAX_AFFINITY,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, FlowBucket,
-    GlobalStats, TrafficStats, VipFilter, VipKey, VipMeta,
+    GlobalStats, TrafficStats, VipFilter, VipSlot, vip_table_slots,
 };
 
 /// Maglev ring size M, set by the loader (`EbpfLoader::override_global`).
@@ -20,8 +20,16 @@ pub(crate) static RING_SIZE: u32 = DEFAULT_RING_SIZE;
 #[unsafe(no_mangle)]
 pub(crate) static FLOW_SET_MASK: u32 = DEFAULT_FLOW_SETS - 1;
 
+/// Number of `VIPS` slots minus one (a power of two minus one), set by the
+/// loader.
+#[unsafe(no_mangle)]
+pub(crate) static VIP_SLOT_MASK: u32 = vip_table_slots(DEFAULT_MAX_VIPS) - 1;
+
+/// The VIP table: open addressing laid out by the control plane (see
+/// `balancer_common::VipSlot`).
 #[map]
-pub(crate) static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub(crate) static VIPS: Array<VipSlot> =
+    Array::with_max_entries(vip_table_slots(DEFAULT_MAX_VIPS), 0);
 
 #[map]
 pub(crate) static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);

@@ -14,9 +14,9 @@
 mod flows;
 mod mmap;
 mod rings;
+mod vips;
 
 use std::{
-    collections::BTreeMap,
     mem::size_of,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -29,10 +29,11 @@ use aya::{
 };
 use balancer_common::{
     AffinityKey, AffinityValue, Backend, DataplaneConfig, FlowBucket, GlobalStats, TrafficStats,
-    VipFilter, VipKey, VipMeta,
+    VipFilter, VipSlot,
 };
 pub use flows::FlowTable;
 pub use rings::RingMap;
+pub use vips::VipMap;
 
 /// Errors opening or using the maps.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,13 @@ pub enum MapsError {
         index: u32,
         /// Map size.
         size: u32,
+    },
+    /// No free `VIPS` slot within probe reach of a new VIP's home slot, or the
+    /// table holds as many VIPs as it may.
+    #[error("VIP table full ({vips} VIPs): raise max_vips")]
+    VipTableFull {
+        /// VIPs in the table.
+        vips: u32,
     },
     /// Counting CPUs for per-CPU values failed.
     #[error("counting possible CPUs: {0}")]
@@ -187,91 +195,6 @@ fn open(
     Ok((map, size))
 }
 
-/// `VIPS` with its shadow.
-pub struct VipMap {
-    map: HashMap<MapData, VipKey, VipMeta>,
-    shadow: BTreeMap<VipKeyOrd, VipMeta>,
-    max: u32,
-}
-
-/// [`VipKey`] ordered by its bytes, for the shadow map.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct VipKeyOrd([u8; size_of::<VipKey>()]);
-
-impl From<&VipKey> for VipKeyOrd {
-    fn from(k: &VipKey) -> Self {
-        let mut b = [0u8; size_of::<VipKey>()];
-        b.copy_from_slice(bytemuck::bytes_of(k));
-        Self(b)
-    }
-}
-
-impl VipKeyOrd {
-    fn key(&self) -> VipKey {
-        bytemuck::pod_read_unaligned(&self.0)
-    }
-}
-
-impl VipMap {
-    /// Inserts or replaces a VIP. Replacing is how the ring generation flips: a
-    /// hash-map update swaps the whole value at once for concurrent readers.
-    pub fn insert(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
-        self.map.insert(key, meta, 0).map_err(kernel("VIPS"))?;
-        self.shadow.insert(key.into(), *meta);
-        Ok(())
-    }
-
-    /// Removes a VIP.
-    pub fn remove(&mut self, key: &VipKey) -> Result<()> {
-        match self.map.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(kernel("VIPS")(e)),
-        }
-        self.shadow.remove(&key.into());
-        Ok(())
-    }
-
-    /// The shadow's entry for a VIP.
-    pub fn get(&self, key: &VipKey) -> Option<&VipMeta> {
-        self.shadow.get(&key.into())
-    }
-
-    /// All VIPs in the shadow.
-    pub fn iter(&self) -> impl Iterator<Item = (VipKey, VipMeta)> + '_ {
-        self.shadow.iter().map(|(k, v)| (k.key(), *v))
-    }
-
-    /// Map capacity.
-    pub fn capacity(&self) -> u32 {
-        self.max
-    }
-
-    fn load_shadow(&mut self) -> Result<()> {
-        self.shadow.clear();
-        for item in self.map.iter() {
-            let (k, v) = item.map_err(kernel("VIPS"))?;
-            self.shadow.insert((&k).into(), v);
-        }
-        Ok(())
-    }
-
-    fn verify(&self, out: &mut Vec<String>) -> Result<()> {
-        let mut kernel_side = BTreeMap::new();
-        for item in self.map.iter() {
-            let (k, v) = item.map_err(kernel("VIPS"))?;
-            kernel_side.insert(VipKeyOrd::from(&k), v);
-        }
-        if kernel_side != self.shadow {
-            out.push(format!(
-                "VIPS: kernel has {} entries, shadow {} (or values differ)",
-                kernel_side.len(),
-                self.shadow.len()
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// An array map with a full shadow (`BACKENDS`, `CONFIG`, `VIP_FILTER`).
 pub struct ShadowArray<T: aya::Pod + PartialEq + Default> {
     name: &'static str,
@@ -280,7 +203,7 @@ pub struct ShadowArray<T: aya::Pod + PartialEq + Default> {
 }
 
 impl<T: aya::Pod + PartialEq + Default> ShadowArray<T> {
-    fn new(name: &'static str, map: Map) -> Result<Self> {
+    pub(super) fn new(name: &'static str, map: Map) -> Result<Self> {
         let map: Array<MapData, T> = Array::try_from(map).map_err(kernel(name))?;
         let len = map.len();
         let mut a = Self {
@@ -326,7 +249,7 @@ impl<T: aya::Pod + PartialEq + Default> ShadowArray<T> {
         self.shadow.is_empty()
     }
 
-    fn verify(&self, out: &mut Vec<String>) -> Result<()> {
+    pub(super) fn verify(&self, out: &mut Vec<String>) -> Result<()> {
         for (i, want) in self.shadow.iter().enumerate() {
             let got = self.map.get(&(i as u32), 0).map_err(kernel(self.name))?;
             if got != *want {
@@ -512,10 +435,7 @@ impl BalancerMaps {
     /// Opens every map from `src`. With pins, shadows are read back from the
     /// kernel and layouts checked.
     pub fn open(mut src: MapSource<'_>) -> Result<Self> {
-        let (vips, max_vips_hash) =
-            open(&mut src, "VIPS", size_of::<VipKey>(), size_of::<VipMeta>())?;
-        let vips: HashMap<MapData, VipKey, VipMeta> =
-            HashMap::try_from(vips).map_err(kernel("VIPS"))?;
+        let (vips, _) = open(&mut src, "VIPS", 4, size_of::<VipSlot>())?;
         let (filter, _) = open(&mut src, "VIP_FILTER", 4, size_of::<VipFilter>())?;
         let (rings, rings_entries) = open(&mut src, "RINGS", 4, 8)?;
         let (backends, max_backends) = open(&mut src, "BACKENDS", 4, size_of::<Backend>())?;
@@ -560,12 +480,8 @@ impl BalancerMaps {
             }
         };
         let cpus = nr_cpus().map_err(|(_, e)| MapsError::Cpus(e.to_string()))?;
-        let mut maps = Self {
-            vips: VipMap {
-                map: vips,
-                shadow: BTreeMap::new(),
-                max: max_vips_hash,
-            },
+        let maps = Self {
+            vips: VipMap::new(vips, max_vips)?,
             filter: ShadowArray::new("VIP_FILTER", filter)?,
             rings,
             backends: ShadowArray::new("BACKENDS", backends)?,
@@ -596,7 +512,6 @@ impl BalancerMaps {
             }),
             sizes,
         };
-        maps.vips.load_shadow()?;
         Ok(maps)
     }
 
