@@ -251,7 +251,7 @@ fn run() -> anyhow::Result<()> {
         Path {
             name: "established flow",
             wrapped: true,
-            target: Some(3.5),
+            target: Some(3.3),
             wall: vec![],
             kernel: vec![],
         },
