@@ -36,6 +36,11 @@ impl FlowTable {
         unsafe { self.mem.ptr::<FlowBucket>().add(i as usize).read_volatile() }
     }
 
+    /// One set, as the data path sees it now (None past the end).
+    pub fn bucket(&self, i: u32) -> Option<FlowBucket> {
+        (i < self.sets).then(|| self.set(i))
+    }
+
     /// Live entries and, per backend slot, how many entries point at it.
     pub fn occupancy(&self) -> (u64, std::collections::BTreeMap<u32, u64>) {
         let mut total = 0;

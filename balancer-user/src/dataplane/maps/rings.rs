@@ -98,6 +98,21 @@ impl RingMap {
         Ok(out)
     }
 
+    /// One element of the map as the data path reads it: the slot pair
+    /// `2i, 2i + 1` (for instruction-level tools that replay the data path).
+    pub fn element(&self, i: u32) -> Option<u64> {
+        let lo = 2 * i as usize;
+        if lo + 1 >= self.len {
+            return None;
+        }
+        // SAFETY: lo + 1 < len, the mapping's size in slots.
+        let (a, b) = unsafe {
+            let p = self.mem.ptr::<u32>().add(lo);
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        Some(a as u64 | (b as u64) << 32)
+    }
+
     /// The shadow of a half, if this process wrote or adopted it.
     pub fn shadow(&self, vip_index: u32, generation: u8) -> Option<&[u32]> {
         self.shadow

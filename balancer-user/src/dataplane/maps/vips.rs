@@ -107,6 +107,11 @@ impl VipMap {
             .filter_map(|&i| self.slots.get(i).map(|s| (s.key, s.meta)))
     }
 
+    /// One raw slot of the table, as the data path reads it.
+    pub fn slot(&self, i: u32) -> Option<&VipSlot> {
+        self.slots.get(i)
+    }
+
     /// Most VIPs the table takes.
     pub fn capacity(&self) -> u32 {
         self.max
