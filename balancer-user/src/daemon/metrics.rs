@@ -316,4 +316,33 @@ mod tests {
         assert_eq!(saved.value, 1.25);
         assert!(text.contains("balancer_cache_l2_pending_invalidations 2"));
     }
+
+    #[test]
+    fn exposition_text_is_stable() {
+        // Dashboards and alerts read these names, labels and help texts.
+        use crate::api::{BackendStatsRow, VipStatsRow};
+        let backend = |last: u8, n: u64, down: Option<&str>| BackendStatsRow {
+            addr: [10, 0, 1, last].into(),
+            weight: 2,
+            effective_weight: if down.is_some() { 0 } else { 2 },
+            ring_slots: 7 * n,
+            packets: 10 * n,
+            bytes: 1000 * n,
+            new_flows: n,
+            down: down.map(str::to_string),
+        };
+        let s = StatsReply {
+            at_ms: 0,
+            global: [("lru_hit".to_string(), 5), ("pass_non_ip".to_string(), 3)].into(),
+            vips: vec![VipStatsRow {
+                vip: "10.0.0.1:80/tcp".parse().unwrap(),
+                packets: 30,
+                bytes: 3000,
+                new_flows: 3,
+                backends: vec![backend(1, 1, None), backend(2, 2, Some("health"))],
+            }],
+            cache: Some(crate::cache::tests::sample_stats()),
+        };
+        assert_eq!(render(&s), include_str!("testdata/metrics.prom"));
+    }
 }

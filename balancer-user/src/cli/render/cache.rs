@@ -124,4 +124,39 @@ mod tests {
             "m is now version \"v2\"; 2 old entries purged here; Redis is down: queued for the other gateways"
         );
     }
+
+    #[test]
+    fn stats_table_is_stable() {
+        let s: CacheStats = serde_json::from_str(
+            r#"{"hits":1,"hits_l2":2,"misses":3,"coalesced":4,"bypasses":5,"too_large":6,
+            "uncacheable":7,"backend_errors":8,"stored":9,"rejected":10,"evictions":11,
+            "invalidated":12,"bytes_served":13000,"bytes_stored":14000,"gpu_seconds_saved":1.5,
+            "entries":15,"bytes":16000,"budget":17000,"l2":{"url":"redis://127.0.0.1:6379",
+            "up":true,"connects":18,"errors":19,"pending":20},"versions":{"m":"v1+abc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stats(&s),
+            concat!(
+                "                           count            share\n",
+                "hits (L1)                      1            10.0%\n",
+                "hits (L2)                      2            20.0%\n",
+                "misses                         3            30.0%\n",
+                "coalesced                      4            40.0%\n",
+                "bypasses                       5\n",
+                "413 too large                  6\n",
+                "not cacheable                  7\n",
+                "backend errors                 8\n",
+                "stored                         9\n",
+                "refused (admission)           10\n",
+                "evicted                       11\n",
+                "invalidated                   12\n",
+                "bytes served              13.00k\n",
+                "GPU-seconds saved          1.500\n",
+                "L1 entries / bytes   15 / 16.00k  94.1% of 17.00k\n",
+                "L2 redis://127.0.0.1:6379 up (connects 18, errors 19, queued invalidations 20)\n",
+                "model m: version \"v1+abc\"\n",
+            )
+        );
+    }
 }
