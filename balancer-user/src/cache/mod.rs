@@ -6,7 +6,8 @@
 //! - [`store`]: the sharded L1 that applies the policy;
 //! - [`l2`]: Redis entries, version tokens and the pub/sub bus;
 //! - [`pick`]: the backend for a miss (consistent hashing, bounded loads);
-//! - [`proxy`]: the HTTP listeners that put it all together.
+//! - [`proxy`]: the HTTP listeners that put it all together;
+//! - [`stats`]: the event counters, defined once, and the snapshot.
 //!
 //! **Coherency.** A key includes the model's version, which is the
 //! configured version plus a token that `bump-version` replaces: old entries
@@ -21,14 +22,14 @@ pub mod l2;
 pub mod pick;
 pub mod policy;
 pub mod proxy;
+pub mod stats;
 pub mod store;
+
+pub use stats::{CacheStats, Counter, Counters, L2Stats};
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -139,105 +140,6 @@ impl Default for Settings {
     }
 }
 
-/// Event counters.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Requests served from L1.
-    pub hits: AtomicU64,
-    /// Requests served from L2.
-    pub hits_l2: AtomicU64,
-    /// Cacheable requests that went to a backend.
-    pub misses: AtomicU64,
-    /// Misses that waited on an identical request in flight instead.
-    pub coalesced: AtomicU64,
-    /// Requests forwarded without the cache.
-    pub bypasses: AtomicU64,
-    /// Requests refused with 413.
-    pub too_large: AtomicU64,
-    /// Responses not cached: non-2xx, `no-store`, or over the object size.
-    pub uncacheable: AtomicU64,
-    /// Backends that failed or timed out (502/503 to the client).
-    pub backend_errors: AtomicU64,
-    /// Entries stored in L1.
-    pub stored: AtomicU64,
-    /// Entries the admission policy turned away.
-    pub rejected: AtomicU64,
-    /// Entries evicted for room.
-    pub evictions: AtomicU64,
-    /// Entries removed by invalidations (local and from the bus).
-    pub invalidated: AtomicU64,
-    /// Body bytes served from the cache.
-    pub bytes_served: AtomicU64,
-    /// Body bytes stored.
-    pub bytes_stored: AtomicU64,
-    /// Backend time saved by hits, microseconds.
-    pub saved_us: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// The L2's state in [`CacheStats`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct L2Stats {
-    /// The URL.
-    pub url: String,
-    /// Whether it is connected.
-    pub up: bool,
-    /// Successful connections so far.
-    pub connects: u64,
-    /// Failed commands.
-    pub errors: u64,
-    /// Invalidations waiting for Redis to come back.
-    pub pending: u64,
-}
-
-/// A snapshot of the cache for the API and metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CacheStats {
-    /// L1 hits.
-    pub hits: u64,
-    /// L2 hits.
-    pub hits_l2: u64,
-    /// Misses.
-    pub misses: u64,
-    /// Misses coalesced onto an identical request in flight.
-    pub coalesced: u64,
-    /// Bypasses.
-    pub bypasses: u64,
-    /// 413s.
-    pub too_large: u64,
-    /// Responses not cached.
-    pub uncacheable: u64,
-    /// Backend failures.
-    pub backend_errors: u64,
-    /// Entries stored.
-    pub stored: u64,
-    /// Entries refused by admission.
-    pub rejected: u64,
-    /// Evictions.
-    pub evictions: u64,
-    /// Entries invalidated.
-    pub invalidated: u64,
-    /// Bytes served from cache.
-    pub bytes_served: u64,
-    /// Bytes stored.
-    pub bytes_stored: u64,
-    /// GPU (backend) seconds saved by hits.
-    pub gpu_seconds_saved: f64,
-    /// Entries in L1.
-    pub entries: u64,
-    /// Bytes charged in L1.
-    pub bytes: u64,
-    /// L1 budget.
-    pub budget: u64,
-    /// The L2, if configured.
-    pub l2: Option<L2Stats>,
-    /// Current version of each model seen or configured.
-    pub versions: BTreeMap<String, String>,
-}
-
 /// What an invalidation did here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidateReply {
@@ -339,18 +241,18 @@ impl Cache {
 
     fn admit(&self, k: Key, e: Arc<Entry>) -> bool {
         let r = self.store.insert(k, e);
-        bump(&self.counters.evictions, r.evicted);
-        if r.admitted {
-            bump(&self.counters.stored, 1);
+        self.counters.add(Counter::Evictions, r.evicted);
+        self.counters.bump(if r.admitted {
+            Counter::Stored
         } else {
-            bump(&self.counters.rejected, 1);
-        }
+            Counter::Rejected
+        });
         r.admitted
     }
 
     /// Stores a fresh backend response in L1 and (in the background) L2.
     pub fn fill(&self, k: Key, e: Arc<Entry>) {
-        bump(&self.counters.bytes_stored, e.body.len() as u64);
+        self.counters.add(Counter::BytesStored, e.body.len() as u64);
         self.admit(k, e.clone());
         if let Some(l2) = self.l2.as_ref().filter(|l| l.is_up()) {
             let l2 = l2.clone();
@@ -384,7 +286,7 @@ impl Cache {
                     .remove_where(|e| &e.model == model && e.version != current)
             }
         };
-        bump(&self.counters.invalidated, n);
+        self.counters.add(Counter::Invalidated, n);
         n
     }
 
@@ -445,21 +347,16 @@ impl Cache {
 
     /// Counts a hit and what it saved.
     pub fn count_hit(&self, e: &Entry, level: Level) {
-        bump(
-            match level {
-                Level::L1 => &self.counters.hits,
-                Level::L2 => &self.counters.hits_l2,
-            },
-            1,
-        );
-        bump(&self.counters.bytes_served, e.body.len() as u64);
-        bump(&self.counters.saved_us, (e.cost_s * 1e6) as u64);
+        self.counters.bump(match level {
+            Level::L1 => Counter::Hits,
+            Level::L2 => Counter::HitsL2,
+        });
+        self.counters.add(Counter::BytesServed, e.body.len() as u64);
+        self.counters.add_saved(e.cost_s);
     }
 
     /// A snapshot for the API and metrics.
     pub fn stats(&self) -> CacheStats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (entries, bytes) = self.store.usage();
         let mut versions: BTreeMap<String, String> = self
             .settings
@@ -478,22 +375,7 @@ impl Cache {
             let v = self.version(&m);
             versions.insert(m, v);
         }
-        CacheStats {
-            hits: get(&c.hits),
-            hits_l2: get(&c.hits_l2),
-            misses: get(&c.misses),
-            coalesced: get(&c.coalesced),
-            bypasses: get(&c.bypasses),
-            too_large: get(&c.too_large),
-            uncacheable: get(&c.uncacheable),
-            backend_errors: get(&c.backend_errors),
-            stored: get(&c.stored),
-            rejected: get(&c.rejected),
-            evictions: get(&c.evictions),
-            invalidated: get(&c.invalidated),
-            bytes_served: get(&c.bytes_served),
-            bytes_stored: get(&c.bytes_stored),
-            gpu_seconds_saved: get(&c.saved_us) as f64 / 1e6,
+        let mut s = CacheStats {
             entries,
             bytes,
             budget: self.settings.memory_bytes,
@@ -505,7 +387,10 @@ impl Cache {
                 pending: self.outbox.lock().map(|o| o.len() as u64).unwrap_or(0),
             }),
             versions,
-        }
+            ..CacheStats::default()
+        };
+        self.counters.fill(&mut s);
+        s
     }
 
     /// Resynchronises after a (re)connect: flush L1, replay our queued

@@ -39,7 +39,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, warn};
 
 use super::{
-    Cache, CacheError, Level,
+    Cache, CacheError, Counter, Level,
     key::{self, Key, OptIn},
     now_ms,
     pick::{self, Member},
@@ -240,10 +240,7 @@ impl Route {
         let (parts, body) = req.into_parts();
         let limit = self.cfg.max_request_bytes;
         let too_large = || {
-            self.cache
-                .counters
-                .too_large
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.cache.counters.bump(Counter::TooLarge);
             json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
@@ -296,10 +293,7 @@ impl Route {
         let c = match classified {
             Ok(c) => c,
             Err(why) => {
-                self.cache
-                    .counters
-                    .bypasses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.cache.counters.bump(Counter::Bypasses);
                 let mut r = self.forward_streaming(&parts, body, None).await;
                 set(r.headers_mut(), X_CACHE, "BYPASS");
                 set(r.headers_mut(), X_CACHE_REASON, why.label());
@@ -346,16 +340,11 @@ impl Route {
                 }
             }
         };
-        let counters = &self.cache.counters;
-        if leader {
-            counters
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cache.counters.bump(if leader {
+            Counter::Misses
         } else {
-            counters
-                .coalesced
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+            Counter::Coalesced
+        });
         let outcome = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
             Err(_) => None,
@@ -413,10 +402,7 @@ impl Route {
     }
 
     fn backend_error(&self) {
-        self.cache
-            .counters
-            .backend_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cache.counters.bump(Counter::BackendErrors);
     }
 
     /// Sends the request to a backend of the pool (503 when none has
@@ -518,10 +504,7 @@ impl Route {
                     if let Ok(d) = f.into_data() {
                         buf.extend_from_slice(&d);
                         if buf.len() > limit {
-                            self.cache
-                                .counters
-                                .uncacheable
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.cache.counters.bump(Counter::Uncacheable);
                             return Outcome::Stream {
                                 status: p.status,
                                 headers: p.headers,
@@ -576,10 +559,7 @@ impl Route {
                 }),
             );
         } else {
-            self.cache
-                .counters
-                .uncacheable
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.cache.counters.bump(Counter::Uncacheable);
         }
         Outcome::Done {
             status: p.status,

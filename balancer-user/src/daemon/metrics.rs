@@ -10,7 +10,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::api::StatsReply;
+use crate::{
+    api::{BackendStatsRow, StatsReply, VipStatsRow},
+    cache::{CacheStats, Counter},
+};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -18,110 +21,245 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// What a family's `# TYPE` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A metric family: its name, type and `# HELP` text.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+}
+
+impl Family {
+    const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Counter,
+            help,
+        }
+    }
+
+    const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Gauge,
+            help,
+        }
+    }
+
+    fn header(&self, o: &mut String) {
+        let kind = match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(o, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(o, "# TYPE {} {kind}", self.name);
+    }
+}
+
+/// The data path's global counters, labelled by their names.
+const EVENTS: Family = Family::counter(
+    "balancer_dataplane_events_total",
+    "Data-path events by kind: each pass and drop reason, connection-table hits and misses, packets sent per mode, ICMP replies.",
+);
+
+/// What a per-VIP or per-backend family reads from its row.
+type Read<Row> = fn(&Row) -> u64;
+
+/// Per-VIP families and what each reads.
+const VIP_FAMILIES: &[(Family, Read<VipStatsRow>)] = &[
+    (
+        Family::counter("balancer_vip_packets_total", "Packets forwarded per VIP."),
+        |v| v.packets,
+    ),
+    (
+        Family::counter(
+            "balancer_vip_bytes_total",
+            "Bytes forwarded per VIP (L3, before encapsulation).",
+        ),
+        |v| v.bytes,
+    ),
+    (
+        Family::counter(
+            "balancer_vip_new_flows_total",
+            "Connections placed per VIP.",
+        ),
+        |v| v.new_flows,
+    ),
+];
+
+/// Per-backend families and what each reads.
+const BACKEND_FAMILIES: &[(Family, Read<BackendStatsRow>)] = &[
+    (
+        Family::counter(
+            "balancer_backend_packets_total",
+            "Packets forwarded per backend.",
+        ),
+        |b| b.packets,
+    ),
+    (
+        Family::counter(
+            "balancer_backend_bytes_total",
+            "Bytes forwarded per backend.",
+        ),
+        |b| b.bytes,
+    ),
+    (
+        Family::counter(
+            "balancer_backend_new_flows_total",
+            "Connections placed per backend.",
+        ),
+        |b| b.new_flows,
+    ),
+    (
+        Family::gauge("balancer_backend_weight", "Configured weight."),
+        |b| b.weight as u64,
+    ),
+    (
+        Family::gauge(
+            "balancer_backend_effective_weight",
+            "Weight in the ring (0 when drained or down).",
+        ),
+        |b| b.effective_weight as u64,
+    ),
+    (
+        Family::gauge("balancer_backend_ring_slots", "Maglev ring slots held."),
+        |b| b.ring_slots,
+    ),
+    (
+        Family::gauge("balancer_backend_up", "1 unless the backend is down."),
+        |b| b.down.is_none() as u64,
+    ),
+];
+
+/// Where a cache sample's value comes from.
+enum CacheValue {
+    /// One of the cache's event counters.
+    Count(Counter),
+    /// Anything else; `None` leaves the sample out (a family with no sample
+    /// is left out whole, as the L2's are without an L2).
+    Of(fn(&CacheStats) -> Option<f64>),
+}
+
+use CacheValue::{Count, Of};
+
+/// The cache's families, each with its samples' labels and values. Every
+/// [`Counter`] appears exactly once (a test checks).
+const CACHE_FAMILIES: &[(Family, &[(&str, CacheValue)])] = &[
+    (
+        Family::counter(
+            "balancer_cache_requests_total",
+            "Requests through the cache routes by result: hit (L1), hit_l2, miss, coalesced (waited on an identical miss), bypass, too_large (413).",
+        ),
+        &[
+            (r#"{result="hit"}"#, Count(Counter::Hits)),
+            (r#"{result="hit_l2"}"#, Count(Counter::HitsL2)),
+            (r#"{result="miss"}"#, Count(Counter::Misses)),
+            (r#"{result="coalesced"}"#, Count(Counter::Coalesced)),
+            (r#"{result="bypass"}"#, Count(Counter::Bypasses)),
+            (r#"{result="too_large"}"#, Count(Counter::TooLarge)),
+        ],
+    ),
+    (
+        Family::counter(
+            "balancer_cache_bytes_total",
+            "Response body bytes served from the cache and stored into it.",
+        ),
+        &[
+            (r#"{direction="served"}"#, Count(Counter::BytesServed)),
+            (r#"{direction="stored"}"#, Count(Counter::BytesStored)),
+        ],
+    ),
+    (
+        Family::counter(
+            "balancer_cache_entries_total",
+            "Entry events: stored, refused by admission, invalidated; responses not cacheable.",
+        ),
+        &[
+            (r#"{event="stored"}"#, Count(Counter::Stored)),
+            (r#"{event="refused"}"#, Count(Counter::Rejected)),
+            (r#"{event="invalidated"}"#, Count(Counter::Invalidated)),
+            (r#"{event="uncacheable"}"#, Count(Counter::Uncacheable)),
+        ],
+    ),
+    (
+        Family::counter(
+            "balancer_cache_evictions_total",
+            "Entries evicted to make room.",
+        ),
+        &[("", Count(Counter::Evictions))],
+    ),
+    (
+        Family::counter(
+            "balancer_cache_gpu_seconds_saved_total",
+            "Backend time saved by hits: each hit counts the backend time of the miss that filled it.",
+        ),
+        &[("", Of(|c| Some(c.gpu_seconds_saved)))],
+    ),
+    (
+        Family::counter(
+            "balancer_cache_backend_errors_total",
+            "Backend failures and timeouts on cache routes.",
+        ),
+        &[("", Count(Counter::BackendErrors))],
+    ),
+    (
+        Family::gauge(
+            "balancer_cache_memory_bytes",
+            "L1 bytes held and the budget.",
+        ),
+        &[
+            (r#"{kind="used"}"#, Of(|c| Some(c.bytes as f64))),
+            (r#"{kind="budget"}"#, Of(|c| Some(c.budget as f64))),
+        ],
+    ),
+    (
+        Family::gauge("balancer_cache_entries", "Entries in L1."),
+        &[("", Of(|c| Some(c.entries as f64)))],
+    ),
+    (
+        Family::gauge(
+            "balancer_cache_l2_up",
+            "1 while Redis (the L2 and invalidation bus) is connected.",
+        ),
+        &[("", Of(|c| c.l2.as_ref().map(|l| l.up as u64 as f64)))],
+    ),
+    (
+        Family::gauge(
+            "balancer_cache_l2_pending_invalidations",
+            "Invalidations queued while Redis is down.",
+        ),
+        &[("", Of(|c| c.l2.as_ref().map(|l| l.pending as f64)))],
+    ),
+];
+
 /// Renders the text exposition format.
 pub fn render(s: &StatsReply) -> String {
     let mut o = String::new();
-    let family = |name: &str, kind: &str, help: &str, o: &mut String| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-    };
-    family(
-        "balancer_dataplane_events_total",
-        "counter",
-        "Data-path events by kind: each pass and drop reason, connection-table hits and misses, packets sent per mode, ICMP replies.",
-        &mut o,
-    );
+    EVENTS.header(&mut o);
     for (k, v) in &s.global {
-        let _ = writeln!(
-            o,
-            "balancer_dataplane_events_total{{event=\"{}\"}} {v}",
-            escape(k)
-        );
+        let _ = writeln!(o, "{}{{event=\"{}\"}} {v}", EVENTS.name, escape(k));
     }
-    for (metric, help, get) in [
-        (
-            "balancer_vip_packets_total",
-            "Packets forwarded per VIP.",
-            0,
-        ),
-        (
-            "balancer_vip_bytes_total",
-            "Bytes forwarded per VIP (L3, before encapsulation).",
-            1,
-        ),
-        (
-            "balancer_vip_new_flows_total",
-            "Connections placed per VIP.",
-            2,
-        ),
-    ] {
-        family(metric, "counter", help, &mut o);
+    for (f, get) in VIP_FAMILIES {
+        f.header(&mut o);
         for v in &s.vips {
-            let val = [v.packets, v.bytes, v.new_flows][get];
-            let _ = writeln!(
-                o,
-                "{metric}{{vip=\"{}\"}} {val}",
-                escape(&v.vip.to_string())
-            );
+            let vip = escape(&v.vip.to_string());
+            let _ = writeln!(o, "{}{{vip=\"{vip}\"}} {}", f.name, get(v));
         }
     }
-    for (metric, kind, help, get) in [
-        (
-            "balancer_backend_packets_total",
-            "counter",
-            "Packets forwarded per backend.",
-            0,
-        ),
-        (
-            "balancer_backend_bytes_total",
-            "counter",
-            "Bytes forwarded per backend.",
-            1,
-        ),
-        (
-            "balancer_backend_new_flows_total",
-            "counter",
-            "Connections placed per backend.",
-            2,
-        ),
-        ("balancer_backend_weight", "gauge", "Configured weight.", 3),
-        (
-            "balancer_backend_effective_weight",
-            "gauge",
-            "Weight in the ring (0 when drained or down).",
-            4,
-        ),
-        (
-            "balancer_backend_ring_slots",
-            "gauge",
-            "Maglev ring slots held.",
-            5,
-        ),
-        (
-            "balancer_backend_up",
-            "gauge",
-            "1 unless the backend is down.",
-            6,
-        ),
-    ] {
-        family(metric, kind, help, &mut o);
+    for (f, get) in BACKEND_FAMILIES {
+        f.header(&mut o);
         for v in &s.vips {
+            let vip = escape(&v.vip.to_string());
             for b in &v.backends {
-                let val = [
-                    b.packets,
-                    b.bytes,
-                    b.new_flows,
-                    b.weight as u64,
-                    b.effective_weight as u64,
-                    b.ring_slots,
-                    b.down.is_none() as u64,
-                ][get];
-                let _ = writeln!(
-                    o,
-                    "{metric}{{vip=\"{}\",backend=\"{}\"}} {val}",
-                    escape(&v.vip.to_string()),
-                    b.addr
-                );
+                let (name, addr) = (f.name, b.addr);
+                let _ = writeln!(o, "{name}{{vip=\"{vip}\",backend=\"{addr}\"}} {}", get(b));
             }
         }
     }
@@ -131,93 +269,25 @@ pub fn render(s: &StatsReply) -> String {
     o
 }
 
-fn render_cache(c: &crate::cache::CacheStats, o: &mut String) {
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(o, "{name}{labels} {v}");
+fn render_cache(c: &CacheStats, o: &mut String) {
+    for (f, samples) in CACHE_FAMILIES {
+        let values: Vec<(&str, f64)> = samples
+            .iter()
+            .filter_map(|(labels, v)| {
+                let v = match v {
+                    Count(k) => Some(c.count(*k) as f64),
+                    Of(get) => get(c),
+                };
+                v.map(|v| (*labels, v))
+            })
+            .collect();
+        if values.is_empty() {
+            continue;
         }
-    };
-    family(
-        "balancer_cache_requests_total",
-        "counter",
-        "Requests through the cache routes by result: hit (L1), hit_l2, miss, coalesced (waited on an identical miss), bypass, too_large (413).",
-        &[
-            ("{result=\"hit\"}", c.hits as f64),
-            ("{result=\"hit_l2\"}", c.hits_l2 as f64),
-            ("{result=\"miss\"}", c.misses as f64),
-            ("{result=\"coalesced\"}", c.coalesced as f64),
-            ("{result=\"bypass\"}", c.bypasses as f64),
-            ("{result=\"too_large\"}", c.too_large as f64),
-        ],
-    );
-    family(
-        "balancer_cache_bytes_total",
-        "counter",
-        "Response body bytes served from the cache and stored into it.",
-        &[
-            ("{direction=\"served\"}", c.bytes_served as f64),
-            ("{direction=\"stored\"}", c.bytes_stored as f64),
-        ],
-    );
-    family(
-        "balancer_cache_entries_total",
-        "counter",
-        "Entry events: stored, refused by admission, invalidated; responses not cacheable.",
-        &[
-            ("{event=\"stored\"}", c.stored as f64),
-            ("{event=\"refused\"}", c.rejected as f64),
-            ("{event=\"invalidated\"}", c.invalidated as f64),
-            ("{event=\"uncacheable\"}", c.uncacheable as f64),
-        ],
-    );
-    family(
-        "balancer_cache_evictions_total",
-        "counter",
-        "Entries evicted to make room.",
-        &[("", c.evictions as f64)],
-    );
-    family(
-        "balancer_cache_gpu_seconds_saved_total",
-        "counter",
-        "Backend time saved by hits: each hit counts the backend time of the miss that filled it.",
-        &[("", c.gpu_seconds_saved)],
-    );
-    family(
-        "balancer_cache_backend_errors_total",
-        "counter",
-        "Backend failures and timeouts on cache routes.",
-        &[("", c.backend_errors as f64)],
-    );
-    family(
-        "balancer_cache_memory_bytes",
-        "gauge",
-        "L1 bytes held and the budget.",
-        &[
-            ("{kind=\"used\"}", c.bytes as f64),
-            ("{kind=\"budget\"}", c.budget as f64),
-        ],
-    );
-    family(
-        "balancer_cache_entries",
-        "gauge",
-        "Entries in L1.",
-        &[("", c.entries as f64)],
-    );
-    if let Some(l2) = &c.l2 {
-        family(
-            "balancer_cache_l2_up",
-            "gauge",
-            "1 while Redis (the L2 and invalidation bus) is connected.",
-            &[("", l2.up as u64 as f64)],
-        );
-        family(
-            "balancer_cache_l2_pending_invalidations",
-            "gauge",
-            "Invalidations queued while Redis is down.",
-            &[("", l2.pending as f64)],
-        );
+        f.header(o);
+        for (labels, v) in values {
+            let _ = writeln!(o, "{}{labels} {v}", f.name);
+        }
     }
 }
 
@@ -320,7 +390,6 @@ mod tests {
     #[test]
     fn exposition_text_is_stable() {
         // Dashboards and alerts read these names, labels and help texts.
-        use crate::api::{BackendStatsRow, VipStatsRow};
         let backend = |last: u8, n: u64, down: Option<&str>| BackendStatsRow {
             addr: [10, 0, 1, last].into(),
             weight: 2,
@@ -344,5 +413,17 @@ mod tests {
             cache: Some(crate::cache::tests::sample_stats()),
         };
         assert_eq!(render(&s), include_str!("testdata/metrics.prom"));
+    }
+
+    #[test]
+    fn every_cache_counter_has_one_sample() {
+        for &k in Counter::ALL {
+            let n = CACHE_FAMILIES
+                .iter()
+                .flat_map(|(_, samples)| samples.iter())
+                .filter(|(_, v)| matches!(v, Count(c) if *c == k))
+                .count();
+            assert_eq!(n, 1, "{k:?}");
+        }
     }
 }

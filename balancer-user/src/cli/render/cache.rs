@@ -1,6 +1,6 @@
 //! `balancer cache …`.
 
-use balancer::cache::{CacheStats, InvalidateReply};
+use balancer::cache::{CacheStats, Counter, InvalidateReply};
 
 use super::table::{Align, human, render};
 
@@ -32,10 +32,46 @@ pub fn stats(s: &CacheStats) -> String {
     out
 }
 
+/// How a counter shows in the table.
+enum Row {
+    /// With its share of lookups.
+    Share(&'static str),
+    /// A plain count.
+    Count(&'static str),
+    /// A byte count, in human units.
+    Bytes(&'static str),
+    /// Not shown (metrics and JSON carry it).
+    Hidden,
+}
+
+/// Each counter's row. A match, so that a new counter does not build until
+/// it has one.
+fn row(c: Counter) -> Row {
+    match c {
+        Counter::Hits => Row::Share("hits (L1)"),
+        Counter::HitsL2 => Row::Share("hits (L2)"),
+        Counter::Misses => Row::Share("misses"),
+        Counter::Coalesced => Row::Share("coalesced"),
+        Counter::Bypasses => Row::Count("bypasses"),
+        Counter::TooLarge => Row::Count("413 too large"),
+        Counter::Uncacheable => Row::Count("not cacheable"),
+        Counter::BackendErrors => Row::Count("backend errors"),
+        Counter::Stored => Row::Count("stored"),
+        Counter::Rejected => Row::Count("refused (admission)"),
+        Counter::Evictions => Row::Count("evicted"),
+        Counter::Invalidated => Row::Count("invalidated"),
+        Counter::BytesServed => Row::Bytes("bytes served"),
+        Counter::BytesStored => Row::Hidden,
+    }
+}
+
 fn stats_rows(s: &CacheStats) -> Vec<Vec<String>> {
     // Shares are of lookups: every request that asked the cache.
-    let served = s.hits + s.hits_l2;
-    let lookups = served + s.misses + s.coalesced;
+    let lookups: u64 = Counter::ALL
+        .iter()
+        .filter(|c| matches!(row(**c), Row::Share(_)))
+        .map(|c| s.count(*c))
+        .sum();
     let pct = |n: u64| {
         if lookups == 0 {
             "-".to_string()
@@ -43,36 +79,34 @@ fn stats_rows(s: &CacheStats) -> Vec<Vec<String>> {
             format!("{:.1}%", 100.0 * n as f64 / lookups as f64)
         }
     };
-    let plain = |name: &str, v: String| vec![name.to_string(), v, String::new()];
-    vec![
-        vec!["hits (L1)".into(), s.hits.to_string(), pct(s.hits)],
-        vec!["hits (L2)".into(), s.hits_l2.to_string(), pct(s.hits_l2)],
-        vec!["misses".into(), s.misses.to_string(), pct(s.misses)],
-        vec![
-            "coalesced".into(),
-            s.coalesced.to_string(),
-            pct(s.coalesced),
-        ],
-        plain("bypasses", s.bypasses.to_string()),
-        plain("413 too large", s.too_large.to_string()),
-        plain("not cacheable", s.uncacheable.to_string()),
-        plain("backend errors", s.backend_errors.to_string()),
-        plain("stored", s.stored.to_string()),
-        plain("refused (admission)", s.rejected.to_string()),
-        plain("evicted", s.evictions.to_string()),
-        plain("invalidated", s.invalidated.to_string()),
-        plain("bytes served", human(s.bytes_served as f64)),
-        plain("GPU-seconds saved", format!("{:.3}", s.gpu_seconds_saved)),
-        vec![
-            "L1 entries / bytes".into(),
-            format!("{} / {}", s.entries, human(s.bytes as f64)),
-            format!(
-                "{:.1}% of {}",
-                100.0 * s.bytes as f64 / s.budget.max(1) as f64,
-                human(s.budget as f64)
-            ),
-        ],
-    ]
+    let cells = |name: &str, v: String, share: String| vec![name.to_string(), v, share];
+    let mut rows: Vec<Vec<String>> = Counter::ALL
+        .iter()
+        .filter_map(|&c| {
+            let n = s.count(c);
+            match row(c) {
+                Row::Share(name) => Some(cells(name, n.to_string(), pct(n))),
+                Row::Count(name) => Some(cells(name, n.to_string(), String::new())),
+                Row::Bytes(name) => Some(cells(name, human(n as f64), String::new())),
+                Row::Hidden => None,
+            }
+        })
+        .collect();
+    rows.push(cells(
+        "GPU-seconds saved",
+        format!("{:.3}", s.gpu_seconds_saved),
+        String::new(),
+    ));
+    rows.push(cells(
+        "L1 entries / bytes",
+        format!("{} / {}", s.entries, human(s.bytes as f64)),
+        format!(
+            "{:.1}% of {}",
+            100.0 * s.bytes as f64 / s.budget.max(1) as f64,
+            human(s.budget as f64)
+        ),
+    ));
+    rows
 }
 
 /// What `cache invalidate` did (without the newline).
