@@ -4,7 +4,7 @@
 //! never up:
 //!
 //! - [`net`]: MAC addresses and address/word conversions; [`clock`]: Unix
-//!   milliseconds;
+//!   milliseconds; [`http`]: the one accept loop every HTTP listener uses;
 //! - [`dataplane`]: the XDP programs: loading, attaching, pinning, adopting,
 //!   and typed handles on their maps, each with a userspace shadow;
 //! - [`lb`]: VIPs and backends: their types and validation, Maglev rings, the
@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod http;
 pub mod net;
 
 pub mod dataplane;

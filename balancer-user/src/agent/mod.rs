@@ -8,15 +8,15 @@
 
 pub mod nvml;
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Response, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
 use tokio::net::TcpListener;
 
 use self::nvml::Nvml;
+use crate::http;
 
 /// Errors reading host statistics.
 #[derive(Debug, thiserror::Error)]
@@ -163,38 +163,28 @@ pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
         None => tracing::info!("no NVML (no NVIDIA driver): exporting host metrics only"),
     }
     let listener = TcpListener::bind(listen).await?;
-    loop {
-        let (s, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(_) => continue,
-        };
+    http::serve(listener, http::Settings::new("agent"), move |_req| {
         let nvml = nvml.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |_req| {
-                let nvml = nvml.clone();
-                async move {
-                    let body = tokio::task::spawn_blocking(move || render(nvml.as_ref().as_ref()))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
-                    let resp = match body {
-                        Ok(b) => Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(b))),
-                        Err(e) => Response::builder()
-                            .status(500)
-                            .body(Full::new(Bytes::from(e))),
-                    };
-                    Ok::<_, Infallible>(
-                        resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-                    )
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        });
-    }
+        async move { answer(nvml).await }
+    })
+    .await;
+    Ok(())
+}
+
+async fn answer(nvml: Arc<Option<Nvml>>) -> Response<Full<Bytes>> {
+    let body = tokio::task::spawn_blocking(move || render(nvml.as_ref().as_ref()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let resp = match body {
+        Ok(b) => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(b))),
+        Err(e) => Response::builder()
+            .status(500)
+            .body(Full::new(Bytes::from(e))),
+    };
+    resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 #[cfg(test)]

@@ -1,20 +1,18 @@
 //! The API server: routes HTTP requests to a [`Handler`].
 
-use std::{convert::Infallible, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{
-    Method, Request as HttpRequest, Response, StatusCode, body::Incoming, server::conn::http1,
-    service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request as HttpRequest, Response, StatusCode, body::Incoming};
 use serde::Serialize;
 use tokio::net::UnixListener;
-use tracing::{debug, warn};
 
 use super::{AddBackend, ApiError, MAX_BODY, Reply, Request, SetWeight};
-use crate::lb::{Proto, VipId, VipSpec};
+use crate::{
+    http,
+    lb::{Proto, VipId, VipSpec},
+};
 
 /// What the daemon implements. Called on a blocking thread: it may take locks
 /// and sleep through ring grace periods.
@@ -40,30 +38,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves until the listener fails.
+/// Serves until the process ends.
 pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "admin socket accept failed");
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(respond(handler, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(error = %e, "admin connection ended");
-            }
-        });
-    }
+    http::serve(listener, http::Settings::new("admin socket"), move |req| {
+        respond(handler.clone(), req)
+    })
+    .await
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

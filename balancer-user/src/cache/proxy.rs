@@ -28,15 +28,14 @@ use hyper::{
     HeaderMap, Method, Request, Response, StatusCode,
     body::{Frame, Incoming},
     header::{self, HeaderName, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::TokioExecutor,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tracing::{debug, warn};
+
+use crate::http;
 
 use super::{
     Cache, CacheError, Counter, Level,
@@ -197,30 +196,12 @@ impl Route {
 
     /// Serves connections until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(route = %self.cfg.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+        let settings = http::Settings::new(format!("cache route {}", self.cfg.name)).nodelay();
+        http::serve(listener, settings, move |req| {
             let route = self.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let route = route.clone();
-                    async move { Ok::<_, Infallible>(route.handle(req).await) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(error = %e, "client connection ended");
-                }
-            });
-        }
+            async move { route.handle(req).await }
+        })
+        .await
     }
 
     fn members(&self) -> Vec<Member> {

@@ -1,18 +1,17 @@
 //! The daemon's own Prometheus endpoint: per-VIP and per-backend counters read
 //! from the per-CPU maps, the global pass/drop/path counters, and weights.
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Response, StatusCode, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::{
     api::{BackendStatsRow, StatsReply, VipStatsRow},
     cache::{CacheStats, Counter},
+    http,
 };
 
 fn escape(v: &str) -> String {
@@ -294,48 +293,34 @@ fn render_cache(c: &CacheStats, o: &mut String) {
 /// Source of the numbers behind each scrape.
 pub type StatsSource = Arc<dyn Fn() -> Result<StatsReply, String> + Send + Sync>;
 
-/// Serves `GET /metrics` on `addr` until the process ends.
+/// Serves `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, source: StatsSource) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
+    http::serve(listener, http::Settings::new("metrics"), move |req| {
         let source = source.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let source = source.clone();
-                async move {
-                    let resp = if req.uri().path() != "/metrics" {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
-                    } else {
-                        match tokio::task::spawn_blocking(move || source()).await {
-                            Ok(Ok(s)) => Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(render(&s)))),
-                            Ok(Err(e)) => Response::builder()
-                                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                                .body(Full::new(Bytes::from(e))),
-                            Err(e) => Response::builder()
-                                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                                .body(Full::new(Bytes::from(e.to_string()))),
-                        }
-                    };
-                    Ok::<_, Infallible>(
-                        resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-                    )
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { answer(req.uri().path(), source).await }
+    })
+    .await
+}
+
+async fn answer(path: &str, source: StatsSource) -> Response<Full<Bytes>> {
+    let resp = if path != "/metrics" {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+    } else {
+        match tokio::task::spawn_blocking(move || source()).await {
+            Ok(Ok(s)) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(render(&s)))),
+            Ok(Err(e)) => Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(Full::new(Bytes::from(e))),
+            Err(e) => Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(Full::new(Bytes::from(e.to_string()))),
+        }
+    };
+    resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 /// Binds the metrics listener.

@@ -1,0 +1,7 @@
+//! HTTP serving shared by every listener of the daemon and the agent: the
+//! cache routes, the metrics endpoint, the admin socket and the agent's
+//! exporter all accept and serve connections through [`serve::serve`].
+
+pub mod serve;
+
+pub use serve::{Listener, Settings, serve};
