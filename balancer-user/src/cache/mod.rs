@@ -15,8 +15,10 @@
 //! invalidations delete from L1 and L2, then go out on the bus. A gateway
 //! that loses Redis keeps serving from L1, queues its own invalidations, and
 //! on reconnecting flushes its L1 (broadcasts sent meanwhile are lost),
-//! replays the queue and adopts the fleet's version tokens.
+//! replays the queue and adopts the fleet's version tokens. All of this is
+//! in `coherency.rs`.
 
+mod coherency;
 pub mod key;
 pub mod l2;
 pub mod pick;
@@ -25,21 +27,21 @@ pub mod proxy;
 pub mod stats;
 pub mod store;
 
+pub use coherency::{InvalidateReply, Invalidation};
 pub use stats::{CacheStats, Counter, Counters, L2Stats};
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock, atomic::Ordering},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use self::{
+    coherency::new_token,
     key::Key,
-    l2::{BusMessage, L2, RedisSettings},
+    l2::{L2, RedisSettings},
     store::{Entry, Store},
 };
 
@@ -72,50 +74,6 @@ pub enum CacheError {
     },
 }
 
-/// What to invalidate. Every operation names a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Invalidation {
-    /// Every entry of a model.
-    Model {
-        /// The model.
-        model: String,
-    },
-    /// One entry, by its key (the `x-cache-key` header).
-    Key {
-        /// The model.
-        model: String,
-        /// 64 hex digits.
-        key: String,
-    },
-    /// Entries whose prompt text starts with `prefix`.
-    Prefix {
-        /// The model.
-        model: String,
-        /// The prompt prefix.
-        prefix: String,
-    },
-    /// A new version token: all older entries become unreachable.
-    Bump {
-        /// The model.
-        model: String,
-        /// The new token.
-        token: String,
-    },
-}
-
-impl Invalidation {
-    /// The model it concerns.
-    pub fn model(&self) -> &str {
-        match self {
-            Self::Model { model }
-            | Self::Key { model, .. }
-            | Self::Prefix { model, .. }
-            | Self::Bump { model, .. } => model,
-        }
-    }
-}
-
 /// Cache-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -140,20 +98,6 @@ impl Default for Settings {
     }
 }
 
-/// What an invalidation did here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvalidateReply {
-    /// Entries removed from this gateway's L1.
-    pub l1_removed: u64,
-    /// Entries removed from Redis.
-    pub l2_removed: u64,
-    /// Whether the other gateways were told now; otherwise it is queued
-    /// until Redis is back.
-    pub broadcast: bool,
-    /// The model's version afterwards.
-    pub version: String,
-}
-
 /// Where a hit came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -164,13 +108,6 @@ pub enum Level {
 }
 
 pub use crate::clock::now_ms;
-
-/// A fresh, unpredictable version token.
-fn new_token() -> String {
-    use std::hash::BuildHasher;
-    let h = std::collections::hash_map::RandomState::new().hash_one(SystemTime::now());
-    format!("{h:016x}")
-}
 
 /// The cache shared by all routes of a daemon.
 pub struct Cache {
@@ -265,86 +202,6 @@ impl Cache {
         }
     }
 
-    /// Applies an invalidation to L1 only; returns the entries removed.
-    fn apply_local(&self, op: &Invalidation) -> u64 {
-        let n = match op {
-            Invalidation::Model { model } => self.store.remove_where(|e| &e.model == model),
-            Invalidation::Key { key, .. } => {
-                Key::parse(key).is_some_and(|k| self.store.remove(&k)) as u64
-            }
-            Invalidation::Prefix { model, prefix } => self
-                .store
-                .remove_where(|e| &e.model == model && e.prompt.starts_with(prefix.as_str())),
-            Invalidation::Bump { model, token } => {
-                self.tokens
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(model.clone(), token.clone());
-                // Old entries are already unreachable; free their memory.
-                let current = self.version(model);
-                self.store
-                    .remove_where(|e| &e.model == model && e.version != current)
-            }
-        };
-        self.counters.add(Counter::Invalidated, n);
-        n
-    }
-
-    /// Invalidates here, in Redis, and on every other gateway.
-    pub async fn invalidate(&self, op: Invalidation) -> Result<InvalidateReply, CacheError> {
-        if let Invalidation::Key { key, .. } = &op
-            && Key::parse(key).is_none()
-        {
-            return Err(CacheError::BadKey(key.clone()));
-        }
-        let l1_removed = self.apply_local(&op);
-        let mut reply = InvalidateReply {
-            l1_removed,
-            l2_removed: 0,
-            broadcast: self.l2.is_none(),
-            version: self.version(op.model()),
-        };
-        let Some(l2) = &self.l2 else {
-            return Ok(reply);
-        };
-        let sent = async {
-            let n = l2.delete(&op, false).await?;
-            l2.publish(
-                &BusMessage {
-                    from: self.id.clone(),
-                    op: op.clone(),
-                },
-                false,
-            )
-            .await?;
-            Ok::<_, CacheError>(n)
-        }
-        .await;
-        match sent {
-            Ok(n) => {
-                reply.l2_removed = n;
-                reply.broadcast = true;
-            }
-            Err(e) => {
-                warn!(error = %e, ?op, "Redis unreachable: invalidation queued until it is back");
-                self.outbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(op);
-            }
-        }
-        Ok(reply)
-    }
-
-    /// Replaces `model`'s version token everywhere.
-    pub async fn bump_version(&self, model: &str) -> Result<InvalidateReply, CacheError> {
-        self.invalidate(Invalidation::Bump {
-            model: model.to_string(),
-            token: new_token(),
-        })
-        .await
-    }
-
     /// Counts a hit and what it saved.
     pub fn count_hit(&self, e: &Entry, level: Level) {
         self.counters.bump(match level {
@@ -392,202 +249,7 @@ impl Cache {
         self.counters.fill(&mut s);
         s
     }
-
-    /// Resynchronises after a (re)connect: flush L1, replay our queued
-    /// invalidations, adopt the fleet's version tokens.
-    async fn resync(&self, l2: &L2) -> Result<(), CacheError> {
-        let flushed = self.store.clear();
-        let pending = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
-        for (i, op) in pending.iter().enumerate() {
-            let r = async {
-                l2.delete(op, true).await?;
-                l2.publish(
-                    &BusMessage {
-                        from: self.id.clone(),
-                        op: op.clone(),
-                    },
-                    true,
-                )
-                .await
-            }
-            .await;
-            if let Err(e) = r {
-                let mut out = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-                let rest: Vec<Invalidation> = pending[i..].to_vec();
-                out.splice(0..0, rest);
-                return Err(e);
-            }
-        }
-        let fleet = l2.versions().await?;
-        {
-            let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-            for (m, t) in fleet {
-                tokens.insert(m, t);
-            }
-        }
-        info!(
-            flushed,
-            replayed = pending.len(),
-            "connected to Redis: L1 flushed, invalidations replayed"
-        );
-        Ok(())
-    }
-
-    /// Keeps the L2 connected and applies the bus's messages; runs forever.
-    /// Does nothing without an L2.
-    pub async fn run_l2(self: Arc<Self>) {
-        let Some(l2) = self.l2.clone() else { return };
-        let mut backoff = Duration::from_millis(100);
-        let mut logged_down = false;
-        loop {
-            match l2.connect().await {
-                Ok(ps) => {
-                    if let Err(e) = self.resync(&l2).await {
-                        warn!(error = %e, "Redis resync failed");
-                    } else {
-                        backoff = Duration::from_millis(100);
-                        logged_down = false;
-                        l2.set_up(true);
-                        let mut msgs = ps.into_on_message();
-                        let mut ping = tokio::time::interval(Duration::from_secs(1));
-                        loop {
-                            tokio::select! {
-                                m = msgs.next() => {
-                                    let Some(m) = m else { break };
-                                    let Ok(payload) = m.get_payload::<String>() else { continue };
-                                    match serde_json::from_str::<BusMessage>(&payload) {
-                                        Ok(msg) if msg.from != self.id => {
-                                            let n = self.apply_local(&msg.op);
-                                            debug!(op = ?msg.op, removed = n, "invalidation from the bus");
-                                        }
-                                        Ok(_) => {}
-                                        Err(e) => warn!(error = %e, "malformed message on the invalidation bus"),
-                                    }
-                                }
-                                _ = ping.tick() => {
-                                    if l2.ping().await.is_err() { break }
-                                }
-                                _ = l2.broken.notified() => {
-                                    if !l2.is_up() { break }
-                                }
-                            }
-                        }
-                        warn!("lost Redis: serving from L1 only until it is back");
-                    }
-                    l2.disconnect().await;
-                }
-                Err(e) => {
-                    if !logged_down {
-                        warn!(error = %e, "Redis unreachable: serving from L1 only, retrying");
-                        logged_down = true;
-                    }
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    fn entry(model: &str, version: String) -> Arc<Entry> {
-        Arc::new(Entry {
-            status: 200,
-            content_type: None,
-            body: bytes::Bytes::from_static(b"{}"),
-            created_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-            cost_s: 0.2,
-            model: model.into(),
-            version,
-            prompt: "hello world".into(),
-        })
-    }
-
-    #[tokio::test]
-    async fn versions_and_invalidation_without_l2() {
-        let mut s = Settings::default();
-        s.versions.insert("m".into(), "v1".into());
-        let c = Cache::new(s).unwrap();
-        assert_eq!(c.version("m"), "v1");
-        assert_eq!(c.version("other"), "");
-        let k1 = key::key("r", "/", "m", &c.version("m"), b"1");
-        c.fill(k1, entry("m", c.version("m")));
-        assert!(c.lookup("m", &k1).await.is_some());
-        let r = c.bump_version("m").await.unwrap();
-        assert!(r.version.starts_with("v1+"), "{}", r.version);
-        assert_eq!(r.l1_removed, 1, "old-version entries purged");
-        let k2 = key::key("r", "/", "m", &c.version("m"), b"1");
-        assert_ne!(k1, k2);
-        c.fill(k2, entry("m", c.version("m")));
-        let r = c
-            .invalidate(Invalidation::Prefix {
-                model: "m".into(),
-                prefix: "hello".into(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(r.l1_removed, 1);
-        let bad = c.invalidate(Invalidation::Key {
-            model: "m".into(),
-            key: "nope".into(),
-        });
-        assert!(matches!(bad.await, Err(CacheError::BadKey(_))));
-        let s = c.stats();
-        assert_eq!((s.stored, s.invalidated, s.entries), (2, 2, 0));
-    }
-
-    /// A snapshot whose every number differs, for tests that pin formats.
-    pub(crate) fn sample_stats() -> CacheStats {
-        CacheStats {
-            hits: 1,
-            hits_l2: 2,
-            misses: 3,
-            coalesced: 4,
-            bypasses: 5,
-            too_large: 6,
-            uncacheable: 7,
-            backend_errors: 8,
-            stored: 9,
-            rejected: 10,
-            evictions: 11,
-            invalidated: 12,
-            bytes_served: 13_000,
-            bytes_stored: 14_000,
-            gpu_seconds_saved: 1.5,
-            entries: 15,
-            bytes: 16_000,
-            budget: 17_000,
-            l2: Some(L2Stats {
-                url: "redis://127.0.0.1:6379".into(),
-                up: true,
-                connects: 18,
-                errors: 19,
-                pending: 20,
-            }),
-            versions: BTreeMap::from([("m".to_string(), "v1+abc".to_string())]),
-        }
-    }
-
-    #[test]
-    fn stats_json_is_stable() {
-        // The API's wire format: field names and order are what clients and
-        // docs read.
-        let s = sample_stats();
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(
-            json,
-            concat!(
-                r#"{"hits":1,"hits_l2":2,"misses":3,"coalesced":4,"bypasses":5,"too_large":6,"#,
-                r#""uncacheable":7,"backend_errors":8,"stored":9,"rejected":10,"evictions":11,"invalidated":12,"#,
-                r#""bytes_served":13000,"bytes_stored":14000,"gpu_seconds_saved":1.5,"#,
-                r#""entries":15,"bytes":16000,"budget":17000,"#,
-                r#""l2":{"url":"redis://127.0.0.1:6379","up":true,"connects":18,"errors":19,"pending":20},"versions":{"m":"v1+abc"}}"#,
-            )
-        );
-        assert_eq!(serde_json::from_str::<CacheStats>(&json).unwrap(), s);
-    }
-}
+pub(crate) mod tests;
