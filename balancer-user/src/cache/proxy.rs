@@ -597,3 +597,7 @@ fn hit_response(e: &Entry, k: &Key, level: Level) -> Response<Body> {
     set(h, header::AGE, &age.to_string());
     r
 }
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;

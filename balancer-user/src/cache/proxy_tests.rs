@@ -1,0 +1,109 @@
+//! The proxy end to end in one process: a backend and a route on loopback
+//! ports the kernel picks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::cache::{CacheStats, Settings};
+
+/// A backend that answers `{"n": <requests so far>}`, with the status the
+/// request's path asks for (`/status/500/...`), and counts what it is sent.
+async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    tokio::spawn(http::serve(l, http::Settings::new("backend"), move |req| {
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        async move {
+            let status = req
+                .uri()
+                .path()
+                .strip_prefix("/status/")
+                .and_then(|s| s.split('/').next()?.parse().ok())
+                .unwrap_or(200);
+            let _ = req.into_body().collect().await;
+            let mut r = Response::new(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            r
+        }
+    }));
+    (addr, seen)
+}
+
+async fn route(backend: SocketAddr) -> (SocketAddr, Arc<Cache>) {
+    let cfg = RouteConfig {
+        name: "r".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        max_object_bytes: 1 << 20,
+        max_request_bytes: 256,
+        exclude_fields: vec!["user".into()],
+        deterministic: false,
+        timeout: Duration::from_secs(5),
+    };
+    let l = bind(&cfg).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cache = Cache::new(Settings::default()).unwrap();
+    let pool: PoolSource = Arc::new(move || vec![(backend, 1)]);
+    tokio::spawn(Route::new(cfg, cache.clone(), pool).serve(l));
+    (addr, cache)
+}
+
+/// Status, `x-cache` and body of one POST.
+async fn post(to: SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::post(format!("http://{to}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    let status = r.status().as_u16();
+    let x = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, x, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn miss_hit_bypass_and_limits() {
+    let (b, seen) = backend().await;
+    let (r, cache) = route(b).await;
+    let chat = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    let path = "/v1/chat/completions";
+    assert_eq!(
+        post(r, path, chat).await,
+        (200, "MISS".into(), r#"{"n":1}"#.into())
+    );
+    assert_eq!(
+        post(r, path, chat).await,
+        (200, "HIT".into(), r#"{"n":1}"#.into())
+    );
+    let sampled = chat.replace("\"temperature\":0", "\"temperature\":1");
+    assert_eq!(
+        post(r, path, &sampled).await,
+        (200, "BYPASS".into(), r#"{"n":2}"#.into())
+    );
+    let big = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(300));
+    assert_eq!(post(r, path, &big).await.0, 413);
+    // A non-2xx answer is relayed, not stored.
+    assert_eq!(post(r, "/status/500/completions", chat).await.0, 500);
+    assert_eq!(post(r, "/status/500/completions", chat).await.1, "MISS");
+    assert_eq!(seen.load(Ordering::Relaxed), 4);
+    let s: CacheStats = cache.stats();
+    let got = (
+        s.hits,
+        s.misses,
+        s.bypasses,
+        s.too_large,
+        s.uncacheable,
+        s.stored,
+    );
+    assert_eq!(got, (1, 3, 1, 1, 2, 1));
+}
