@@ -1,0 +1,114 @@
+//! Sending a request to a backend of the route's pool, and forwarding
+//! without the cache.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+use hyper::{Request, Response, StatusCode, body::Incoming, http::request::Parts};
+
+use super::{
+    Route,
+    response::{Body, X_BALANCER_CACHE, copy_headers, json_error},
+};
+use crate::cache::{
+    Counter,
+    key::{self, Key},
+    pick,
+};
+
+impl Route {
+    /// Counts a backend that failed or timed out.
+    pub(super) fn backend_error(&self) {
+        self.cache.counters.bump(Counter::BackendErrors);
+    }
+
+    /// Sends the request to a backend of the pool (503 when none has
+    /// weight). The guard counts it in flight until dropped.
+    pub(super) async fn send(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        hash: u64,
+    ) -> Result<(Response<Incoming>, pick::InFlight), (StatusCode, String)> {
+        let members = self.members();
+        let Some((addr, guard)) = pick::pick(hash, &members) else {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cache route {:?} has no backend with weight", self.cfg.name),
+            ));
+        };
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = match format!("http://{addr}{pq}").parse() {
+            Ok(u) => u,
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("bad request path: {e}"))),
+        };
+        copy_headers(&parts.headers, req.headers_mut());
+        req.headers_mut().remove(X_BALANCER_CACHE);
+        match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => Ok((r, guard)),
+            Ok(Err(e)) => {
+                self.backend_error();
+                Err((StatusCode::BAD_GATEWAY, format!("backend {addr}: {e}")))
+            }
+            Err(_) => {
+                self.backend_error();
+                Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {addr} did not answer within {:?}",
+                        self.cfg.timeout
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Forwards without the cache, streaming the response back. `k` picks
+    /// the backend when the request has a key (otherwise its path and body
+    /// do).
+    pub(super) async fn forward_streaming(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        k: Option<Key>,
+    ) -> Response<Body> {
+        let hash = k
+            .map(|k| k.short())
+            .unwrap_or_else(|| key::key(&self.cfg.name, parts.uri.path(), "", "", &body).short());
+        match self.send(parts, body, hash).await {
+            Ok((resp, guard)) => {
+                let (p, b) = resp.into_parts();
+                // The in-flight count lasts as long as the body streams.
+                let stream = BodyStream::new(b).map(move |f| {
+                    let _ = &guard;
+                    f
+                });
+                let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+                *r.status_mut() = p.status;
+                copy_headers(&p.headers, r.headers_mut());
+                r
+            }
+            Err((status, msg)) => json_error(status, "backend_error", &msg),
+        }
+    }
+}
+
+/// A copy of a request's head (`Parts` is not `Clone`), for the fetch task.
+pub(super) fn clone_parts(p: &Parts) -> Parts {
+    let mut b = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version);
+    if let Some(h) = b.headers_mut() {
+        *h = p.headers.clone();
+    }
+    b.body(())
+        .map(|r| r.into_parts().0)
+        .unwrap_or_else(|_| Request::new(()).into_parts().0)
+}
