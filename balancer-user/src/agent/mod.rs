@@ -164,13 +164,13 @@ pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
     }
     let listener = TcpListener::bind(listen).await?;
     http::serve(listener, http::Settings::new("agent"), move |_req| {
-        let nvml = nvml.clone();
-        async move { answer(nvml).await }
+        answer(nvml.clone())
     })
     .await;
     Ok(())
 }
 
+/// The metrics, whatever the path: nothing else is served here.
 async fn answer(nvml: Arc<Option<Nvml>>) -> Response<Full<Bytes>> {
     let body = tokio::task::spawn_blocking(move || render(nvml.as_ref().as_ref()))
         .await
