@@ -5,6 +5,7 @@
 //!   must turn them into;
 //! - [`xdp`]: running programs through `BPF_PROG_TEST_RUN`;
 //! - [`bench`]: the benchmark fixtures object and timing helpers;
+//! - [`bpfvm`]: an eBPF interpreter that counts the instructions a path runs;
 //! - [`netns`], [`testbed`]: a gateway, clients and backends in network
 //!   namespaces; [`server`] is what the backends run and [`loadgen`] the
 //!   clients;
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bpfvm;
 pub mod cachebed;
 pub mod loadgen;
 pub mod netns;
