@@ -34,6 +34,8 @@ pub mod exec;
 pub mod helpers;
 pub mod mem;
 
+#[cfg(test)]
+mod tests;
 
 pub use elf::{MapDef, Program};
 pub use mem::Fault;
