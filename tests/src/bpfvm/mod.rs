@@ -36,6 +36,8 @@ pub mod mem;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_objects;
 
 pub use elf::{MapDef, Program};
 pub use mem::Fault;
