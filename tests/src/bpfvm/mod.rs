@@ -38,6 +38,8 @@ pub mod mem;
 mod tests;
 #[cfg(test)]
 mod tests_objects;
+#[cfg(test)]
+mod tests_vip;
 
 pub use elf::{MapDef, Program};
 pub use mem::Fault;
