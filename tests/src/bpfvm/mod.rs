@@ -18,7 +18,7 @@
 //!   comes from.
 //!
 //! Map contents come from a [`MapBackend`] (normally the kernel's maps, read
-//! only). Every value a run touches is copied once into the run's memory, so
+//! only: [`KernelMaps`]). Every value a run touches is copied once into the run's memory, so
 //! writes stay local to the run: the interpreter never changes a kernel map.
 //!
 //! What the interpreter does not do is verify: it trusts the program as the
@@ -32,6 +32,7 @@ mod alu;
 pub mod elf;
 pub mod exec;
 pub mod helpers;
+pub mod kernel;
 pub mod mem;
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod tests_objects;
 mod tests_vip;
 
 pub use elf::{MapDef, Program};
+pub use kernel::KernelMaps;
 pub use mem::Fault;
 
 /// `XDP_ABORTED`.
@@ -229,6 +231,9 @@ pub enum VmError {
         /// The call instruction.
         at: Location,
     },
+    /// Reading the kernel's maps ([`KernelMaps`]) failed.
+    #[error("kernel maps: {0}")]
+    Kernel(String),
     /// The run executed more instructions than its limit.
     #[error("instruction limit of {0} exceeded")]
     InsnLimit(u64),
