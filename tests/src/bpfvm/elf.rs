@@ -5,7 +5,9 @@
 //! `memcpy` and friends live) is an ordinary jump to an absolute index. The
 //! relocations are resolved once, at load:
 //!
-//! - `R_BPF_64_64` on an `ld_imm64` against a symbol in `maps` names a map;
+//! - `R_BPF_64_64` on an `ld_imm64` against a symbol in `maps` names a map
+//!   (its `struct bpf_map_def` gives the layout; a map in `.maps` is named
+//!   too, but its layout, which is in BTF, must be set by the caller);
 //!   against `.rodata*`, `.data*` or `.bss*` it is the address of a global
 //!   (the symbol's offset plus the addend the compiler left in `imm`);
 //! - `R_BPF_64_32` on a `call` names the callee: instruction
@@ -131,6 +133,7 @@ impl Program {
         let mut code_base: HashMap<SectionIndex, usize> = HashMap::new();
         let mut global_of: HashMap<SectionIndex, usize> = HashMap::new();
         let mut maps_section = None;
+        let mut btf_maps = None;
         for s in file.sections() {
             let name = s.name()?;
             if s.kind() == SectionKind::Text && s.size() > 0 {
@@ -146,6 +149,8 @@ impl Program {
                 p.insns.extend(data.chunks_exact(8).map(Insn::decode));
             } else if name == "maps" {
                 maps_section = Some((s.index(), s.data()?));
+            } else if name == ".maps" {
+                btf_maps = Some(s.index());
             } else if [".rodata", ".data", ".bss"]
                 .iter()
                 .any(|g| name == *g || name.starts_with(&format!("{g}.")))
@@ -163,7 +168,7 @@ impl Program {
                 });
             }
         }
-        let mut map_at: HashMap<u64, usize> = HashMap::new();
+        let mut map_at: HashMap<(SectionIndex, u64), usize> = HashMap::new();
         let mut entry_pc = None;
         for sym in file.symbols() {
             let Some(sec) = sym.section_index() else {
@@ -180,7 +185,7 @@ impl Program {
                         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
                         .ok_or_else(|| VmError::Malformed(format!("map {name} past maps")))
                 };
-                map_at.insert(value, p.maps.len());
+                map_at.insert((sec, value), p.maps.len());
                 p.maps.push(MapDef {
                     name: name.to_string(),
                     map_type: field(0)?,
@@ -188,6 +193,18 @@ impl Program {
                     value_size: field(2)?,
                     max_entries: field(3)?,
                     flags: field(4)?,
+                });
+            } else if btf_maps == Some(sec) && sym.kind() == SymbolKind::Data {
+                // The layout of a BTF-defined map is in BTF, which we do not
+                // read: KernelMaps::configure or set_map_layout supplies it.
+                map_at.insert((sec, value), p.maps.len());
+                p.maps.push(MapDef {
+                    name: name.to_string(),
+                    map_type: 0,
+                    key_size: 0,
+                    value_size: 0,
+                    max_entries: 0,
+                    flags: 0,
                 });
             } else if let Some(&g) = global_of.get(&sec)
                 && sym.kind() == SymbolKind::Data
@@ -232,8 +249,8 @@ impl Program {
                     R_BPF_NONE => continue,
                     R_BPF_64_64 if insn.code == LD_IMM64 => {
                         let off = sym.address().wrapping_add(insn.imm as i64 as u64);
-                        if maps_section.is_some_and(|(i, _)| i == sec) {
-                            match map_at.get(&off) {
+                        if maps_section.is_some_and(|(i, _)| i == sec) || btf_maps == Some(sec) {
+                            match map_at.get(&(sec, off)) {
                                 Some(&m) => Rel::Map(m),
                                 None => return Err(err(&p, "no map at that offset")),
                             }
@@ -306,7 +323,29 @@ impl Program {
         Ok(())
     }
 
-    /// The object's maps, in the order of the `maps` section's symbols.
+    /// Sets a map's type and sizes: needed for maps defined in `.maps` (BTF),
+    /// whose layout the loader does not read (their sizes start at 0, and a
+    /// helper call on such a map is an error until this or
+    /// [`super::KernelMaps::configure`] sets them).
+    pub fn set_map_layout(
+        &mut self,
+        map: &str,
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    ) -> Result<(), VmError> {
+        let m = self
+            .maps
+            .iter_mut()
+            .find(|m| m.name == map)
+            .ok_or_else(|| VmError::NoMap(map.to_string()))?;
+        (m.map_type, m.key_size, m.value_size, m.max_entries) =
+            (map_type, key_size, value_size, max_entries);
+        Ok(())
+    }
+
+    /// The object's maps, in the order of their symbols.
     pub fn maps(&self) -> &[MapDef] {
         &self.maps
     }

@@ -132,7 +132,15 @@ fn map_key(
         helper,
         value: map,
     })?;
-    let size = vm.prog.maps[m].key_size as usize;
+    let def = &vm.prog.maps[m];
+    if def.key_size == 0 {
+        return Err(VmError::Malformed(format!(
+            "map {} has no layout (a .maps map: set it with set_map_layout or \
+             KernelMaps::configure)",
+            def.name
+        )));
+    }
+    let size = def.key_size as usize;
     let key = vm
         .mem
         .read(key, size)

@@ -25,6 +25,8 @@ const PER_CPU: [u32; 4] = [5, 6, 10, 21];
 
 struct Map {
     fd: MapFd,
+    map_type: u32,
+    key_size: u32,
     value_size: usize,
     max_entries: u32,
     per_cpu: bool,
@@ -79,6 +81,8 @@ impl KernelMaps {
             let fd = info.fd().map_err(|e| kernel_err("map fd", e))?;
             let map = Map {
                 fd,
+                map_type,
+                key_size: info.key_size(),
                 value_size: info.value_size() as usize,
                 max_entries: info.max_entries(),
                 per_cpu: PER_CPU.contains(&map_type),
@@ -89,12 +93,15 @@ impl KernelMaps {
     }
 
     /// Makes `prog` match what the loader made of the object: each map's
-    /// `max_entries` as the kernel has it, and each global section
+    /// type, sizes and `max_entries` as the kernel has them, and each global section
     /// (`.rodata`, `.data`, `.bss`) with the bytes of the kernel map of the
     /// same name (the loader's `override_global`s included).
     pub fn configure(&mut self, prog: &mut Program) -> Result<(), VmError> {
         for def in &mut prog.maps {
             if let Some(m) = self.maps.get(&def.name) {
+                def.map_type = m.map_type;
+                def.key_size = m.key_size;
+                def.value_size = m.value_size as u32;
                 def.max_entries = m.max_entries;
             }
         }

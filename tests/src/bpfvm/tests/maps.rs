@@ -177,3 +177,19 @@ fn map_handles_are_not_memory_and_scalars_are_not_maps() {
         "{err}"
     );
 }
+
+#[test]
+fn a_map_without_layout_must_be_given_one() {
+    // As a map from `.maps` (BTF) is loaded: known by name, sizes unknown.
+    let a = lookup(Asm::default(), 1).ldx(W, 0, 0, 0).exit();
+    let mut p = with_map(&a, def("BTF_MAP", 0, 0, 0, 0));
+    let err = r0(&p, &mut EmptyMaps).unwrap_err();
+    assert!(matches!(err, VmError::Malformed(_)), "{err}");
+    p.set_map_layout("BTF_MAP", ARRAY, 4, 4, 2).unwrap();
+    let mut one = |_: &str, _: &[u8]| Some(7u32.to_le_bytes().to_vec());
+    assert_eq!(r0(&p, &mut one).unwrap(), 7);
+    assert!(matches!(
+        p.set_map_layout("NOPE", ARRAY, 4, 4, 1),
+        Err(VmError::NoMap(_))
+    ));
+}
