@@ -9,14 +9,20 @@
 //! rise by exactly the repeat count, or the bench fails: the figure is only
 //! reported if the path measured is the path that ran.
 //!
-//! Options: `--repeat N` (default 1,000,000), `--rounds N` (default 5).
+//! Beside the nanoseconds it prints the eBPF instructions each path executes,
+//! counted by replaying the path in the `bpfvm` interpreter (see `insns.rs`):
+//! a figure that does not change with the CPU.
+//!
+//! Options: `--repeat N` (default 1,000,000), `--rounds N` (default 5),
+//! `--max-flows N`, `--paths-only` (skip the connection-table comparison).
 
 use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Context, bail, ensure};
+use aya::programs::Xdp;
 use balancer::{
     dataplane::decap::Decap,
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, LoadOptions, objects},
     lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
     net::{MacAddr, addr_words},
 };
@@ -28,6 +34,12 @@ use balancer_tests::{
     xdp::{PASS, TX},
 };
 use indicatif::{ProgressBar, ProgressStyle};
+
+#[path = "dataplane/insns.rs"]
+mod insns;
+
+/// What a path's instruction count replays: object, entry, loaded program, frame.
+type Replay<'a> = (&'a [u8], &'a str, &'a Xdp, &'a [u8]);
 
 struct Path {
     name: &'static str,
@@ -380,6 +392,46 @@ fn run() -> anyhow::Result<()> {
     }
     pb.finish_and_clear();
 
+    // Instruction counts. The new-flow and affinity paths replay flows the
+    // kernel has never seen (the affinity client is one the seeding pinned).
+    let fresh = Flow::tcp("198.51.100.1", 12345, "10.100.0.1", 80)
+        .payload(80)
+        .frame();
+    let fresh_aff = Flow::tcp("192.0.0.1", 12345, "10.100.0.5", 80)
+        .payload(80)
+        .frame();
+    let fixture = est_frame.clone();
+    let replays: [Option<Replay>; 9] = [
+        Some((
+            objects::BENCH,
+            "bench_pass",
+            bench.program("bench_pass"),
+            &fixture,
+        )),
+        Some((
+            objects::BENCH,
+            "bench_macswap",
+            bench.program("bench_macswap"),
+            &fixture,
+        )),
+        None,
+        None,
+        Some((objects::BALANCER, "balancer", balancer, &nonvip)),
+        Some((objects::BALANCER, "balancer", balancer, &est_frame)),
+        Some((objects::BALANCER, "balancer", balancer, &fresh)),
+        Some((objects::BALANCER, "balancer", balancer, &fresh_aff)),
+        Some((objects::DECAP, "decap", decap_prog, &tunnelled)),
+    ];
+    let mut counts = Vec::new();
+    for (r, p) in replays.iter().zip(&paths) {
+        counts.push(match r {
+            Some((obj, entry, prog, frame)) => {
+                Some(insns::count(obj, entry, prog, frame).with_context(|| p.name.to_string())?)
+            }
+            None => None,
+        });
+    }
+
     // Figures are the kernel's own nanoseconds per run (BPF_PROG_TEST_RUN's
     // duration: time inside the run loop, whole nanoseconds). The wall clock
     // around the syscall is shown too; it also counts time the CPU spent on
@@ -400,12 +452,13 @@ fn run() -> anyhow::Result<()> {
         "wrapper cost subtracted from wrapped paths: {overhead:.0} ns (fixed flow), {overhead_rot:.0} ns (rotating)\n"
     );
     println!(
-        "{:<40} {:>8} {:>10} {:>8} {:>10} {:>8}  verdict",
-        "path", "min ns", "median ns", "wall ns", "x macswap", "target"
+        "{:<40} {:>8} {:>10} {:>8} {:>10} {:>6} {:>8}  verdict",
+        "path", "min ns", "median ns", "wall ns", "x macswap", "insns", "target"
     );
-    println!("{}", "-".repeat(98));
+    println!("{}", "-".repeat(105));
     let mut misses = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
+    for (i, (p, n)) in paths.iter().zip(&counts).enumerate() {
+        let insns = n.map(|n| n.to_string()).unwrap_or_default();
         let sub = if !p.wrapped {
             0.0
         } else if i == 6 || i == 7 {
@@ -426,8 +479,8 @@ fn run() -> anyhow::Result<()> {
             None => (String::new(), ""),
         };
         println!(
-            "{:<40} {:>8.0} {:>10.0} {:>8.1} {:>10.2} {:>8}  {}",
-            p.name, min, med, wmin, ratio, target, verdict
+            "{:<40} {:>8.0} {:>10.0} {:>8.1} {:>10.2} {:>6} {:>8}  {}",
+            p.name, min, med, wmin, ratio, insns, target, verdict
         );
     }
     if !paths_only {
