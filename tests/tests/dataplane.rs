@@ -10,7 +10,7 @@ use std::{net::IpAddr, thread, time::Duration};
 use balancer::{
     dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions, Programs},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::MacAddr,
 };
 use balancer_common::{
@@ -52,7 +52,7 @@ impl Fixture {
             max_affinity: 4096,
         };
         let dp = Dataplane::load(&opts).expect("load balancer");
-        let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+        let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
         let add = |lb: &mut LoadBalancer,
                    v: &str,
                    mode: Mode,

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use toml::Spanned;
 
-use crate::lb::VipId;
+use crate::{
+    cache::{Settings, l2::RedisSettings, proxy::RouteConfig},
+    lb::VipId,
+};
 
 use super::{CachePool, CacheRoute, ConfigError, Ctx, RawConfig};
 
@@ -13,9 +16,8 @@ use super::{CachePool, CacheRoute, ConfigError, Ctx, RawConfig};
 pub(super) fn parse(
     raw: &RawConfig,
     cx: &Ctx<'_>,
-) -> Result<(crate::cache::Settings, Vec<CacheRoute>), ConfigError> {
-    use crate::cache::{Settings as CacheSettings, l2::RedisSettings, proxy::RouteConfig};
-    let mut settings = CacheSettings::default();
+) -> Result<(Settings, Vec<CacheRoute>), ConfigError> {
+    let mut settings = Settings::default();
     if let Some(c) = &raw.cache {
         if let Some(m) = &c.memory_mb {
             if !(1..=1 << 20).contains(m.get_ref()) {
