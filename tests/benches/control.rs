@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use balancer::{
     control::autoweight::Autoweight,
     control::autoweight::{BackendTelemetry, PoolTelemetry},
-    control::scoring::Policy,
+    control::scoring::ScoringPolicy,
     control::telemetry::{ServerKind, scrape::ScrapeLimits},
     dataplane::{Dataplane, LoadOptions},
     lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
@@ -189,9 +189,9 @@ fn run() -> Result<()> {
         rise: 2,
         model: None,
         health: None,
-        policy: Policy {
+        policy: ScoringPolicy {
             slow_start_s: 0.0,
-            ..Policy::default()
+            ..ScoringPolicy::default()
         },
         backends,
     };

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Component, Input, Policy};
+use super::{Component, Input, ScoringPolicy};
 use crate::control::telemetry::Signals;
 
 /// `1 - e^(-x/scale)`: 0 when idle, 63% at `scale`, towards 1 beyond.
@@ -12,7 +12,7 @@ fn sat(x: f64, scale: f64) -> f64 {
 }
 
 /// Load components of a backend's signals under `p`.
-pub fn components(s: &Signals, p: &Policy) -> Vec<Component> {
+pub fn components(s: &Signals, p: &ScoringPolicy) -> Vec<Component> {
     let f = &p.formula;
     let mut out = Vec::new();
     let mut push = |name: &str, v: Option<f64>, w: f64| {
@@ -87,7 +87,7 @@ pub(super) struct Row {
 
 impl Row {
     /// Step 1 for one backend; capacity is left at 0 for step 2.
-    pub(super) fn new(i: &Input, p: &Policy, now: Instant) -> Self {
+    pub(super) fn new(i: &Input, p: &ScoringPolicy, now: Instant) -> Self {
         let stale_after = Duration::from_millis(p.stale_after_ms);
         let stale = match i.last_ok {
             Some(t) if now.saturating_duration_since(t) <= stale_after => None,

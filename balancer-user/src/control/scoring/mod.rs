@@ -43,7 +43,7 @@ mod tests;
 
 pub use self::{
     load::components,
-    policy::{Formula, Policy},
+    policy::{Formula, ScoringPolicy},
 };
 
 use std::{collections::HashMap, net::IpAddr, time::Instant};
@@ -120,7 +120,7 @@ impl Scorer {
     /// open, the warning to log.
     pub fn score(
         &mut self,
-        p: &Policy,
+        p: &ScoringPolicy,
         inputs: &[Input],
         now: Instant,
     ) -> (Vec<Decision>, Option<String>) {
@@ -144,7 +144,7 @@ impl Scorer {
     /// Step 4 for one backend, from its scaled target, with the why.
     fn decide(
         &mut self,
-        p: &Policy,
+        p: &ScoringPolicy,
         i: &Input,
         row: &Row,
         target: f64,

@@ -61,10 +61,11 @@ impl Formula {
     }
 }
 
-/// A pool's scoring policy.
+/// A pool's scoring policy (`[vip.telemetry.policy]`; not the cache's
+/// eviction policy).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Policy {
+pub struct ScoringPolicy {
     /// Component weights.
     pub formula: Formula,
     /// Waiting requests at which the queue component reaches 63%.
@@ -89,7 +90,7 @@ pub struct Policy {
     pub throughput_trust: f64,
 }
 
-impl Default for Policy {
+impl Default for ScoringPolicy {
     fn default() -> Self {
         Self {
             formula: Formula::default(),
@@ -107,7 +108,7 @@ impl Default for Policy {
     }
 }
 
-impl Policy {
+impl ScoringPolicy {
     /// Checks ranges; the message says what to use.
     pub fn check(&self) -> Result<(), String> {
         for (n, v) in self.formula.weights() {

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Policy, SCALE};
+use super::{SCALE, ScoringPolicy};
 
 /// One backend's memory across intervals.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +22,7 @@ impl Memory {
     /// it is eligible now, for the next interval.
     pub(super) fn slow_start(
         &mut self,
-        p: &Policy,
+        p: &ScoringPolicy,
         mut target: f64,
         eligible: bool,
         now: Instant,
@@ -49,7 +49,7 @@ impl Memory {
     /// otherwise smoothed, step-limited, and held within hysteresis.
     pub(super) fn publish(
         &mut self,
-        p: &Policy,
+        p: &ScoringPolicy,
         target: f64,
         eligible: bool,
         notes: &mut Vec<String>,

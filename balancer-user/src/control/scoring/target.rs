@@ -1,11 +1,11 @@
 //! Steps 2, 3 and 5: capacity refined by throughput, target = capacity x
 //! headroom, and failing open when no backend can take the pool's traffic.
 
-use super::{Input, Policy, load::Row};
+use super::{Input, ScoringPolicy, load::Row};
 
 /// Step 2: sets each row's capacity, its hint refined by its throughput
 /// against the pool median (when at least two backends report one).
-pub(super) fn set_capacities(inputs: &[Input], rows: &mut [Row], p: &Policy) {
+pub(super) fn set_capacities(inputs: &[Input], rows: &mut [Row], p: &ScoringPolicy) {
     let mut tputs: Vec<f64> = rows
         .iter()
         .filter_map(|r| r.tput)

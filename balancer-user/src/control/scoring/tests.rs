@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Input, Policy, Scorer};
+use super::{Input, Scorer, ScoringPolicy};
 use crate::control::telemetry::Signals;
 
 fn input(addr: u8, queue: f64, kv: f64) -> Input {
@@ -23,7 +23,7 @@ fn input(addr: u8, queue: f64, kv: f64) -> Input {
     }
 }
 
-fn run(s: &mut Scorer, p: &Policy, inputs: &[Input], ticks: usize) -> Vec<u32> {
+fn run(s: &mut Scorer, p: &ScoringPolicy, inputs: &[Input], ticks: usize) -> Vec<u32> {
     let mut w = vec![];
     for _ in 0..ticks {
         w = s
@@ -36,10 +36,10 @@ fn run(s: &mut Scorer, p: &Policy, inputs: &[Input], ticks: usize) -> Vec<u32> {
     w
 }
 
-fn no_ramp() -> Policy {
-    Policy {
+fn no_ramp() -> ScoringPolicy {
+    ScoringPolicy {
         slow_start_s: 0.0,
-        ..Policy::default()
+        ..ScoringPolicy::default()
     }
 }
 
@@ -65,7 +65,7 @@ fn weights_do_not_oscillate_on_noise() {
 #[test]
 fn steps_are_bounded() {
     // No smoothing, so only the step limit holds the weight back.
-    let p = Policy {
+    let p = ScoringPolicy {
         ewma_alpha: 1.0,
         ..no_ramp()
     };
@@ -89,9 +89,9 @@ fn steps_are_bounded() {
 
 #[test]
 fn down_is_immediate_and_recovery_ramps() {
-    let p = Policy {
+    let p = ScoringPolicy {
         slow_start_s: 10.0,
-        ..Policy::default()
+        ..ScoringPolicy::default()
     };
     let mut s = Scorer::default();
     let t0 = Instant::now();
