@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::{
     LbError, LoadBalancer, Result, VipId,
-    maglev::{self, Member},
+    maglev::{self, RingMember},
 };
 
 /// How long after a ring flip the previous half may still be read by a packet
@@ -51,10 +51,10 @@ impl LoadBalancer {
     pub(super) fn sync_ring(&mut self, id: &VipId) -> Result<()> {
         let m = self.maps.rings.ring_size();
         let st = self.vips.get(id).ok_or(LbError::NoSuchVip(*id))?;
-        let members: Vec<Member> = st
+        let members: Vec<RingMember> = st
             .backends
             .iter()
-            .map(|(addr, b)| Member {
+            .map(|(addr, b)| RingMember {
                 id: addr.to_string(),
                 weight: b.effective_weight(),
                 value: b.slot,
