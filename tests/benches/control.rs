@@ -28,10 +28,10 @@ use anyhow::{Context, Result, bail};
 use balancer::{
     control::autoweight::Autoweight,
     control::autoweight::{BackendTelemetry, PoolTelemetry},
-    control::scoring::Policy,
+    control::scoring::ScoringPolicy,
     control::telemetry::{ServerKind, scrape::ScrapeLimits},
     dataplane::{Dataplane, LoadOptions},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::MacAddr,
 };
 use balancer_tests::{require_root, shared_data};
@@ -149,7 +149,7 @@ fn run() -> Result<()> {
     };
     let dp = Dataplane::load(&opts).context("loading the data plane")?;
     let _programs = dp.programs;
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default())?;
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default())?;
     let vip: VipId = "10.100.0.1:80/tcp".parse().unwrap();
     lb.add_vip(VipSpec {
         id: vip,
@@ -189,9 +189,9 @@ fn run() -> Result<()> {
         rise: 2,
         model: None,
         health: None,
-        policy: Policy {
+        policy: ScoringPolicy {
             slow_start_s: 0.0,
-            ..Policy::default()
+            ..ScoringPolicy::default()
         },
         backends,
     };

@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use balancer::lb::maglev::{Member, build, disruption};
+use balancer::lb::maglev::{RingMember, build, disruption};
 
 const M: u32 = 65_537;
 const ROUNDS: usize = 7;
 
-fn members(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Member> {
+fn members(n: usize, weight: impl Fn(usize) -> u32) -> Vec<RingMember> {
     (0..n)
-        .map(|i| Member {
+        .map(|i| RingMember {
             id: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
             weight: weight(i),
             value: i as u32,
@@ -19,7 +19,7 @@ fn members(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Member> {
         .collect()
 }
 
-fn time_build(ms: &[Member]) -> (f64, f64) {
+fn time_build(ms: &[RingMember]) -> (f64, f64) {
     let mut t: Vec<f64> = (0..ROUNDS)
         .map(|_| {
             let t0 = Instant::now();

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use balancer::{
-    lb::Settings,
+    lb::DataplaneSettings,
     net::{addr_words, ports_word},
 };
 use balancer_common::hash::{flow_hash_v4, flow_hash_v6};
@@ -182,7 +182,7 @@ impl Flow {
 
 /// The tunnel source the data path must pick for `hash` (host bits of the
 /// configured prefix filled from the hash, as words on the wire).
-pub fn tunnel_src(settings: &Settings, outer_v6: bool, hash: u32) -> IpAddr {
+pub fn tunnel_src(settings: &DataplaneSettings, outer_v6: bool, hash: u32) -> IpAddr {
     if outer_v6 {
         let bits = (128 - settings.tunnel_src_v6_len as u32).min(32);
         let host = if bits == 0 {

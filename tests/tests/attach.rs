@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use balancer::{
     dataplane::{AttachMode, Dataplane, DataplaneError, LoadOptions, default_pin_dir},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::MacAddr,
 };
 use balancer_tests::{
@@ -95,7 +95,7 @@ fn attach_pins_adopts_and_detaches() {
     assert!(s.xdp_attached("v0"));
 
     let vip: VipId = "10.9.9.9:443/tcp".parse().unwrap();
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
     lb.add_vip(VipSpec {
         id: vip,
         mode: Mode::Tunnel,
@@ -204,7 +204,7 @@ type Case<'a> = Box<dyn Fn(&mut LoadBalancer) -> Result<(), balancer::lb::LbErro
 fn lb_rejects_bad_input_with_clear_errors() {
     require_root();
     let dp = Dataplane::load(&small()).unwrap();
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
     let vip: VipId = "10.9.9.9:80/tcp".parse().unwrap();
     let spec = |id| VipSpec {
         id,
@@ -255,9 +255,9 @@ fn lb_rejects_bad_input_with_clear_errors() {
         ),
         (
             Box::new(|lb| {
-                lb.set_settings(Settings {
+                lb.set_settings(DataplaneSettings {
                     mtu: 100,
-                    ..Settings::default()
+                    ..DataplaneSettings::default()
                 })
             }),
             "mtu 100 out of range",

@@ -10,7 +10,7 @@ use std::{net::IpAddr, thread, time::Duration};
 use balancer::{
     dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions, Programs},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::MacAddr,
 };
 use balancer_common::{
@@ -52,7 +52,7 @@ impl Fixture {
             max_affinity: 4096,
         };
         let dp = Dataplane::load(&opts).expect("load balancer");
-        let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+        let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
         let add = |lb: &mut LoadBalancer,
                    v: &str,
                    mode: Mode,
@@ -1127,7 +1127,7 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
     };
     let dp = Dataplane::load(&opts).expect("load balancer");
     let prog = dp.programs;
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
     // Four addresses per /24, two ports each: unique for every i.
     let id = |i: u32| {
         vip(&format!(

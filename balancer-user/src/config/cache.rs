@@ -4,183 +4,26 @@ use std::{net::SocketAddr, time::Duration};
 
 use toml::Spanned;
 
-use crate::lb::VipId;
+use crate::{
+    cache::{Settings, l2::RedisSettings, proxy::RouteConfig},
+    lb::VipId,
+};
 
-use super::{CachePool, CacheRoute, ConfigError, Ctx, RawConfig};
+use super::{CachePool, CacheRoute, ConfigError, Ctx, RawCache, RawCacheRoute, RawConfig};
 
 /// Parses the cache and its routes.
-// Long because it walks two tables top to bottom; each rule is one check.
 pub(super) fn parse(
     raw: &RawConfig,
     cx: &Ctx<'_>,
-) -> Result<(crate::cache::Settings, Vec<CacheRoute>), ConfigError> {
-    use crate::cache::{Settings as CacheSettings, l2::RedisSettings, proxy::RouteConfig};
-    let mut settings = CacheSettings::default();
-    if let Some(c) = &raw.cache {
-        if let Some(m) = &c.memory_mb {
-            if !(1..=1 << 20).contains(m.get_ref()) {
-                return cx.err(m.span(), "cache.memory_mb", "use 1 to 1048576 (MiB)");
-            }
-            settings.memory_bytes = *m.get_ref() << 20;
-        }
-        if let Some(n) = &c.shards {
-            if !(1..=1024).contains(n.get_ref()) {
-                return cx.err(n.span(), "cache.shards", "use 1 to 1024");
-            }
-            settings.shards = *n.get_ref();
-        }
-        let timeout = match &c.redis_timeout_ms {
-            Some(t) if !(1..=10_000).contains(t.get_ref()) => {
-                return cx.err(t.span(), "cache.redis_timeout_ms", "use 1 to 10000");
-            }
-            Some(t) => Duration::from_millis(*t.get_ref()),
-            None => Duration::from_millis(100),
-        };
-        let prefix = match &c.redis_prefix {
-            Some(p) if p.get_ref().is_empty() || p.get_ref().contains(char::is_whitespace) => {
-                return cx.err(
-                    p.span(),
-                    "cache.redis_prefix",
-                    "a non-empty word without spaces",
-                );
-            }
-            Some(p) => p.get_ref().clone(),
-            None => "balancer".into(),
-        };
-        if let Some(u) = &c.redis {
-            let url = u.get_ref();
-            if !(url.starts_with("redis://") || url.starts_with("unix://"))
-                || redis::Client::open(url.as_str()).is_err()
-            {
-                return cx.err(
-                    u.span(),
-                    "cache.redis",
-                    "a URL like \"redis://127.0.0.1:6379\" or \"unix:///run/redis.sock\"",
-                );
-            }
-            settings.redis = Some(RedisSettings {
-                url: url.clone(),
-                timeout,
-                prefix,
-            });
-        }
-        settings.versions = c.models.clone();
-    }
+) -> Result<(Settings, Vec<CacheRoute>), ConfigError> {
+    let settings = match &raw.cache {
+        Some(c) => settings(c, cx)?,
+        None => Settings::default(),
+    };
     let mut routes: Vec<CacheRoute> = Vec::new();
     for (i, r) in raw.cache_route.iter().enumerate() {
-        let field = |f: &str| format!("cache_route[{i}].{f}");
-        let name = r
-            .name
-            .as_ref()
-            .map(|n| n.get_ref().clone())
-            .unwrap_or_else(|| format!("route{i}"));
-        if name.is_empty() || routes.iter().any(|x| x.route.name == name) {
-            let span = r.name.as_ref().map(|n| n.span()).unwrap_or(r.listen.span());
-            return cx.err(
-                span,
-                field("name"),
-                format!("{name:?}: names must be unique and non-empty"),
-            );
-        }
-        let listen: SocketAddr = match r.listen.get_ref().parse() {
-            Ok(a) => a,
-            Err(_) => {
-                return cx.err(
-                    r.listen.span(),
-                    field("listen"),
-                    "an address and port like \"127.0.0.1:8080\"",
-                );
-            }
-        };
-        if routes.iter().any(|x| x.route.listen == listen) {
-            return cx.err(
-                r.listen.span(),
-                field("listen"),
-                format!("{listen} is used by another route"),
-            );
-        }
-        let pool = match (&r.backends, &r.vip) {
-            (Some(b), None) => {
-                let mut addrs = Vec::new();
-                for a in b.get_ref() {
-                    match a.parse::<SocketAddr>() {
-                        Ok(x) => addrs.push(x),
-                        Err(_) => {
-                            return cx.err(
-                                b.span(),
-                                field("backends"),
-                                format!("{a:?}: use \"address:port\" like \"10.0.1.10:8000\""),
-                            );
-                        }
-                    }
-                }
-                if addrs.is_empty() {
-                    return cx.err(b.span(), field("backends"), "list at least one backend");
-                }
-                CachePool::Static(addrs)
-            }
-            (None, Some(v)) => {
-                let vip: VipId = match v.get_ref().parse() {
-                    Ok(id) => id,
-                    Err(e) => return cx.err(v.span(), field("vip"), e),
-                };
-                let Some(port) = &r.backend_port else {
-                    return cx.err(
-                        v.span(),
-                        field("backend_port"),
-                        "missing: the port the VIP's backends serve HTTP on",
-                    );
-                };
-                CachePool::Vip {
-                    vip,
-                    port: *port.get_ref(),
-                }
-            }
-            _ => {
-                return cx.err(
-                    r.listen.span(),
-                    field("backends"),
-                    "give exactly one of backends = [..] or vip = \"..\" (with backend_port)",
-                );
-            }
-        };
-        let ranged = |v: &Option<Spanned<u64>>, f: &str, default: u64, lo: u64, hi: u64| match v {
-            None => Ok(default),
-            Some(x) if (lo..=hi).contains(x.get_ref()) => Ok(*x.get_ref()),
-            Some(x) => cx.err(x.span(), field(f), format!("use {lo} to {hi}")),
-        };
-        let ttl = ranged(&r.ttl_secs, "ttl_secs", 300, 1, 7 * 86_400)?;
-        let max_object = ranged(
-            &r.max_object_bytes,
-            "max_object_bytes",
-            1 << 20,
-            1,
-            64 << 20,
-        )?;
-        let max_request = ranged(
-            &r.max_request_bytes,
-            "max_request_bytes",
-            1 << 20,
-            1,
-            64 << 20,
-        )?;
-        let timeout = ranged(&r.timeout_ms, "timeout_ms", 60_000, 1, 600_000)?;
-        routes.push(CacheRoute {
-            route: RouteConfig {
-                name,
-                listen,
-                ttl: Duration::from_secs(ttl),
-                max_object_bytes: max_object,
-                max_request_bytes: max_request,
-                exclude_fields: r
-                    .exclude_fields
-                    .clone()
-                    .unwrap_or_else(|| vec!["user".into()]),
-                deterministic: r.deterministic.unwrap_or(false),
-                timeout: Duration::from_millis(timeout),
-            },
-            pool,
-        });
+        let route = route(i, r, &routes, cx)?;
+        routes.push(route);
     }
     if raw.cache.is_some() && routes.is_empty() {
         return cx.err(
@@ -190,4 +33,195 @@ pub(super) fn parse(
         );
     }
     Ok((settings, routes))
+}
+
+/// `[cache]`: memory, shards, the Redis L2 and model versions.
+fn settings(c: &RawCache, cx: &Ctx<'_>) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    if let Some(m) = &c.memory_mb {
+        if !(1..=1 << 20).contains(m.get_ref()) {
+            return cx.err(m.span(), "cache.memory_mb", "use 1 to 1048576 (MiB)");
+        }
+        settings.memory_bytes = *m.get_ref() << 20;
+    }
+    if let Some(n) = &c.shards {
+        if !(1..=1024).contains(n.get_ref()) {
+            return cx.err(n.span(), "cache.shards", "use 1 to 1024");
+        }
+        settings.shards = *n.get_ref();
+    }
+    settings.redis = redis(c, cx)?;
+    settings.versions = c.models.clone();
+    Ok(settings)
+}
+
+/// The `redis*` keys of `[cache]` (the timeout and prefix are checked even
+/// without a URL).
+fn redis(c: &RawCache, cx: &Ctx<'_>) -> Result<Option<RedisSettings>, ConfigError> {
+    let timeout = match &c.redis_timeout_ms {
+        Some(t) if !(1..=10_000).contains(t.get_ref()) => {
+            return cx.err(t.span(), "cache.redis_timeout_ms", "use 1 to 10000");
+        }
+        Some(t) => Duration::from_millis(*t.get_ref()),
+        None => Duration::from_millis(100),
+    };
+    let prefix = match &c.redis_prefix {
+        Some(p) if p.get_ref().is_empty() || p.get_ref().contains(char::is_whitespace) => {
+            return cx.err(
+                p.span(),
+                "cache.redis_prefix",
+                "a non-empty word without spaces",
+            );
+        }
+        Some(p) => p.get_ref().clone(),
+        None => "balancer".into(),
+    };
+    let Some(u) = &c.redis else {
+        return Ok(None);
+    };
+    let url = u.get_ref();
+    if !(url.starts_with("redis://") || url.starts_with("unix://"))
+        || redis::Client::open(url.as_str()).is_err()
+    {
+        return cx.err(
+            u.span(),
+            "cache.redis",
+            "a URL like \"redis://127.0.0.1:6379\" or \"unix:///run/redis.sock\"",
+        );
+    }
+    Ok(Some(RedisSettings {
+        url: url.clone(),
+        timeout,
+        prefix,
+    }))
+}
+
+/// One `[[cache_route]]`, the `i`th, checked against the routes before it.
+fn route(
+    i: usize,
+    r: &RawCacheRoute,
+    before: &[CacheRoute],
+    cx: &Ctx<'_>,
+) -> Result<CacheRoute, ConfigError> {
+    let field = |f: &str| format!("cache_route[{i}].{f}");
+    let name = r
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .unwrap_or_else(|| format!("route{i}"));
+    if name.is_empty() || before.iter().any(|x| x.route.name == name) {
+        let span = r.name.as_ref().map(|n| n.span()).unwrap_or(r.listen.span());
+        return cx.err(
+            span,
+            field("name"),
+            format!("{name:?}: names must be unique and non-empty"),
+        );
+    }
+    let listen: SocketAddr = match r.listen.get_ref().parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return cx.err(
+                r.listen.span(),
+                field("listen"),
+                "an address and port like \"127.0.0.1:8080\"",
+            );
+        }
+    };
+    if before.iter().any(|x| x.route.listen == listen) {
+        return cx.err(
+            r.listen.span(),
+            field("listen"),
+            format!("{listen} is used by another route"),
+        );
+    }
+    let pool = pool(r, cx, &field)?;
+    let ranged = |v: &Option<Spanned<u64>>, f: &str, default: u64, lo: u64, hi: u64| match v {
+        None => Ok(default),
+        Some(x) if (lo..=hi).contains(x.get_ref()) => Ok(*x.get_ref()),
+        Some(x) => cx.err(x.span(), field(f), format!("use {lo} to {hi}")),
+    };
+    let ttl = ranged(&r.ttl_secs, "ttl_secs", 300, 1, 7 * 86_400)?;
+    let max_object = ranged(
+        &r.max_object_bytes,
+        "max_object_bytes",
+        1 << 20,
+        1,
+        64 << 20,
+    )?;
+    let max_request = ranged(
+        &r.max_request_bytes,
+        "max_request_bytes",
+        1 << 20,
+        1,
+        64 << 20,
+    )?;
+    let timeout = ranged(&r.timeout_ms, "timeout_ms", 60_000, 1, 600_000)?;
+    Ok(CacheRoute {
+        route: RouteConfig {
+            name,
+            listen,
+            ttl: Duration::from_secs(ttl),
+            max_object_bytes: max_object,
+            max_request_bytes: max_request,
+            exclude_fields: r
+                .exclude_fields
+                .clone()
+                .unwrap_or_else(|| vec!["user".into()]),
+            deterministic: r.deterministic.unwrap_or(false),
+            timeout: Duration::from_millis(timeout),
+        },
+        pool,
+    })
+}
+
+/// Where a route's misses go: exactly one of `backends = [..]` and
+/// `vip = ".."` with `backend_port`.
+fn pool(
+    r: &RawCacheRoute,
+    cx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<CachePool, ConfigError> {
+    match (&r.backends, &r.vip) {
+        (Some(b), None) => {
+            let mut addrs = Vec::new();
+            for a in b.get_ref() {
+                match a.parse::<SocketAddr>() {
+                    Ok(x) => addrs.push(x),
+                    Err(_) => {
+                        return cx.err(
+                            b.span(),
+                            field("backends"),
+                            format!("{a:?}: use \"address:port\" like \"10.0.1.10:8000\""),
+                        );
+                    }
+                }
+            }
+            if addrs.is_empty() {
+                return cx.err(b.span(), field("backends"), "list at least one backend");
+            }
+            Ok(CachePool::Static(addrs))
+        }
+        (None, Some(v)) => {
+            let vip: VipId = match v.get_ref().parse() {
+                Ok(id) => id,
+                Err(e) => return cx.err(v.span(), field("vip"), e),
+            };
+            let Some(port) = &r.backend_port else {
+                return cx.err(
+                    v.span(),
+                    field("backend_port"),
+                    "missing: the port the VIP's backends serve HTTP on",
+                );
+            };
+            Ok(CachePool::Vip {
+                vip,
+                port: *port.get_ref(),
+            })
+        }
+        _ => cx.err(
+            r.listen.span(),
+            field("backends"),
+            "give exactly one of backends = [..] or vip = \"..\" (with backend_port)",
+        ),
+    }
 }

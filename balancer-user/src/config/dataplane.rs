@@ -5,16 +5,16 @@ use std::net::IpAddr;
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, RawDataplane};
-use crate::{dataplane::LoadOptions, lb::Settings};
+use crate::{dataplane::LoadOptions, lb::DataplaneSettings};
 
 /// Parses `[dataplane]` into the loader's options and the engine's settings,
 /// each checked by its owner's validator.
 pub(super) fn parse(
     p: &RawDataplane,
     cx: &Ctx<'_>,
-) -> Result<(LoadOptions, Settings), ConfigError> {
+) -> Result<(LoadOptions, DataplaneSettings), ConfigError> {
     let mut load = LoadOptions::default();
-    let mut settings = Settings::default();
+    let mut settings = DataplaneSettings::default();
     let pick = |v: &Option<Spanned<u32>>, default: u32| {
         v.as_ref().map(|s| *s.get_ref()).unwrap_or(default)
     };

@@ -75,7 +75,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    control::{autoweight::PoolTelemetry, scoring::Policy, telemetry::health::Check},
+    control::{autoweight::PoolTelemetry, scoring::ScoringPolicy, telemetry::health::Check},
     dataplane::{AttachMode, LoadOptions},
     lb::{Snapshot, VipId},
 };
@@ -199,7 +199,7 @@ struct RawTelemetry {
     model: Option<String>,
     health: Option<Check>,
     #[serde(default)]
-    policy: Policy,
+    policy: ScoringPolicy,
 }
 
 #[derive(Deserialize)]

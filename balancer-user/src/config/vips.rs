@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use toml::Spanned;
 
-use super::{ConfigError, Ctx, RawBackend, RawConfig, RawTelemetry};
+use super::{ConfigError, Ctx, RawBackend, RawConfig, RawTelemetry, RawVip};
 use crate::{
     control::{
         autoweight::{BackendTelemetry, PoolTelemetry},
@@ -21,7 +21,6 @@ use crate::{
 pub(super) type Vips = (Vec<VipRecord>, BTreeMap<VipId, PoolTelemetry>);
 
 /// Parses every `[[vip]]`; backend slots are numbered in file order.
-// Long because it walks one table top to bottom; each rule is one call.
 pub(super) fn parse(
     raw: &RawConfig,
     cx: &Ctx<'_>,
@@ -31,38 +30,7 @@ pub(super) fn parse(
     let mut telemetry = BTreeMap::new();
     let mut next_slot = 0u32;
     for (i, v) in raw.vip.iter().enumerate() {
-        let field = |f: &str| format!("vip[{i}].{f}");
-        let id: VipId = match v.vip.get_ref().parse() {
-            Ok(id) => id,
-            Err(e) => return cx.err(v.vip.span(), field("vip"), e),
-        };
-        if vips.iter().any(|r| r.spec.id == id) {
-            return cx.err(
-                v.vip.span(),
-                field("vip"),
-                format!("{id} is configured twice"),
-            );
-        }
-        let mode = match &v.mode {
-            None => Mode::Tunnel,
-            Some(s) => match s.get_ref().parse() {
-                Ok(m) => m,
-                Err(e) => return cx.err(s.span(), field("mode"), e),
-            },
-        };
-        let spec = VipSpec {
-            id,
-            mode,
-            affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
-        };
-        // The engine's own rules, reported against the key that broke one.
-        if let Err(e) = spec.validate() {
-            let span = match (e.field(), &v.affinity_secs) {
-                (Some("affinity_secs"), Some(a)) => a.span(),
-                _ => v.vip.span(),
-            };
-            return cx.err(span, field(e.field().unwrap_or("vip")), e.to_string());
-        }
+        let spec = vip_spec(i, v, &vips, cx)?;
         let mut pool = match &v.telemetry {
             None => None,
             Some(t) => Some(RawTelemetry::validate(t, cx, i)?),
@@ -70,50 +38,13 @@ pub(super) fn parse(
         let mut backends: Vec<BackendRecord> = Vec::new();
         for (j, b) in v.backend.iter().enumerate() {
             let bfield = |f: &str| format!("vip[{i}].backend[{j}].{f}");
-            let addr: IpAddr = match b.address.get_ref().parse() {
-                Ok(a) => a,
-                Err(_) => return cx.err(
-                    b.address.span(),
-                    bfield("address"),
-                    "an IP address like \"10.0.1.10\" (no port: backends listen on the VIP's port)",
-                ),
-            };
-            if backends.iter().any(|r| r.addr == addr) {
-                return cx.err(
-                    b.address.span(),
-                    bfield("address"),
-                    format!("{addr} is listed twice in this pool"),
-                );
-            }
-            let weight = b.weight.as_ref().map(|w| *w.get_ref()).unwrap_or(1);
-            let mac = match &b.mac {
-                None => None,
-                Some(m) => match m.get_ref().parse::<MacAddr>() {
-                    Ok(mac) => Some(mac),
-                    Err(e) => return cx.err(m.span(), bfield("mac"), e.to_string()),
-                },
-            };
-            if let Err(e) = (BackendSpec { addr, weight, mac }).validate(&spec) {
-                let span = match (&e, &b.weight) {
-                    (LbError::BadWeight(_), Some(w)) => w.span(),
-                    _ => b.address.span(),
-                };
-                return cx.err(span, bfield(e.field().unwrap_or("address")), e.to_string());
-            }
-            backends.push(BackendRecord {
-                addr,
-                weight,
-                drained: false,
-                mac,
-                mac_static: mac.is_some(),
-                slot: next_slot,
-                auto_weight: None,
-            });
-            backend_telemetry(b, &mut pool, addr, cx, &bfield)?;
+            let rec = backend(b, &spec, &backends, next_slot, cx, &bfield)?;
+            backend_telemetry(b, &mut pool, rec.addr, cx, &bfield)?;
+            backends.push(rec);
             next_slot += 1;
         }
         if let Some(p) = pool {
-            telemetry.insert(id, p);
+            telemetry.insert(spec.id, p);
         }
         vips.push(VipRecord {
             spec,
@@ -139,6 +70,102 @@ pub(super) fn parse(
         );
     }
     Ok((vips, telemetry))
+}
+
+/// The `i`th `[[vip]]` itself (not its backends), checked against the VIPs
+/// before it and by the engine's own rules.
+fn vip_spec(
+    i: usize,
+    v: &RawVip,
+    before: &[VipRecord],
+    cx: &Ctx<'_>,
+) -> Result<VipSpec, ConfigError> {
+    let field = |f: &str| format!("vip[{i}].{f}");
+    let id: VipId = match v.vip.get_ref().parse() {
+        Ok(id) => id,
+        Err(e) => return cx.err(v.vip.span(), field("vip"), e),
+    };
+    if before.iter().any(|r| r.spec.id == id) {
+        return cx.err(
+            v.vip.span(),
+            field("vip"),
+            format!("{id} is configured twice"),
+        );
+    }
+    let mode = match &v.mode {
+        None => Mode::Tunnel,
+        Some(s) => match s.get_ref().parse() {
+            Ok(m) => m,
+            Err(e) => return cx.err(s.span(), field("mode"), e),
+        },
+    };
+    let spec = VipSpec {
+        id,
+        mode,
+        affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
+    };
+    // The engine's own rules, reported against the key that broke one.
+    if let Err(e) = spec.validate() {
+        let span = match (e.field(), &v.affinity_secs) {
+            (Some("affinity_secs"), Some(a)) => a.span(),
+            _ => v.vip.span(),
+        };
+        return cx.err(span, field(e.field().unwrap_or("vip")), e.to_string());
+    }
+    Ok(spec)
+}
+
+/// One `[[vip.backend]]` of `vip`, in `slot`, checked against the backends
+/// before it and by the engine's own rules.
+fn backend(
+    b: &RawBackend,
+    vip: &VipSpec,
+    before: &[BackendRecord],
+    slot: u32,
+    cx: &Ctx<'_>,
+    bfield: &dyn Fn(&str) -> String,
+) -> Result<BackendRecord, ConfigError> {
+    let addr: IpAddr = match b.address.get_ref().parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return cx.err(
+                b.address.span(),
+                bfield("address"),
+                "an IP address like \"10.0.1.10\" (no port: backends listen on the VIP's port)",
+            );
+        }
+    };
+    if before.iter().any(|r| r.addr == addr) {
+        return cx.err(
+            b.address.span(),
+            bfield("address"),
+            format!("{addr} is listed twice in this pool"),
+        );
+    }
+    let weight = b.weight.as_ref().map(|w| *w.get_ref()).unwrap_or(1);
+    let mac = match &b.mac {
+        None => None,
+        Some(m) => match m.get_ref().parse::<MacAddr>() {
+            Ok(mac) => Some(mac),
+            Err(e) => return cx.err(m.span(), bfield("mac"), e.to_string()),
+        },
+    };
+    if let Err(e) = (BackendSpec { addr, weight, mac }).validate(vip) {
+        let span = match (&e, &b.weight) {
+            (LbError::BadWeight(_), Some(w)) => w.span(),
+            _ => b.address.span(),
+        };
+        return cx.err(span, bfield(e.field().unwrap_or("address")), e.to_string());
+    }
+    Ok(BackendRecord {
+        addr,
+        weight,
+        drained: false,
+        mac,
+        mac_static: mac.is_some(),
+        slot,
+        auto_weight: None,
+    })
 }
 
 /// A backend's telemetry endpoints and models, which need the VIP's

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    control::scoring::{Decision, Input, Policy, Scorer},
+    control::scoring::{Decision, Input, Scorer, ScoringPolicy},
     control::telemetry::{
         Reading, ServerKind, Signals,
         health::{Check, Hysteresis, probe},
@@ -69,7 +69,7 @@ pub struct PoolTelemetry {
     /// Active health check, if any.
     pub health: Option<Check>,
     /// Scoring policy.
-    pub policy: Policy,
+    pub policy: ScoringPolicy,
     /// Per backend: where its telemetry is.
     pub backends: BTreeMap<IpAddr, BackendTelemetry>,
 }
@@ -393,7 +393,7 @@ mod tests {
             rise: 2,
             model: None,
             health: None,
-            policy: Policy::default(),
+            policy: ScoringPolicy::default(),
             backends: BTreeMap::new(),
         }
     }

@@ -130,7 +130,7 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::Settings;
+    use crate::lb::DataplaneSettings;
 
     #[test]
     fn roundtrip_and_errors() {
@@ -138,7 +138,7 @@ mod tests {
         let path = dir.join("state.json");
         assert!(load(&path).unwrap().is_none());
         let snap = Snapshot {
-            settings: Settings::default(),
+            settings: DataplaneSettings::default(),
             vips: vec![],
         };
         save(&path, &snap).unwrap();

@@ -9,20 +9,13 @@ use std::{net::IpAddr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-    },
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{Xdp, links::PinnedLink},
 };
 use balancer_common::{AddrKey, GlobalStats};
-use tracing::warn;
 
-use crate::{
-    dataplane::maps::MapsError,
-    dataplane::{AttachMode, DataplaneError, objects},
-    net::{addr_words, family},
-};
+use super::{AttachMode, DataplaneError, attach, empty_dir, maps::MapsError, mount_bpffs, objects};
+use crate::net::{addr_words, family};
 
 const PROGRAM: &str = "decap";
 
@@ -30,6 +23,16 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Maps(MapsError::Kernel { name, source })
+}
+
+/// Takes the map `name` out of the loaded object.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| {
+        DataplaneError::Maps(MapsError::Missing {
+            name,
+            place: "the eBPF object".into(),
+        })
+    })
 }
 
 /// A loaded decap program.
@@ -53,24 +56,9 @@ impl Decap {
             loader.map_pin_path("DECAP_VIPS", p.as_path());
         }
         let mut ebpf = loader.load(objects::DECAP).map_err(DataplaneError::Load)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: PROGRAM,
-                source,
-            })?;
-        prog.load().map_err(|source| DataplaneError::Program {
-            name: PROGRAM,
-            source,
-        })?;
-        let vips = ebpf
-            .take_map("DECAP_VIPS")
-            .ok_or(DataplaneError::MissingProgram("DECAP_VIPS"))?;
-        let stats = ebpf
-            .take_map("DECAP_STATS")
-            .ok_or(DataplaneError::MissingProgram("DECAP_STATS"))?;
+        attach::load(&mut ebpf, PROGRAM)?;
+        let vips = take_map(&mut ebpf, "DECAP_VIPS")?;
+        let stats = take_map(&mut ebpf, "DECAP_STATS")?;
         Ok(Self {
             vips: HashMap::try_from(vips).map_err(map_err("DECAP_VIPS"))?,
             stats: PerCpuArray::try_from(stats).map_err(map_err("DECAP_STATS"))?,
@@ -84,66 +72,18 @@ impl Decap {
     /// program pinned there is replaced.
     pub fn attach(iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<Self> {
         if let Some(dir) = pin_dir {
-            crate::dataplane::ensure_mounted().map_err(|source| DataplaneError::Io {
-                what: "mounting bpffs at",
-                path: crate::dataplane::BPFFS.into(),
-                source,
-            })?;
-            if dir.exists() {
-                std::fs::remove_dir_all(dir).map_err(|source| DataplaneError::Io {
-                    what: "removing",
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            }
-            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
-                what: "creating",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            mount_bpffs()?;
+            empty_dir(dir)?;
         }
         let mut me = Self::load_inner(pin_dir)?;
-        let prog: &mut Xdp = me
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: PROGRAM,
-                source,
-            })?;
-        let attach_err = |source| DataplaneError::Attach {
-            iface: iface.to_string(),
-            source,
-        };
-        let id = match mode {
-            AttachMode::Driver => match prog.attach(iface, XdpMode::Driver) {
-                Ok(id) => id,
-                Err(e) => {
-                    warn!(%iface, error = %e, "driver-mode XDP failed; using generic mode");
-                    prog.attach(iface, XdpMode::Skb).map_err(attach_err)?
-                }
-            },
-            AttachMode::Generic => prog.attach(iface, XdpMode::Skb).map_err(attach_err)?,
-        };
+        let (id, _) = attach::attach(&mut me.ebpf, PROGRAM, iface, mode)?;
         if let Some(dir) = pin_dir {
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DataplaneError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| DataplaneError::Pin {
-                    path: dir.join("link"),
-                    message: e.to_string(),
-                })?;
-            let pinned = fd.pin(dir.join("link")).map_err(|e| DataplaneError::Pin {
-                path: dir.join("link"),
-                message: e.to_string(),
-            })?;
-            me._link = Some(pinned);
+            me._link = Some(attach::pin_link(
+                &mut me.ebpf,
+                PROGRAM,
+                id,
+                &dir.join("link"),
+            )?);
         }
         Ok(me)
     }

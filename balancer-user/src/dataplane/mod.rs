@@ -9,6 +9,7 @@
 //! Minimum kernel: 5.10 (XDP bpf_link, mmapable arrays, `BPF_F_NO_COMMON_LRU`,
 //! bounded loops). Tested on 6.1 and 6.18.
 
+mod attach;
 mod bpffs;
 pub mod decap;
 pub mod maps;
@@ -19,12 +20,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use attach::XdpError;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{Xdp, links::PinnedLink},
 };
 use balancer_common::{
     DEFAULT_FLOW_SETS, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
@@ -54,41 +53,15 @@ pub enum DataplaneError {
     /// The object could not be parsed or its maps created.
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
-    /// A program is missing from the object, or is of the wrong type.
-    #[error("program {0} missing from the eBPF object")]
-    MissingProgram(&'static str),
-    /// The kernel refused the program (verifier) or an operation on it.
-    #[error("program {name}: {source}")]
-    Program {
-        /// Program name.
-        name: &'static str,
-        /// The underlying error; for verifier failures it carries the log.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    /// Attaching failed in driver and in generic mode.
-    #[error("attaching XDP to {iface} failed: {source}")]
-    Attach {
-        /// Interface name.
-        iface: String,
-        /// The last error.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
+    /// Loading, attaching or pinning a program failed.
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
     /// The interface does not exist (in this network namespace).
     #[error("interface {0:?} not found")]
     NoSuchInterface(String),
     /// A map problem.
     #[error(transparent)]
     Maps(#[from] MapsError),
-    /// Pinning or unpinning failed.
-    #[error("pinning under {path}: {message}")]
-    Pin {
-        /// The pin path.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
     /// File-system work around the pins failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -276,27 +249,25 @@ fn loader<'a>(opts: &'a LoadOptions, rings: u32, masks: &'a Masks) -> EbpfLoader
     l
 }
 
-fn load_program(ebpf: &mut Ebpf) -> Result<()> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(DataplaneError::MissingProgram(PROGRAM))?
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            name: PROGRAM,
-            source,
-        })?;
-    prog.load().map_err(|source| DataplaneError::Program {
-        name: PROGRAM,
-        source,
-    })
-}
-
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DataplaneError + 'p {
     move |source| DataplaneError::Io {
         what,
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Mounts bpffs if it is not mounted yet.
+fn mount_bpffs() -> Result<()> {
+    ensure_mounted().map_err(io_err("mounting bpffs at", Path::new(BPFFS)))
+}
+
+/// Makes `dir` an empty directory, removing whatever it held.
+fn empty_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err("removing", dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))
 }
 
 impl Dataplane {
@@ -309,7 +280,7 @@ impl Dataplane {
         let mut ebpf = loader(opts, rings, &masks)
             .load(objects::BALANCER)
             .map_err(DataplaneError::Load)?;
-        load_program(&mut ebpf)?;
+        attach::load(&mut ebpf, PROGRAM)?;
         let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
         Ok(Self {
             programs: Programs {
@@ -328,7 +299,7 @@ impl Dataplane {
         opts: &LoadOptions,
         pin_dir: &Path,
     ) -> Result<Self> {
-        ensure_mounted().map_err(io_err("mounting bpffs at", Path::new(BPFFS)))?;
+        mount_bpffs()?;
         let link_pin = pin_dir.join(LINK_PIN);
         if link_pin.exists() {
             return Self::adopt(iface, pin_dir);
@@ -339,9 +310,8 @@ impl Dataplane {
             // Maps left without a link are from a data plane that was never
             // completely attached; start clean.
             warn!(dir = %pin_dir.display(), "removing stale pins without a link");
-            std::fs::remove_dir_all(pin_dir).map_err(io_err("removing", pin_dir))?;
         }
-        std::fs::create_dir_all(pin_dir).map_err(io_err("creating", pin_dir))?;
+        empty_dir(pin_dir)?;
 
         let result = Self::load_and_attach(iface, mode, opts, rings, pin_dir);
         if result.is_err() {
@@ -365,66 +335,13 @@ impl Dataplane {
             l.map_pin_path(name, path.as_path());
         }
         let mut ebpf = l.load(objects::BALANCER).map_err(DataplaneError::Load)?;
-        load_program(&mut ebpf)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: PROGRAM,
-                source,
-            })?;
+        attach::load(&mut ebpf, PROGRAM)?;
         if nix::net::if_::if_nametoindex(iface).is_err() {
             return Err(DataplaneError::NoSuchInterface(iface.to_string()));
         }
-        let (link_id, used) = match mode {
-            AttachMode::Driver => match prog.attach(iface, XdpMode::Driver) {
-                Ok(id) => (id, AttachMode::Driver),
-                Err(e) => {
-                    warn!(%iface, error = %e, "driver-mode XDP failed; falling back to generic mode (slower)");
-                    let id = prog.attach(iface, XdpMode::Skb).map_err(|source| {
-                        DataplaneError::Attach {
-                            iface: iface.to_string(),
-                            source,
-                        }
-                    })?;
-                    (id, AttachMode::Generic)
-                }
-            },
-            AttachMode::Generic => {
-                let id =
-                    prog.attach(iface, XdpMode::Skb)
-                        .map_err(|source| DataplaneError::Attach {
-                            iface: iface.to_string(),
-                            source,
-                        })?;
-                (id, AttachMode::Generic)
-            }
-        };
-        let link = prog
-            .take_link(link_id)
-            .map_err(|source| DataplaneError::Program {
-                name: PROGRAM,
-                source,
-            })?;
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| DataplaneError::Pin {
-                path: pin_dir.join(LINK_PIN),
-                message: format!(
-                    "XDP attached through netlink, not a bpf_link ({e}); kernel too old"
-                ),
-            })?;
-        let link_path = pin_dir.join(LINK_PIN);
-        let pinned = fd_link.pin(&link_path).map_err(|e| DataplaneError::Pin {
-            path: link_path.clone(),
-            message: e.to_string(),
-        })?;
-        let prog_path = pin_dir.join(PROG_PIN);
-        prog.pin(&prog_path).map_err(|e| DataplaneError::Pin {
-            path: prog_path,
-            message: e.to_string(),
-        })?;
+        let (link_id, used) = attach::attach(&mut ebpf, PROGRAM, iface, mode)?;
+        let pinned = attach::pin_link(&mut ebpf, PROGRAM, link_id, &pin_dir.join(LINK_PIN))?;
+        attach::pin_program(&mut ebpf, PROGRAM, &pin_dir.join(PROG_PIN))?;
         let maps = BalancerMaps::open(MapSource::Object(&mut ebpf))?;
         info!(%iface, mode = ?used, pins = %pin_dir.display(), "balancer attached");
         Ok(Self {
@@ -444,11 +361,7 @@ impl Dataplane {
 
     /// Adopts the data plane pinned in `pin_dir` without touching traffic.
     pub fn adopt(iface: &str, pin_dir: &Path) -> Result<Self> {
-        let link_path = pin_dir.join(LINK_PIN);
-        let link = PinnedLink::from_pin(&link_path).map_err(|e| DataplaneError::Pin {
-            path: link_path.clone(),
-            message: e.to_string(),
-        })?;
+        let link = attach::open_link(&pin_dir.join(LINK_PIN))?;
         let maps = BalancerMaps::open(MapSource::Pins(pin_dir))?;
         info!(%iface, pins = %pin_dir.display(), "adopted running balancer");
         Ok(Self {

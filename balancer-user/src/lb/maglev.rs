@@ -42,9 +42,9 @@ pub enum MaglevError {
     ReservedValue(u32),
 }
 
-/// One backend as Maglev sees it.
+/// One backend as Maglev sees it: a member of the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub struct RingMember {
     /// Stable identity (for example the backend address), hashed to place the
     /// member's permutation. The same id gives the same placement everywhere.
     pub id: String,
@@ -90,7 +90,7 @@ fn hash64(id: &str, seed: u64) -> u64 {
 
 /// Builds a ring of `ring_size` slots. Members with weight 0 get no slot; with
 /// no weighted member every slot is [`RING_EMPTY`].
-pub fn build(members: &[Member], ring_size: u32) -> Result<Vec<u32>, MaglevError> {
+pub fn build(members: &[RingMember], ring_size: u32) -> Result<Vec<u32>, MaglevError> {
     if !is_prime(ring_size) {
         return Err(MaglevError::NotPrime(ring_size));
     }
@@ -103,7 +103,7 @@ pub fn build(members: &[Member], ring_size: u32) -> Result<Vec<u32>, MaglevError
             return Err(MaglevError::ReservedValue(m.value));
         }
     }
-    let mut live: Vec<&Member> = members.iter().filter(|m| m.weight > 0).collect();
+    let mut live: Vec<&RingMember> = members.iter().filter(|m| m.weight > 0).collect();
     live.sort_by(|a, b| a.id.cmp(&b.id));
     let m = ring_size as u64;
     let mut table = vec![RING_EMPTY; ring_size as usize];
@@ -157,7 +157,7 @@ pub fn build(members: &[Member], ring_size: u32) -> Result<Vec<u32>, MaglevError
 
 /// Largest-remainder apportionment of `m` slots by weight. Ties go to the
 /// member that sorts first, so the result is deterministic.
-fn apportion(live: &[&Member], m: u64) -> Vec<u64> {
+fn apportion(live: &[&RingMember], m: u64) -> Vec<u64> {
     let total: u128 = live.iter().map(|x| x.weight as u128).sum();
     let mut quotas = Vec::with_capacity(live.len());
     let mut rems = Vec::with_capacity(live.len());
@@ -193,11 +193,11 @@ pub fn disruption(old: &[u32], new: &[u32]) -> f64 {
 mod tests {
     use super::*;
 
-    fn members(weights: &[u32]) -> Vec<Member> {
+    fn members(weights: &[u32]) -> Vec<RingMember> {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Member {
+            .map(|(i, &w)| RingMember {
                 id: format!("10.0.{}.{}", i / 250, i % 250 + 1),
                 weight: w,
                 value: i as u32,
@@ -206,7 +206,7 @@ mod tests {
     }
 
     /// Largest relative deviation of a member's share from its weight share.
-    fn max_share_error(table: &[u32], ms: &[Member]) -> f64 {
+    fn max_share_error(table: &[u32], ms: &[RingMember]) -> f64 {
         let counts = slot_counts(table);
         let total_w: f64 = ms.iter().map(|m| m.weight as f64).sum();
         ms.iter()

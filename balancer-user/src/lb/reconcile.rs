@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use balancer_common::{BACKEND_F_ACTIVE, VipFilter, VipKey};
 
 use super::{
-    BackendRecord, BackendSpec, BackendState, LoadBalancer, Result, Snapshot, VipRecord, VipState,
+    BackendRecord, BackendSpec, LoadBalancer, Result, Snapshot, VipRecord,
+    ring::live_half,
+    state::{BackendState, VipState},
 };
 use crate::{dataplane::maps::BalancerMaps, net::words_addr};
 
@@ -53,7 +55,7 @@ impl LoadBalancer {
             self.maps.vips.remove(&key)?;
             return Ok(());
         }
-        self.maps.rings.adopt(meta.index, meta.ring_gen & 1)?;
+        self.maps.rings.adopt(meta.index, live_half(&meta))?;
         let mut backends = BTreeMap::new();
         for b in &rec.backends {
             // Backends that don't match are added afresh later.
@@ -63,14 +65,7 @@ impl LoadBalancer {
         }
         self.vips.insert(
             rec.spec.id,
-            VipState {
-                spec: rec.spec.clone(),
-                index: meta.index,
-                meta,
-                backends,
-                last_flip: None,
-                counts: BTreeMap::new(),
-            },
+            VipState::new(rec.spec.clone(), meta.index, meta, backends),
         );
         Ok(())
     }
@@ -139,19 +134,5 @@ impl LoadBalancer {
             self.sync_ring(id)?;
         }
         Ok(())
-    }
-}
-
-impl BackendState {
-    fn from_record(b: &BackendRecord) -> Self {
-        Self {
-            weight: b.weight,
-            drained: b.drained,
-            down: BTreeMap::new(),
-            mac: b.mac,
-            mac_static: b.mac_static,
-            slot: b.slot,
-            auto_weight: b.auto_weight,
-        }
     }
 }

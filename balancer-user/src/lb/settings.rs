@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::LbError;
 use crate::net::addr_words;
 
-/// Data-plane settings (`CONFIG`).
+/// Data-plane settings: `[dataplane]` in the file, the `CONFIG` map in the
+/// kernel (the cache has settings of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settings {
+pub struct DataplaneSettings {
     /// L3 MTU towards backends; 0 disables the "too big" check.
     pub mtu: u32,
     /// IPv4 tunnel source prefix: host bits come from the flow hash.
@@ -23,7 +24,7 @@ pub struct Settings {
     pub tunnel_src_v6_len: u8,
 }
 
-impl Default for Settings {
+impl Default for DataplaneSettings {
     fn default() -> Self {
         Self {
             mtu: 1500,
@@ -35,7 +36,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl DataplaneSettings {
     /// Checks the settings and returns them as the data plane reads them.
     pub fn validate(&self) -> Result<DataplaneConfig, LbError> {
         if self.mtu != 0 && !(576..=65_535).contains(&self.mtu) {

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackendSpec, LbError, Settings, VipSpec};
+use super::{BackendSpec, DataplaneSettings, LbError, VipSpec};
 use crate::net::MacAddr;
 
 /// A backend as persisted in the state file.
@@ -46,7 +46,7 @@ pub struct VipRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Data-plane settings.
-    pub settings: Settings,
+    pub settings: DataplaneSettings,
     /// VIPs with their pools.
     pub vips: Vec<VipRecord>,
 }
@@ -118,7 +118,7 @@ mod tests {
 
     fn snap(vip: &str, backends: &[(&str, u32)]) -> Snapshot {
         Snapshot {
-            settings: Settings::default(),
+            settings: DataplaneSettings::default(),
             vips: vec![VipRecord {
                 spec: VipSpec {
                     id: vip.parse().unwrap(),

@@ -17,7 +17,7 @@ use balancer_common::{
     hash::{vip_key_tail, vip_slot_hash},
 };
 
-use super::{MapsError, Result, ShadowArray};
+use super::{MapsError, ShadowArray, error::Result};
 
 /// `VIPS` with its shadow.
 pub struct VipMap {

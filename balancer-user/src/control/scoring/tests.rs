@@ -1,0 +1,156 @@
+//! The scorer's behaviour over many ticks: load, stability, recovery, fail-open.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use super::{Input, Scorer, ScoringPolicy};
+use crate::control::telemetry::Signals;
+
+fn input(addr: u8, queue: f64, kv: f64) -> Input {
+    Input {
+        addr: IpAddr::from([10, 0, 0, addr]),
+        hint: 1.0,
+        signals: Some(Signals {
+            queue_waiting: Some(queue),
+            kv_cache: Some(kv),
+            ..Default::default()
+        }),
+        last_ok: Some(Instant::now()),
+        down: None,
+        has_model: None,
+    }
+}
+
+fn run(s: &mut Scorer, p: &ScoringPolicy, inputs: &[Input], ticks: usize) -> Vec<u32> {
+    let mut w = vec![];
+    for _ in 0..ticks {
+        w = s
+            .score(p, inputs, Instant::now())
+            .0
+            .iter()
+            .map(|d| d.weight)
+            .collect();
+    }
+    w
+}
+
+fn no_ramp() -> ScoringPolicy {
+    ScoringPolicy {
+        slow_start_s: 0.0,
+        ..ScoringPolicy::default()
+    }
+}
+
+#[test]
+fn loaded_backend_gets_less() {
+    let p = no_ramp();
+    let mut s = Scorer::default();
+    let w = run(&mut s, &p, &[input(1, 0.0, 0.2), input(2, 20.0, 0.95)], 12);
+    assert!(w[0] > 900 && w[1] < 150, "{w:?}");
+}
+
+#[test]
+fn weights_do_not_oscillate_on_noise() {
+    let p = no_ramp();
+    let mut s = Scorer::default();
+    run(&mut s, &p, &[input(1, 2.0, 0.5), input(2, 2.0, 0.5)], 10);
+    let before = run(&mut s, &p, &[input(1, 2.0, 0.5), input(2, 2.0, 0.5)], 1);
+    // +-2% noise stays within hysteresis.
+    let after = run(&mut s, &p, &[input(1, 2.1, 0.51), input(2, 1.9, 0.49)], 1);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn steps_are_bounded() {
+    // No smoothing, so only the step limit holds the weight back.
+    let p = ScoringPolicy {
+        ewma_alpha: 1.0,
+        ..no_ramp()
+    };
+    let mut s = Scorer::default();
+    let w = run(&mut s, &p, &[input(1, 0.0, 0.0), input(2, 0.0, 0.0)], 30);
+    assert!(w[0] == w[1] && w[0] >= 950, "{w:?}");
+    let d = s
+        .score(
+            &p,
+            &[input(1, 0.0, 0.0), input(2, 40.0, 1.0)],
+            Instant::now(),
+        )
+        .0;
+    assert!(
+        d[1].weight * 2 >= w[1],
+        "one step may at most halve: {}",
+        d[1].weight
+    );
+    assert!(d[1].why.contains("step-limited"), "{}", d[1].why);
+}
+
+#[test]
+fn down_is_immediate_and_recovery_ramps() {
+    let p = ScoringPolicy {
+        slow_start_s: 10.0,
+        ..ScoringPolicy::default()
+    };
+    let mut s = Scorer::default();
+    let t0 = Instant::now();
+    let mut a = input(1, 0.0, 0.1);
+    let b = input(2, 0.0, 0.1);
+    s.score(&p, &[a.clone(), b.clone()], t0);
+    a.down = Some("scrape failed".into());
+    let d = s.score(&p, &[a.clone(), b.clone()], t0).0;
+    assert_eq!(d[0].weight, 0);
+    assert!(d[0].why.starts_with("down: scrape failed"));
+    a.down = None;
+    let d = s.score(&p, &[a.clone(), b.clone()], t0).0;
+    assert!(d[0].why.contains("slow start 10%"), "{}", d[0].why);
+    let mid = s
+        .score(&p, &[a.clone(), b.clone()], t0 + Duration::from_secs(5))
+        .0;
+    assert!(mid[0].why.contains("slow start 55%"), "{}", mid[0].why);
+    let mut last = 0;
+    for k in 0..20 {
+        last = s
+            .score(
+                &p,
+                &[a.clone(), b.clone()],
+                t0 + Duration::from_secs(11 + k),
+            )
+            .0[0]
+            .weight;
+    }
+    assert!(last > 900, "{last}");
+}
+
+#[test]
+fn stale_counts_as_saturated_and_all_down_fails_open() {
+    let p = no_ramp();
+    let mut s = Scorer::default();
+    let mut a = input(1, 0.0, 0.1);
+    a.last_ok = Some(Instant::now() - Duration::from_secs(10));
+    let b = input(2, 0.0, 0.1);
+    let w = run(&mut s, &p, &[a.clone(), b.clone()], 10);
+    assert_eq!(w[0], 0, "stale telemetry is not idle");
+    let mut a = input(1, 0.0, 0.1);
+    let mut b = input(2, 0.0, 0.1);
+    a.down = Some("x".into());
+    b.down = Some("y".into());
+    let (d, warn) = s.score(&p, &[a, b], Instant::now());
+    assert!(warn.unwrap().contains("failing open"));
+    assert!(d.iter().all(|d| d.weight > 0 && d.down.is_none()), "{d:?}");
+}
+
+#[test]
+fn model_locality_and_capacity_hints() {
+    let p = no_ramp();
+    let mut s = Scorer::default();
+    let mut a = input(1, 0.0, 0.0);
+    a.hint = 3.0;
+    let b = input(2, 0.0, 0.0);
+    let mut c = input(3, 0.0, 0.0);
+    c.has_model = Some(false);
+    let w = run(&mut s, &p, &[a, b, c], 15);
+    assert_eq!(w[2], 0);
+    assert!((w[0] as f64 / w[1] as f64 - 3.0).abs() < 0.2, "{w:?}");
+}
