@@ -21,7 +21,7 @@ use crate::{
     control::telemetry::{
         Reading, ServerKind, Signals,
         health::{Check, Hysteresis, probe},
-        scrape::{ScrapeLimits, Scraper},
+        scrape::{ScrapeError, ScrapeLimits, Scraper},
     },
     lb::VipId,
 };
@@ -40,6 +40,119 @@ struct BackendRt {
     health_error: Option<String>,
     api_models: Option<BTreeSet<String>>,
     models_at: Option<Instant>,
+}
+
+impl BackendRt {
+    /// A backend first seen in a pool: up, with nothing read yet.
+    fn new(cfg: &PoolTelemetry) -> Self {
+        Self {
+            prev: None,
+            cur: None,
+            last_ok: None,
+            scrape: Hysteresis::new(cfg.fall, cfg.rise),
+            health: Hysteresis::new(cfg.fall, cfg.rise),
+            scrape_error: None,
+            health_error: None,
+            api_models: None,
+            models_at: None,
+        }
+    }
+
+    /// Takes in what one tick found. Every endpoint must answer: a
+    /// half-read backend is not read.
+    fn record(&mut self, job: &Job, found: Found, now: Instant) {
+        if !job.endpoints.is_empty() {
+            let mut merged: Option<Reading> = None;
+            let mut err = None;
+            for r in found.scrapes {
+                match r {
+                    Ok(reading) => match &mut merged {
+                        Some(m) => m.merge(reading),
+                        None => merged = Some(reading),
+                    },
+                    Err(e) => err = Some(e),
+                }
+            }
+            let ok = err.is_none() && merged.is_some();
+            if ok {
+                self.prev = self.cur.take();
+                self.cur = merged;
+                self.last_ok = Some(now);
+                self.scrape_error = None;
+            } else {
+                self.scrape_error = err;
+            }
+            let was = self.scrape.is_up();
+            if self.scrape.record(ok) != was {
+                if ok {
+                    info!(vip = %job.vip, backend = %job.addr, "telemetry back");
+                } else {
+                    warn!(vip = %job.vip, backend = %job.addr, error = ?self.scrape_error, "telemetry lost: backend down");
+                }
+            }
+        }
+        if let Some(h) = found.health {
+            let ok = h.is_ok();
+            self.health_error = h.err();
+            self.health.record(ok);
+        }
+        if let Some(m) = found.models {
+            self.models_at = Some(now);
+            if let Ok(m) = m {
+                self.api_models = Some(m);
+            }
+        }
+    }
+}
+
+/// What one tick fetches from one backend.
+struct Job {
+    vip: VipId,
+    addr: IpAddr,
+    endpoints: Vec<(ServerKind, String)>,
+    /// Its `/v1/models`, when due for a poll.
+    models_url: Option<String>,
+    health: Option<Check>,
+    limits: ScrapeLimits,
+}
+
+/// What a [`Job`] found.
+struct Found {
+    /// Per endpoint, in order.
+    scrapes: Vec<Result<Reading, String>>,
+    health: Option<Result<(), String>>,
+    models: Option<Result<BTreeSet<String>, ScrapeError>>,
+}
+
+impl Job {
+    /// Scrapes every endpoint, runs the health check and polls the models,
+    /// all at once.
+    async fn run(&self, scraper: &Scraper) -> Found {
+        let scrapes = join_all(self.endpoints.iter().map(|(kind, url)| async move {
+            scraper
+                .scrape(url, *kind, &self.limits)
+                .await
+                .map_err(|e| format!("{url}: {e}"))
+        }));
+        let check = async {
+            match &self.health {
+                Some(c) => Some(probe(c, self.addr, self.limits.timeout, scraper).await),
+                None => None,
+            }
+        };
+        let models = async {
+            match &self.models_url {
+                Some(u) => Some(scraper.models(u, &self.limits).await),
+                None => None,
+            }
+        };
+        let (scrapes, health, models) = tokio::join!(scrapes, check, models);
+        Found {
+            scrapes,
+            health,
+            models,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -199,119 +312,52 @@ impl Autoweight {
         due: &BTreeSet<VipId>,
         members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
     ) {
-        struct Job {
-            vip: VipId,
-            addr: IpAddr,
+        let jobs = self.jobs(due, members);
+        let scraper = &self.scraper;
+        let results = join_all(jobs.iter().map(|j| j.run(scraper))).await;
+        let now = Instant::now();
+        for (job, found) in jobs.into_iter().zip(results) {
+            let Some(pool) = self.pools.get_mut(&job.vip) else {
+                continue;
+            };
+            if let Some(rt) = pool.backends.get_mut(&job.addr) {
+                rt.record(&job, found, now);
+            }
         }
+    }
+
+    /// What to fetch from each backend of the due pools, after dropping the
+    /// state of backends that left their pool.
+    fn jobs(
+        &mut self,
+        due: &BTreeSet<VipId>,
+        members: &BTreeMap<VipId, Vec<(IpAddr, u32)>>,
+    ) -> Vec<Job> {
         let mut jobs = Vec::new();
-        let mut futs = Vec::new();
         for (vip, pool) in &mut self.pools {
             let Some(m) = members.get(vip).filter(|_| due.contains(vip)) else {
                 continue;
             };
             pool.backends.retain(|a, _| m.iter().any(|(x, _)| x == a));
             for (addr, _) in m {
-                let rt = pool.backends.entry(*addr).or_insert_with(|| BackendRt {
-                    prev: None,
-                    cur: None,
-                    last_ok: None,
-                    scrape: Hysteresis::new(pool.cfg.fall, pool.cfg.rise),
-                    health: Hysteresis::new(pool.cfg.fall, pool.cfg.rise),
-                    scrape_error: None,
-                    health_error: None,
-                    api_models: None,
-                    models_at: None,
-                });
-                let bt = pool.cfg.backends.get(addr).cloned();
-                let endpoints = bt.as_ref().map(|b| b.endpoints.clone()).unwrap_or_default();
-                let models_url = bt
-                    .as_ref()
-                    .and_then(|b| b.models_url.clone())
-                    .filter(|_| rt.models_at.is_none_or(|t| t.elapsed() >= MODELS_EVERY));
-                let health = pool.cfg.health.clone();
-                let limits = pool.cfg.limits;
-                let scraper = self.scraper.clone();
-                let addr = *addr;
-                jobs.push(Job { vip: *vip, addr });
-                futs.push(async move {
-                    let scrapes = join_all(endpoints.iter().map(|(kind, url)| {
-                        let scraper = scraper.clone();
-                        async move {
-                            scraper
-                                .scrape(url, *kind, &limits)
-                                .await
-                                .map_err(|e| format!("{url}: {e}"))
-                        }
-                    }));
-                    let check = async {
-                        match &health {
-                            Some(c) => Some(probe(c, addr, limits.timeout, &scraper).await),
-                            None => None,
-                        }
-                    };
-                    let models = async {
-                        match &models_url {
-                            Some(u) => Some(scraper.models(u, &limits).await),
-                            None => None,
-                        }
-                    };
-                    let (s, h, m) = tokio::join!(scrapes, check, models);
-                    (endpoints.is_empty(), s, h, m)
+                let rt = pool
+                    .backends
+                    .entry(*addr)
+                    .or_insert_with(|| BackendRt::new(&pool.cfg));
+                let bt = pool.cfg.backends.get(addr);
+                jobs.push(Job {
+                    vip: *vip,
+                    addr: *addr,
+                    endpoints: bt.map(|b| b.endpoints.clone()).unwrap_or_default(),
+                    models_url: bt
+                        .and_then(|b| b.models_url.clone())
+                        .filter(|_| rt.models_at.is_none_or(|t| t.elapsed() >= MODELS_EVERY)),
+                    health: pool.cfg.health.clone(),
+                    limits: pool.cfg.limits,
                 });
             }
         }
-        let results = join_all(futs).await;
-        let now = Instant::now();
-        for (job, (no_endpoints, scrapes, health, models)) in jobs.into_iter().zip(results) {
-            let Some(pool) = self.pools.get_mut(&job.vip) else {
-                continue;
-            };
-            let Some(rt) = pool.backends.get_mut(&job.addr) else {
-                continue;
-            };
-            if !no_endpoints {
-                let mut merged: Option<Reading> = None;
-                let mut err = None;
-                for r in scrapes {
-                    match r {
-                        Ok(reading) => match &mut merged {
-                            Some(m) => m.merge(reading),
-                            None => merged = Some(reading),
-                        },
-                        Err(e) => err = Some(e),
-                    }
-                }
-                // Every endpoint must answer: a half-read backend is not read.
-                let ok = err.is_none() && merged.is_some();
-                if ok {
-                    rt.prev = rt.cur.take();
-                    rt.cur = merged;
-                    rt.last_ok = Some(now);
-                    rt.scrape_error = None;
-                } else {
-                    rt.scrape_error = err;
-                }
-                let was = rt.scrape.is_up();
-                if rt.scrape.record(ok) != was {
-                    if ok {
-                        info!(vip = %job.vip, backend = %job.addr, "telemetry back");
-                    } else {
-                        warn!(vip = %job.vip, backend = %job.addr, error = ?rt.scrape_error, "telemetry lost: backend down");
-                    }
-                }
-            }
-            if let Some(h) = health {
-                let ok = h.is_ok();
-                rt.health_error = h.err();
-                rt.health.record(ok);
-            }
-            if let Some(m) = models {
-                rt.models_at = Some(now);
-                if let Ok(m) = m {
-                    rt.api_models = Some(m);
-                }
-            }
-        }
+        jobs
     }
 
     /// Scores the due pools from their latest readings.

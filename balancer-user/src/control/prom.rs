@@ -243,104 +243,124 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Exposition, ParseError> {
         c.skip_blanks();
         match c.peek() {
             None => continue,
-            Some(b'#') => {
-                c.i += 1;
-                c.skip_blanks();
-                let word = c.token().to_string();
-                if word == "TYPE" {
-                    c.skip_blanks();
-                    let name = c.name(true)?.to_string();
-                    c.skip_blanks();
-                    let word = c.token().to_string();
-                    let kind = match word.as_str() {
-                        "counter" => Kind::Counter,
-                        "gauge" => Kind::Gauge,
-                        "histogram" => Kind::Histogram,
-                        "summary" => Kind::Summary,
-                        "untyped" => Kind::Untyped,
-                        other => return c.err(format!("unknown metric type {other:?}")),
-                    };
-                    c.skip_blanks();
-                    if c.peek().is_some() {
-                        return c.err("unexpected text after the metric type");
-                    }
-                    if out.types.insert(name.clone(), kind).is_some() {
-                        return c.err(format!("second TYPE line for {name}"));
-                    }
-                } else if word == "HELP" {
-                    c.skip_blanks();
-                    c.name(true)?;
-                }
-                // Other comments are ignored.
-            }
+            Some(b'#') => c.comment(&mut out.types)?,
             Some(_) => {
                 if out.samples.len() >= limits.max_samples {
                     return c.err(format!("more than {} samples", limits.max_samples));
                 }
-                let name = c.name(true)?.to_string();
-                let mut labels = Vec::new();
-                c.skip_blanks();
-                if c.peek() == Some(b'{') {
-                    c.i += 1;
-                    loop {
-                        c.skip_blanks();
-                        if c.peek() == Some(b'}') {
-                            c.i += 1;
-                            break;
-                        }
-                        if labels.len() >= limits.max_labels {
-                            return c.err(format!("more than {} labels", limits.max_labels));
-                        }
-                        let k = c.name(false)?.to_string();
-                        c.skip_blanks();
-                        if c.peek() != Some(b'=') {
-                            return c.err("expected '=' after the label name");
-                        }
-                        c.i += 1;
-                        c.skip_blanks();
-                        let v = c.label_value()?;
-                        if labels.iter().any(|(x, _): &(String, String)| *x == k) {
-                            return c.err(format!("label {k} repeated"));
-                        }
-                        labels.push((k, v));
-                        c.skip_blanks();
-                        match c.peek() {
-                            Some(b',') => c.i += 1,
-                            Some(b'}') => {
-                                c.i += 1;
-                                break;
-                            }
-                            _ => return c.err("expected ',' or '}' after a label"),
-                        }
-                    }
-                }
-                c.skip_blanks();
-                let vstart = c.i;
-                let v = c.token().to_string();
-                let Some(value) = parse_value(&v) else {
-                    c.i = vstart;
-                    return c.err(format!("invalid sample value {v:?}"));
-                };
-                c.skip_blanks();
-                if c.peek().is_some() {
-                    let t = c.token().to_string();
-                    if t.parse::<i64>().is_err() {
-                        return c.err(format!("invalid timestamp {t:?}"));
-                    }
-                    c.skip_blanks();
-                    if c.peek().is_some() {
-                        return c.err("unexpected text after the timestamp");
-                    }
-                }
-                out.samples.push(Sample {
-                    name,
-                    labels,
-                    value,
-                });
+                let sample = c.sample(limits)?;
+                out.samples.push(sample);
             }
         }
     }
     Ok(out)
+}
+
+impl Cursor<'_> {
+    /// A `#` line: a `TYPE` line is recorded in `types`, a `HELP` line's
+    /// name is checked, other comments are ignored.
+    fn comment(&mut self, types: &mut HashMap<String, Kind>) -> Result<(), ParseError> {
+        self.i += 1;
+        self.skip_blanks();
+        let word = self.token().to_string();
+        if word == "TYPE" {
+            self.skip_blanks();
+            let name = self.name(true)?.to_string();
+            self.skip_blanks();
+            let word = self.token().to_string();
+            let kind = match word.as_str() {
+                "counter" => Kind::Counter,
+                "gauge" => Kind::Gauge,
+                "histogram" => Kind::Histogram,
+                "summary" => Kind::Summary,
+                "untyped" => Kind::Untyped,
+                other => return self.err(format!("unknown metric type {other:?}")),
+            };
+            self.skip_blanks();
+            if self.peek().is_some() {
+                return self.err("unexpected text after the metric type");
+            }
+            if types.insert(name.clone(), kind).is_some() {
+                return self.err(format!("second TYPE line for {name}"));
+            }
+        } else if word == "HELP" {
+            self.skip_blanks();
+            self.name(true)?;
+        }
+        Ok(())
+    }
+
+    /// A sample line: name, labels if any, value, and an optional
+    /// timestamp (checked, not kept).
+    fn sample(&mut self, limits: &Limits) -> Result<Sample, ParseError> {
+        let name = self.name(true)?.to_string();
+        let mut labels = Vec::new();
+        self.skip_blanks();
+        if self.peek() == Some(b'{') {
+            self.i += 1;
+            labels = self.labels(limits.max_labels)?;
+        }
+        self.skip_blanks();
+        let vstart = self.i;
+        let v = self.token().to_string();
+        let Some(value) = parse_value(&v) else {
+            self.i = vstart;
+            return self.err(format!("invalid sample value {v:?}"));
+        };
+        self.skip_blanks();
+        if self.peek().is_some() {
+            let t = self.token().to_string();
+            if t.parse::<i64>().is_err() {
+                return self.err(format!("invalid timestamp {t:?}"));
+            }
+            self.skip_blanks();
+            if self.peek().is_some() {
+                return self.err("unexpected text after the timestamp");
+            }
+        }
+        Ok(Sample {
+            name,
+            labels,
+            value,
+        })
+    }
+
+    /// `k="v", ...}`: a sample's labels, from just after the `{` to just
+    /// after the `}`.
+    fn labels(&mut self, max: usize) -> Result<Vec<(String, String)>, ParseError> {
+        let mut labels: Vec<(String, String)> = Vec::new();
+        loop {
+            self.skip_blanks();
+            if self.peek() == Some(b'}') {
+                self.i += 1;
+                return Ok(labels);
+            }
+            if labels.len() >= max {
+                return self.err(format!("more than {max} labels"));
+            }
+            let k = self.name(false)?.to_string();
+            self.skip_blanks();
+            if self.peek() != Some(b'=') {
+                return self.err("expected '=' after the label name");
+            }
+            self.i += 1;
+            self.skip_blanks();
+            let v = self.label_value()?;
+            if labels.iter().any(|(x, _)| *x == k) {
+                return self.err(format!("label {k} repeated"));
+            }
+            labels.push((k, v));
+            self.skip_blanks();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(labels);
+                }
+                _ => return self.err("expected ',' or '}' after a label"),
+            }
+        }
+    }
 }
 
 /// Quantile `q` of a cumulative histogram given as (upper bound, count)

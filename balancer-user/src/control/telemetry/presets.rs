@@ -106,97 +106,116 @@ fn label_values(e: &Exposition, metric_prefix: &str, label: &str) -> BTreeSet<St
 /// Reads what a `kind` endpoint reports.
 pub fn extract(kind: ServerKind, e: &Exposition) -> Reading {
     let mut r = Reading::default();
-    match kind {
-        ServerKind::Vllm => {
-            r.queue_waiting = sum(e, "vllm:num_requests_waiting");
-            r.requests_running = sum(e, "vllm:num_requests_running");
-            r.kv_cache = mean(e, "vllm:kv_cache_usage_perc")
-                .or_else(|| mean(e, "vllm:gpu_cache_usage_perc"));
-            r.gen_tokens = sum(e, "vllm:generation_tokens_total");
-            r.ttft = buckets(e, "vllm:time_to_first_token_seconds");
-            let mut models = label_values(e, "vllm:", "model_name");
-            for s in e.series("vllm:lora_requests_info") {
-                for l in ["running_lora_adapters", "waiting_lora_adapters"] {
-                    for a in s.label(l).unwrap_or("").split(',') {
-                        let a = a.trim();
-                        if !a.is_empty() {
-                            models.insert(a.to_string());
-                        }
-                    }
+    let read = match kind {
+        ServerKind::Vllm => vllm,
+        ServerKind::Sglang => sglang,
+        ServerKind::Tgi => tgi,
+        ServerKind::Triton => triton,
+        ServerKind::Dcgm => dcgm,
+        ServerKind::Node => node,
+    };
+    read(e, &mut r);
+    r
+}
+
+/// vLLM: queue, running, KV cache, tokens, TTFT and models (LoRA adapters included).
+fn vllm(e: &Exposition, r: &mut Reading) {
+    r.queue_waiting = sum(e, "vllm:num_requests_waiting");
+    r.requests_running = sum(e, "vllm:num_requests_running");
+    r.kv_cache =
+        mean(e, "vllm:kv_cache_usage_perc").or_else(|| mean(e, "vllm:gpu_cache_usage_perc"));
+    r.gen_tokens = sum(e, "vllm:generation_tokens_total");
+    r.ttft = buckets(e, "vllm:time_to_first_token_seconds");
+    let mut models = label_values(e, "vllm:", "model_name");
+    for s in e.series("vllm:lora_requests_info") {
+        for l in ["running_lora_adapters", "waiting_lora_adapters"] {
+            for a in s.label(l).unwrap_or("").split(',') {
+                let a = a.trim();
+                if !a.is_empty() {
+                    models.insert(a.to_string());
                 }
             }
-            r.models = (!models.is_empty()).then_some(models);
-        }
-        ServerKind::Sglang => {
-            r.queue_waiting = sum(e, "sglang:num_queue_reqs");
-            r.requests_running = sum(e, "sglang:num_running_reqs");
-            r.kv_cache = mean(e, "sglang:token_usage");
-            r.gen_tokens = sum(e, "sglang:generation_tokens_total");
-            let models = label_values(e, "sglang:", "model_name");
-            r.models = (!models.is_empty()).then_some(models);
-        }
-        ServerKind::Tgi => {
-            r.queue_waiting = sum(e, "tgi_queue_size");
-            r.requests_running = sum(e, "tgi_batch_current_size");
-        }
-        ServerKind::Triton => {
-            r.queue_waiting = sum(e, "nv_inference_pending_request_count");
-            r.queue_time_us = sum(e, "nv_inference_queue_duration_us");
-            r.requests_done = sum(e, "nv_inference_request_success");
-            r.gpu_util = mean(e, "nv_gpu_utilization");
-            if let (Some(used), Some(total)) = (
-                sum(e, "nv_gpu_memory_used_bytes"),
-                sum(e, "nv_gpu_memory_total_bytes"),
-            ) {
-                r.gpu_mem_used = Some(used);
-                r.gpu_mem_free = Some((total - used).max(0.0));
-            }
-            r.gpu_power_w = sum(e, "nv_gpu_power_usage");
-            let models = label_values(e, "nv_inference_", "model");
-            r.models = (!models.is_empty()).then_some(models);
-        }
-        ServerKind::Dcgm => {
-            r.gpu_util = mean(e, "DCGM_FI_DEV_GPU_UTIL").map(|p| p / 100.0);
-            r.gpu_mem_used = sum(e, "DCGM_FI_DEV_FB_USED").map(|m| m * MIB);
-            r.gpu_mem_free = sum(e, "DCGM_FI_DEV_FB_FREE").map(|m| m * MIB);
-            r.gpu_power_w = sum(e, "DCGM_FI_DEV_POWER_USAGE");
-        }
-        ServerKind::Node => {
-            let cpu: Vec<_> = e.series("node_cpu_seconds_total").collect();
-            if !cpu.is_empty() {
-                r.cpu_total_s = Some(cpu.iter().map(|s| s.value).sum());
-                r.cpu_idle_s = Some(
-                    cpu.iter()
-                        .filter(|s| s.label("mode") == Some("idle"))
-                        .map(|s| s.value)
-                        .sum(),
-                );
-            }
-            // Kernels before 3.14 have no MemAvailable: free + page cache
-            // + buffers is the usual stand-in.
-            r.mem_available = sum(e, "node_memory_MemAvailable_bytes").or_else(|| {
-                Some(
-                    sum(e, "node_memory_MemFree_bytes")?
-                        + sum(e, "node_memory_Cached_bytes").unwrap_or(0.0)
-                        + sum(e, "node_memory_Buffers_bytes").unwrap_or(0.0),
-                )
-            });
-            r.mem_total = sum(e, "node_memory_MemTotal_bytes");
-            let net: f64 = [
-                "node_network_receive_bytes_total",
-                "node_network_transmit_bytes_total",
-            ]
-            .iter()
-            .flat_map(|m| e.series(m))
-            .filter(|s| s.label("device") != Some("lo"))
-            .map(|s| s.value)
-            .sum();
-            let has_net = e.samples.iter().any(|s| {
-                s.name == "node_network_receive_bytes_total"
-                    || s.name == "node_network_transmit_bytes_total"
-            });
-            r.net_bytes = has_net.then_some(net);
         }
     }
-    r
+    r.models = (!models.is_empty()).then_some(models);
+}
+
+/// SGLang: queue, running, KV cache, tokens and models.
+fn sglang(e: &Exposition, r: &mut Reading) {
+    r.queue_waiting = sum(e, "sglang:num_queue_reqs");
+    r.requests_running = sum(e, "sglang:num_running_reqs");
+    r.kv_cache = mean(e, "sglang:token_usage");
+    r.gen_tokens = sum(e, "sglang:generation_tokens_total");
+    let models = label_values(e, "sglang:", "model_name");
+    r.models = (!models.is_empty()).then_some(models);
+}
+
+/// TGI: queue and running.
+fn tgi(e: &Exposition, r: &mut Reading) {
+    r.queue_waiting = sum(e, "tgi_queue_size");
+    r.requests_running = sum(e, "tgi_batch_current_size");
+}
+
+/// Triton: queue, queue time, GPU and models.
+fn triton(e: &Exposition, r: &mut Reading) {
+    r.queue_waiting = sum(e, "nv_inference_pending_request_count");
+    r.queue_time_us = sum(e, "nv_inference_queue_duration_us");
+    r.requests_done = sum(e, "nv_inference_request_success");
+    r.gpu_util = mean(e, "nv_gpu_utilization");
+    if let (Some(used), Some(total)) = (
+        sum(e, "nv_gpu_memory_used_bytes"),
+        sum(e, "nv_gpu_memory_total_bytes"),
+    ) {
+        r.gpu_mem_used = Some(used);
+        r.gpu_mem_free = Some((total - used).max(0.0));
+    }
+    r.gpu_power_w = sum(e, "nv_gpu_power_usage");
+    let models = label_values(e, "nv_inference_", "model");
+    r.models = (!models.is_empty()).then_some(models);
+}
+
+/// DCGM: GPU utilisation, memory (MiB) and power.
+fn dcgm(e: &Exposition, r: &mut Reading) {
+    r.gpu_util = mean(e, "DCGM_FI_DEV_GPU_UTIL").map(|p| p / 100.0);
+    r.gpu_mem_used = sum(e, "DCGM_FI_DEV_FB_USED").map(|m| m * MIB);
+    r.gpu_mem_free = sum(e, "DCGM_FI_DEV_FB_FREE").map(|m| m * MIB);
+    r.gpu_power_w = sum(e, "DCGM_FI_DEV_POWER_USAGE");
+}
+
+/// node_exporter: CPU seconds, memory and network bytes (not `lo`).
+fn node(e: &Exposition, r: &mut Reading) {
+    let cpu: Vec<_> = e.series("node_cpu_seconds_total").collect();
+    if !cpu.is_empty() {
+        r.cpu_total_s = Some(cpu.iter().map(|s| s.value).sum());
+        r.cpu_idle_s = Some(
+            cpu.iter()
+                .filter(|s| s.label("mode") == Some("idle"))
+                .map(|s| s.value)
+                .sum(),
+        );
+    }
+    // Kernels before 3.14 have no MemAvailable: free + page cache
+    // + buffers is the usual stand-in.
+    r.mem_available = sum(e, "node_memory_MemAvailable_bytes").or_else(|| {
+        Some(
+            sum(e, "node_memory_MemFree_bytes")?
+                + sum(e, "node_memory_Cached_bytes").unwrap_or(0.0)
+                + sum(e, "node_memory_Buffers_bytes").unwrap_or(0.0),
+        )
+    });
+    r.mem_total = sum(e, "node_memory_MemTotal_bytes");
+    let net: f64 = [
+        "node_network_receive_bytes_total",
+        "node_network_transmit_bytes_total",
+    ]
+    .iter()
+    .flat_map(|m| e.series(m))
+    .filter(|s| s.label("device") != Some("lo"))
+    .map(|s| s.value)
+    .sum();
+    let has_net = e.samples.iter().any(|s| {
+        s.name == "node_network_receive_bytes_total"
+            || s.name == "node_network_transmit_bytes_total"
+    });
+    r.net_bytes = has_net.then_some(net);
 }
