@@ -23,7 +23,7 @@ use aya::programs::Xdp;
 use balancer::{
     dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions, objects},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::{MacAddr, addr_words},
 };
 use balancer_common::{AffinityKey, AffinityValue, Counter, GlobalStats};
@@ -145,7 +145,7 @@ fn run() -> anyhow::Result<()> {
     }
     let dp = Dataplane::load(&opts).context("loading the balancer")?;
     let programs = dp.programs;
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default())?;
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default())?;
     let vip: VipId = "10.100.0.1:80/tcp".parse().unwrap();
     let aff: VipId = "10.100.0.5:80/tcp".parse().unwrap();
     for (id, affinity) in [(vip, None), (aff, Some(3600))] {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use balancer::{
     dataplane::{Dataplane, LoadOptions, objects::BALANCER},
-    lb::{BackendSpec, LoadBalancer, Mode, Settings, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
     net::MacAddr,
 };
 use balancer_tests::{
@@ -26,7 +26,7 @@ fn interpreter_and_kernel_agree_on_the_same_maps() {
     };
     let dp = Dataplane::load(&opts).expect("loading the balancer");
     let programs = dp.programs;
-    let mut lb = LoadBalancer::new(dp.maps, Settings::default()).unwrap();
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
     let vip: VipId = "10.100.0.1:80/tcp".parse().unwrap();
     lb.add_vip(VipSpec {
         id: vip,

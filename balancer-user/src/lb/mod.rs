@@ -57,11 +57,6 @@ use crate::dataplane::maps::BalancerMaps;
 
 type Result<T> = std::result::Result<T, LbError>;
 
-/// The former name of [`DataplaneSettings`]. Kept only while
-/// `tests/benches/dataplane.rs`, which another change of issue 11 is editing,
-/// still says `lb::Settings`; remove it once that file is renamed too.
-pub type Settings = DataplaneSettings;
-
 /// Largest accepted weight.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
