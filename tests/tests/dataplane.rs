@@ -946,6 +946,11 @@ fn random_and_mutated_packets() {
         if a == PASS {
             assert_eq!(out, pkt, "packet {i}: PASS modified the packet");
         }
+        if a == TX
+            && let Err(e) = tx_output_consistent(&pkt, &out)
+        {
+            panic!("packet {i}: {e}\n  in  {pkt:02x?}\n  out {out:02x?}");
+        }
         seen[a as usize] += 1;
     }
     assert_eq!(seen.iter().sum::<u64>(), N as u64);
@@ -1212,4 +1217,143 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
         &still_gone,
         "after re-adding into removed slots",
     );
+}
+
+/// Issue 12, item 13: frames that cannot be parsed in full pass untouched,
+/// and what is forwarded is exactly the IP packet.
+#[test]
+fn malformed_and_padded_frames_table() {
+    let fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let f = Flow::tcp("10.1.0.5", 40000, "10.100.0.1", 80).payload(40);
+    let l3 = f.l3();
+    // IPv4 total lengths too short for the TCP header; its bytes follow in
+    // what is then Ethernet padding.
+    let short_ip = |tot: u16| {
+        let mut b = f.frame();
+        b[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+        fix_ipv4_checksum(&mut b, l3);
+        b
+    };
+    // A jumbogram: payload length 0, the real length in a hop-by-hop option.
+    let f6 = Flow::tcp("2001:db8::5", 40000, "2001:db8::100", 443).payload(40);
+    let mut jumbo = v6_with_ext(&f6, 0, [0xc2, 4, 0, 0, 0, 68]);
+    jumbo[f6.l3() + 4..f6.l3() + 6].copy_from_slice(&[0, 0]);
+    // An extension header claiming 1,024 bytes: the walk used to wrap its
+    // offset back into the packet instead of stopping.
+    let mut long_ext = v6_with_ext(&f6, 0, [1, 0, 0, 0, 0, 0]);
+    long_ext[f6.l3() + 41] = 127;
+    // The IP packet followed by 300 bytes that are not part of it.
+    let mut padded = f.frame();
+    padded.extend(std::iter::repeat_n(0xa5, 300));
+    let (b, m) = fx.ring_backend(&a, f.hash());
+
+    check(
+        &fx,
+        &[
+            Case {
+                desc: "IPv4 total length 20: no room for the ports",
+                input: short_ip(20),
+                action: PASS,
+                output: short_ip(20),
+                counter: Counter::PassMalformed,
+            },
+            Case {
+                desc: "IPv4 total length 23: half a TCP header",
+                input: short_ip(23),
+                action: PASS,
+                output: short_ip(23),
+                counter: Counter::PassMalformed,
+            },
+            Case {
+                desc: "IPv6 jumbogram (payload length 0)",
+                input: jumbo.clone(),
+                action: PASS,
+                output: jumbo,
+                counter: Counter::PassMalformed,
+            },
+            Case {
+                desc: "IPv6 extension header past the parse limit",
+                input: long_ext.clone(),
+                action: PASS,
+                output: long_ext,
+                counter: Counter::PassMalformed,
+            },
+            Case {
+                desc: "bytes after the IP packet are trimmed, not tunnelled",
+                input: padded,
+                action: TX,
+                output: fx.expect_tunnel_to(&f, b, m),
+                counter: Counter::TxTunnelV4,
+            },
+        ],
+    );
+}
+
+/// Issue 12, item 13: an outer IPv4 header that routers may fragment (DF
+/// clear, as the client's packet) carries an identification that changes
+/// from packet to packet; it was always 0.
+#[test]
+fn fragmentable_tunnel_packets_get_distinct_ids() {
+    let fx = Fixture::new();
+    let f = Flow::tcp("10.1.0.5", 40001, "10.100.0.1", 80)
+        .payload(40)
+        .no_df();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (a, out) = fx.run(&f.frame());
+        assert_eq!(a, TX, "{}", action_name(a));
+        let frag = u16::from_be_bytes([out[14 + 6], out[14 + 7]]);
+        assert_eq!(
+            frag & 0x4000,
+            0,
+            "outer DF must stay clear, as the client's"
+        );
+        ids.push(u16::from_be_bytes([out[14 + 4], out[14 + 5]]));
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] != w[1]),
+        "outer ids repeat: {ids:?}"
+    );
+}
+
+/// Checks a TX output of the random test: its outer lengths match its bytes,
+/// and the packet inside (tunnel) or the packet itself (L2 DSR) is exactly the
+/// input's IP packet. ICMP replies are checked by their own tables.
+fn tx_output_consistent(input: &[u8], out: &[u8]) -> Result<(), String> {
+    let l3_of = |b: &[u8]| match u16::from_be_bytes([b[12], b[13]]) {
+        0x8100 | 0x88a8 => (18, u16::from_be_bytes([b[16], b[17]])),
+        et => (14, et),
+    };
+    let ip_len = |b: &[u8], l3: usize, et: u16| -> usize {
+        if et == 0x0800 {
+            u16::from_be_bytes([b[l3 + 2], b[l3 + 3]]) as usize
+        } else {
+            u16::from_be_bytes([b[l3 + 4], b[l3 + 5]]) as usize + 40
+        }
+    };
+    let (il3, iet) = l3_of(input);
+    let inner_want = &input[il3..il3 + ip_len(input, il3, iet)];
+    let (ol3, oet) = l3_of(out);
+    let outer_len = ip_len(out, ol3, oet);
+    if outer_len != out.len() - ol3 {
+        return Err(format!(
+            "outer length {outer_len} but {} bytes follow L2",
+            out.len() - ol3
+        ));
+    }
+    let (proto, hlen) = if oet == 0x0800 {
+        (out[ol3 + 9], (out[ol3] & 0x0f) as usize * 4)
+    } else {
+        (out[ol3 + 6], 40)
+    };
+    let inner = match proto {
+        1 | 58 => return Ok(()),
+        4 | 41 => &out[ol3 + hlen..],
+        _ => &out[ol3..],
+    };
+    if inner != inner_want {
+        return Err("the forwarded packet is not the input's IP packet".into());
+    }
+    Ok(())
 }

@@ -80,9 +80,14 @@ pub(crate) fn tunnel(
     } else {
         let src =
             (cfg.tunnel_src_v4 & !cfg.tunnel_src_v4_hashmask) | (hash & cfg.tunnel_src_v4_hashmask);
-        let frag = if pkt.df { be16(IP_DF) } else { 0 };
+        let (frag, id) = if pkt.df {
+            (be16(IP_DF), 0)
+        } else {
+            (0, fragment_id(stats, hash))
+        };
         let hdr = ipv4_header(
             pkt.tos,
+            id,
             (pkt.l3_len + IPV4_HLEN as u32) as u16,
             frag,
             inner_proto,
@@ -97,10 +102,26 @@ pub(crate) fn tunnel(
     xdp_action::XDP_TX
 }
 
+/// The outer IPv4 identification of a packet routers may fragment (DF
+/// clear): it must differ between datagrams, or fragments of different
+/// packets would be reassembled together (RFC 6864). This CPU's count of
+/// tunnelled packets changes on every packet; the flow hash keeps flows
+/// apart across CPUs.
+#[inline(always)]
+fn fragment_id(stats: &GlobalStats, hash: u32) -> u16 {
+    let n = stats
+        .counters
+        .get(Counter::TxTunnelV4 as usize)
+        .copied()
+        .unwrap_or(0);
+    (n as u16) ^ ((hash >> 16) as u16)
+}
+
 /// Builds an IPv4 header (no options, TTL 64) with its checksum.
 #[inline(always)]
 pub(crate) fn ipv4_header(
     tos: u8,
+    id: u16,
     tot_len: u16,
     frag_off_be: u16,
     proto: u8,
@@ -111,7 +132,7 @@ pub(crate) fn ipv4_header(
         version_ihl: 0x45,
         tos,
         tot_len: be16(tot_len),
-        id: 0,
+        id: be16(id),
         frag_off: frag_off_be,
         ttl: 64,
         proto,

@@ -9,7 +9,10 @@ use balancer_common::{
     hash::{FlowHash, client_hash, ring_slot},
     ring_base,
 };
-use balancer_ebpf::flowtable::{self, Found};
+use balancer_ebpf::{
+    flowtable::{self, Found},
+    packet::{adjust_tail, len},
+};
 
 /// Picks the backend on the VIP's live ring for `hash`.
 #[inline(always)]
@@ -139,6 +142,13 @@ pub(crate) fn balance(
         }
     };
 
+    // Bytes after the IP packet (Ethernet padding, or junk) must not travel
+    // to the backend: trim the frame to the IP length first.
+    let end = pkt.l3 + pkt.l3_len as usize;
+    let cur = len(ctx);
+    if cur > end && adjust_tail(ctx, end as i32 - cur as i32).is_none() {
+        return drop(stats, Counter::DropAdjustFailed);
+    }
     let action = match ForwardMode::from_u8(vip.mode) {
         Some(ForwardMode::L2Dsr) => l2_dsr(ctx, stats, &backend),
         Some(ForwardMode::Tunnel) => tunnel(ctx, stats, pkt, &backend, hash.ring()),

@@ -41,6 +41,7 @@ pub(crate) fn icmp4_too_big(
     }
     let ip = ipv4_header(
         0,
+        0,
         (IPV4_HLEN + ICMP_HLEN + quote) as u16,
         0,
         IPPROTO_ICMP,

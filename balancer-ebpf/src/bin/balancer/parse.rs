@@ -91,6 +91,11 @@ pub(crate) fn process_v4(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
         };
     }
     let l4 = l3 + ihl;
+    // The whole L4 header must lie inside the IP packet: bytes beyond its
+    // total length are Ethernet padding, not ports or flags.
+    if tot_len < ihl + l4_header_len(ip.proto) {
+        return pass(stats, Counter::PassMalformed);
+    }
     let Some(ports) = read_at::<u32>(ctx, l4) else {
         return pass(stats, Counter::PassMalformed);
     };
@@ -150,14 +155,20 @@ pub(crate) fn process_v6(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
                     return pass(stats, Counter::PassMalformed);
                 };
                 nexthdr = ext.nexthdr;
-                off = (off + (ext.len as usize + 1) * 8) & MAX_HDR_OFFSET;
+                off += (ext.len as usize + 1) * 8;
+                if off > MAX_HDR_OFFSET {
+                    return pass(stats, Counter::PassMalformed);
+                }
             }
             IPPROTO_FRAGMENT => {
                 let Some(fh) = read_at::<Ipv6FragHdr>(ctx, off) else {
                     return pass(stats, Counter::PassMalformed);
                 };
                 nexthdr = fh.nexthdr;
-                off = (off + 8) & MAX_HDR_OFFSET;
+                off += 8;
+                if off > MAX_HDR_OFFSET {
+                    return pass(stats, Counter::PassMalformed);
+                }
                 let fo = u16::from_be(fh.frag_off);
                 // Offset 0 without M is an atomic fragment: a whole packet.
                 if fo & 0xfff9 != 0 {
@@ -181,6 +192,12 @@ pub(crate) fn process_v6(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
             Some(_) => drop(stats, Counter::DropFragment),
             None => pass(stats, Counter::PassFragment),
         };
+    }
+    // The L4 header must lie inside the payload the IPv6 header declares. This
+    // also refuses jumbograms (payload length 0, the real length in a
+    // hop-by-hop option), which we do not balance.
+    if off + l4_header_len(nexthdr) > l3 + IPV6_HLEN + u16::from_be(ip.payload_len) as usize {
+        return pass(stats, Counter::PassMalformed);
     }
     let Some(ports) = read_at::<u32>(ctx, off) else {
         return pass(stats, Counter::PassMalformed);
@@ -221,4 +238,11 @@ pub(crate) fn process_v6(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
     };
     let hash = flow_hash_v6(&ip.src, &ip.dst, ports, nexthdr);
     balance(ctx, stats, &vip, &pkt, hash)
+}
+
+/// Bytes of the L4 header the balancer needs whole: TCP's fixed header (its
+/// flags decide SYN), UDP's header.
+#[inline(always)]
+fn l4_header_len(proto: u8) -> usize {
+    if proto == IPPROTO_TCP { 20 } else { 8 }
 }
