@@ -343,6 +343,34 @@ pub struct AddrKey {
     pub family: u32,
 }
 
+/// Most tunnel source prefixes the decap program accepts (`DECAP_SOURCES`).
+pub const DECAP_MAX_SOURCES: u32 = 8;
+
+/// An element of `DECAP_SOURCES`: outer sources the decap program accepts
+/// tunnelled packets from. `family` 0 ends the list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourcePrefix {
+    /// Prefix address words as on the wire, host bits zero.
+    pub addr: [u32; 4],
+    /// Mask words as on the wire.
+    pub mask: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`], widened; 0 for an unused element.
+    pub family: u32,
+}
+
+impl SourcePrefix {
+    /// Whether an address of `family` (words as on the wire) lies inside.
+    #[inline(always)]
+    pub fn contains(&self, family: u32, addr: &[u32; 4]) -> bool {
+        self.family == family
+            && addr[0] & self.mask[0] == self.addr[0]
+            && addr[1] & self.mask[1] == self.addr[1]
+            && addr[2] & self.mask[2] == self.addr[2]
+            && addr[3] & self.mask[3] == self.addr[3]
+    }
+}
+
 /// Runtime settings of the data path (`CONFIG[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -396,6 +424,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::SourcePrefix {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::TrafficStats {}
     unsafe impl aya::Pod for crate::stats::GlobalStats {}

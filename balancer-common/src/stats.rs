@@ -77,10 +77,14 @@ counters! {
     DecapOk = 22 => "decap_ok",
     /// Decap program: tunnel packet whose inner destination is not a VIP: passed.
     DecapPassNotVip = 23 => "decap_pass_not_vip",
+    /// Decap program: tunnel packet for a VIP from an outer source outside
+    /// every allowed tunnel prefix (spoofed, or a gateway not configured):
+    /// dropped.
+    DropDecapSource = 24 => "drop_decap_source",
 }
 
 /// Number of global counters.
-pub const COUNTER_COUNT: usize = 24;
+pub const COUNTER_COUNT: usize = 25;
 
 /// Value of the `STATS` per-CPU array (one entry).
 #[repr(C)]

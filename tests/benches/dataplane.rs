@@ -170,6 +170,7 @@ fn run() -> anyhow::Result<()> {
 
     let mut decap = Decap::load().context("loading decap")?;
     decap.add_vip("10.100.0.1".parse().unwrap())?;
+    decap.allow_source("172.16.0.0".parse()?, 16)?;
     let decap_prog = decap.program().context("decap program")?;
     let decap_fd = decap_prog.fd()?;
 

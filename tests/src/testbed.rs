@@ -313,6 +313,8 @@ impl Testbed {
                     netns::run_in(&b.ns, move || -> Result<()> {
                         let mut d = Decap::attach("eth0", AttachMode::Driver, Some(&pin))?;
                         d.add_vip(VIP.into())?;
+                        // The gateway's (default) tunnel source prefix.
+                        d.allow_source(Ipv4Addr::new(172, 16, 0, 0).into(), 16)?;
                         Ok(())
                     })??;
                 }

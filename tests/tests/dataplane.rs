@@ -967,6 +967,9 @@ fn decap_table() {
     let mut d = Decap::load().expect("load decap");
     d.add_vip("10.100.0.1".parse().unwrap()).unwrap();
     d.add_vip("2001:db8::100".parse().unwrap()).unwrap();
+    // The gateways' default tunnel source prefixes.
+    d.allow_source("172.16.0.0".parse().unwrap(), 16).unwrap();
+    d.allow_source("fd00:ba1a::".parse().unwrap(), 96).unwrap();
     let prog = d.program().unwrap();
     let backend_mac = [0x02, 0xbb, 0, 0, 0, 0x11];
     let inner4 = Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80);
@@ -1030,6 +1033,26 @@ fn decap_table() {
             ("IPIP, inner not a VIP: untouched", t.clone(), PASS, t)
         },
         ("plain TCP: untouched", inner4.frame(), PASS, inner4.frame()),
+        {
+            let spoofed: IpAddr = "198.51.100.9".parse().unwrap();
+            let t = pkt::tunnelled(&inner4.frame(), spoofed, be4, backend_mac);
+            (
+                "IPIP from outside the tunnel prefixes: dropped",
+                t.clone(),
+                DROP,
+                t,
+            )
+        },
+        {
+            let spoofed: IpAddr = "fd00:ba1b::1".parse().unwrap();
+            let t = pkt::tunnelled(&inner6.frame(), spoofed, be6, backend_mac);
+            (
+                "IP6IP6 from outside the tunnel prefixes: dropped",
+                t.clone(),
+                DROP,
+                t,
+            )
+        },
     ];
     for (desc, input, action, output) in &rows {
         let (a, out) = xdp::run(prog, input).unwrap();
@@ -1049,6 +1072,25 @@ fn decap_table() {
     assert_eq!(
         d.stats().unwrap().get(Counter::DecapOk) as usize,
         5 + (t.len() - (14 + 20 + 40))
+    );
+    assert_eq!(d.stats().unwrap().get(Counter::DropDecapSource), 2);
+
+    // With no source allowed, nothing is decapsulated.
+    let mut closed = Decap::load().expect("load decap");
+    closed.add_vip("10.100.0.1".parse().unwrap()).unwrap();
+    let t = pkt::tunnelled(&inner4.frame(), gw4, be4, backend_mac);
+    let (a, _) = xdp::run(closed.program().unwrap(), &t).unwrap();
+    assert_eq!(a, DROP, "decap with no allowed source prefix");
+    // Prefixes with host bits, or too long, are refused.
+    assert!(
+        closed
+            .allow_source("172.16.0.1".parse().unwrap(), 16)
+            .is_err()
+    );
+    assert!(
+        closed
+            .allow_source("172.16.0.0".parse().unwrap(), 33)
+            .is_err()
     );
 }
 

@@ -12,10 +12,12 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use balancer_common::{AddrKey, Counter, FAMILY_V4, FAMILY_V6, GlobalStats};
+use balancer_common::{
+    AddrKey, Counter, DECAP_MAX_SOURCES, FAMILY_V4, FAMILY_V6, GlobalStats, SourcePrefix,
+};
 use balancer_ebpf::{
     net::*,
     packet::{adjust_head, read_at, write_at},
@@ -23,6 +25,11 @@ use balancer_ebpf::{
 
 #[map]
 static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Outer sources tunnelled packets are accepted from; the first element
+/// with family 0 ends the list, so an empty list accepts nothing.
+#[map]
+static DECAP_SOURCES: Array<SourcePrefix> = Array::with_max_entries(DECAP_MAX_SOURCES, 0);
 
 #[map]
 static DECAP_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
@@ -38,6 +45,23 @@ pub fn decap(ctx: XdpContext) -> u32 {
         }
     }
     action
+}
+
+/// Whether a tunnel's outer source lies in one of the allowed prefixes.
+#[inline(always)]
+fn allowed_source(family: u32, src: &[u32; 4]) -> bool {
+    for i in 0..DECAP_MAX_SOURCES {
+        let Some(p) = DECAP_SOURCES.get(i) else {
+            return false;
+        };
+        if p.family == 0 {
+            return false;
+        }
+        if p.contains(family, src) {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -58,7 +82,7 @@ fn process(ctx: &XdpContext) -> (u32, Counter) {
         l3 = ETH_HLEN + VLAN_HLEN;
     }
     // Outer header length and the protocol it carries.
-    let (outer_len, inner) = if proto == be16(ETH_P_IP) {
+    let (outer_len, inner, outer_family, outer_src) = if proto == be16(ETH_P_IP) {
         let Some(ip) = read_at::<Ipv4Hdr>(ctx, l3) else {
             return (PASS, Counter::PassMalformed);
         };
@@ -69,12 +93,12 @@ fn process(ctx: &XdpContext) -> (u32, Counter) {
         if u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0 {
             return (PASS, Counter::PassFragment);
         }
-        (ihl, ip.proto)
+        (ihl, ip.proto, FAMILY_V4 as u32, [ip.src, 0, 0, 0])
     } else if proto == be16(ETH_P_IPV6) {
         let Some(ip) = read_at::<Ipv6Hdr>(ctx, l3) else {
             return (PASS, Counter::PassMalformed);
         };
-        (IPV6_HLEN, ip.nexthdr)
+        (IPV6_HLEN, ip.nexthdr, FAMILY_V6 as u32, ip.src)
     } else {
         return (PASS, Counter::PassNonIp);
     };
@@ -109,6 +133,9 @@ fn process(ctx: &XdpContext) -> (u32, Counter) {
     // SAFETY: existence check only.
     if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return (PASS, Counter::DecapPassNotVip);
+    }
+    if !allowed_source(outer_family, &outer_src) {
+        return (xdp_action::XDP_DROP, Counter::DropDecapSource);
     }
     if adjust_head(ctx, outer_len as i32).is_none() {
         return (PASS, Counter::DropAdjustFailed);

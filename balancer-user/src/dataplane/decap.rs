@@ -9,10 +9,10 @@ use std::{net::IpAddr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{Xdp, links::PinnedLink},
 };
-use balancer_common::{AddrKey, GlobalStats};
+use balancer_common::{AddrKey, DECAP_MAX_SOURCES, GlobalStats, SourcePrefix};
 
 use super::{AttachMode, DataplaneError, attach, empty_dir, maps::MapsError, mount_bpffs, objects};
 use crate::net::{addr_words, family};
@@ -39,6 +39,9 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
 pub struct Decap {
     ebpf: Ebpf,
     vips: HashMap<MapData, AddrKey, u32>,
+    sources: Array<MapData, SourcePrefix>,
+    /// Shadow of `sources`, in map order.
+    allowed: Vec<SourcePrefix>,
     stats: PerCpuArray<MapData, GlobalStats>,
     _link: Option<PinnedLink>,
 }
@@ -58,9 +61,12 @@ impl Decap {
         let mut ebpf = loader.load(objects::DECAP).map_err(DataplaneError::Load)?;
         attach::load(&mut ebpf, PROGRAM)?;
         let vips = take_map(&mut ebpf, "DECAP_VIPS")?;
+        let sources = take_map(&mut ebpf, "DECAP_SOURCES")?;
         let stats = take_map(&mut ebpf, "DECAP_STATS")?;
         Ok(Self {
             vips: HashMap::try_from(vips).map_err(map_err("DECAP_VIPS"))?,
+            sources: Array::try_from(sources).map_err(map_err("DECAP_SOURCES"))?,
+            allowed: Vec::new(),
             stats: PerCpuArray::try_from(stats).map_err(map_err("DECAP_STATS"))?,
             ebpf,
             _link: None,
@@ -103,6 +109,29 @@ impl Decap {
             .map_err(map_err("DECAP_VIPS"))
     }
 
+    /// Accepts tunnelled packets whose outer source lies in `net/len` (the
+    /// gateways' tunnel source prefix). Until one is allowed, every tunnelled
+    /// packet for a VIP is dropped and counted (`drop_decap_source`): anyone
+    /// who can reach a backend could otherwise inject packets with a spoofed
+    /// inner source.
+    pub fn allow_source(&mut self, net: IpAddr, len: u8) -> Result<()> {
+        let p = source_prefix(net, len)?;
+        if self.allowed.contains(&p) {
+            return Ok(());
+        }
+        let at = self.allowed.len() as u32;
+        if at >= DECAP_MAX_SOURCES {
+            return Err(DataplaneError::InvalidOption(format!(
+                "decap accepts at most {DECAP_MAX_SOURCES} tunnel source prefixes"
+            )));
+        }
+        self.sources
+            .set(at, p, 0)
+            .map_err(map_err("DECAP_SOURCES"))?;
+        self.allowed.push(p);
+        Ok(())
+    }
+
     /// Stops accepting `vip`.
     pub fn remove_vip(&mut self, vip: IpAddr) -> Result<()> {
         match self.vips.remove(&key(vip)) {
@@ -125,6 +154,39 @@ impl Decap {
     pub fn program(&self) -> Option<&Xdp> {
         self.ebpf.program(PROGRAM)?.try_into().ok()
     }
+}
+
+/// A prefix as the decap program matches it: host bits must be zero.
+fn source_prefix(net: IpAddr, len: u8) -> Result<SourcePrefix> {
+    let bits: u32 = if net.is_ipv4() { 32 } else { 128 };
+    if len as u32 > bits {
+        return Err(DataplaneError::InvalidOption(format!(
+            "tunnel source prefix {net}/{len}: length beyond {bits}"
+        )));
+    }
+    let addr = addr_words(net);
+    let words = if net.is_ipv4() { 1 } else { 4 };
+    let mut mask = [0u32; 4];
+    for (i, m) in mask.iter_mut().enumerate().take(words) {
+        // Bits of this word inside the prefix, most significant first.
+        let inside = (len as i32 - 32 * i as i32).clamp(0, 32) as u32;
+        let host_order = if inside == 0 {
+            0
+        } else {
+            u32::MAX << (32 - inside)
+        };
+        *m = host_order.to_be();
+    }
+    if (0..4).any(|i| addr[i] & !mask[i] != 0) {
+        return Err(DataplaneError::InvalidOption(format!(
+            "tunnel source prefix {net}/{len}: host bits set"
+        )));
+    }
+    Ok(SourcePrefix {
+        addr,
+        mask,
+        family: family(net) as u32,
+    })
 }
 
 /// The decap map key of an address.
