@@ -562,3 +562,75 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
     let s = rt.block_on(gb.client().cache_stats()).unwrap();
     assert!(s.l2.unwrap().connects >= 2, "B reconnected by itself");
 }
+
+/// The L2 counters of a gateway: (up, connects, errors).
+async fn l2_state(g: &Gateway) -> (bool, u64, u64) {
+    let s = g.client().cache_stats().await.unwrap();
+    let l = s.l2.expect("an L2 is configured");
+    (l.up, l.connects, l.errors)
+}
+
+/// Issue 12, item 5: a full Redis (maxmemory reached, noeviction) refuses
+/// writes with an error reply while the connection is fine. That is not
+/// losing Redis: no gateway reconnects, and no L1 is flushed. (Before, every
+/// refused write marked the L2 down, and the reconnect's resync flushed L1.)
+#[test]
+fn a_full_redis_refuses_writes_without_flushing_l1() {
+    let rt = rt();
+    let redis = Redis::start().unwrap();
+    let b = Backend::start("b", &["m"], 0.2).unwrap();
+    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
+    let ga = Gateway::start("ga", &(redis_cfg(&redis) + &route("r", pa, &b, ""))).unwrap();
+    let gb = Gateway::start("gb", &(redis_cfg(&redis) + &route("r", pb, &b, ""))).unwrap();
+    rt.block_on(async {
+        wait_l2(&ga, true).await;
+        wait_l2(&gb, true).await;
+        let kept = embedding("m", "kept");
+        assert_eq!(post(pa, "/v1/embeddings", &kept).await.cache(), "MISS");
+        assert_eq!(
+            post(pa, "/v1/embeddings", &kept)
+                .await
+                .header("x-cache-source"),
+            "l1"
+        );
+        // Full: any write that may grow memory is refused with OOM.
+        redis
+            .command("CONFIG SET maxmemory-policy noeviction")
+            .unwrap();
+        redis.command("CONFIG SET maxmemory 1").unwrap();
+        let (_, a_connects, a_errors) = l2_state(&ga).await;
+        let (_, b_connects, b_errors) = l2_state(&gb).await;
+        for i in 0..20 {
+            let r = post(pb, "/v1/embeddings", &embedding("m", &format!("b{i}"))).await;
+            assert_eq!(r.cache(), "MISS", "{r:?}");
+            let r = post(pa, "/v1/embeddings", &embedding("m", &format!("a{i}"))).await;
+            assert_eq!(r.cache(), "MISS", "{r:?}");
+        }
+        // The refused writes are counted (they run after the answer).
+        let deadline = Instant::now() + patience(Duration::from_secs(5));
+        loop {
+            let (a, b) = (l2_state(&ga).await, l2_state(&gb).await);
+            if a.2 > a_errors && b.2 > b_errors {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refused writes not counted: A {a:?}, B {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A reconnect followed a failure within ~100 ms before; allow far more.
+        tokio::time::sleep(patience(Duration::from_millis(500))).await;
+        for (g, connects, who) in [(&ga, a_connects, "A"), (&gb, b_connects, "B")] {
+            let (up, now, _) = l2_state(g).await;
+            assert!(up, "{who}: the L2 was marked down");
+            assert_eq!(now, connects, "{who} reconnected to a Redis that was fine");
+        }
+        let r = post(pa, "/v1/embeddings", &kept).await;
+        assert_eq!(
+            r.header("x-cache-source"),
+            "l1",
+            "A's L1 was flushed: {r:?}"
+        );
+    });
+}

@@ -162,10 +162,11 @@ impl Cache {
         Ok(n)
     }
 
-    /// Resynchronises after a (re)connect: flush L1, replay our queued
-    /// invalidations, adopt the fleet's version tokens.
+    /// Resynchronises after a (re)connect: replay our queued invalidations,
+    /// adopt the fleet's version tokens, then flush L1 (it may have missed
+    /// invalidations while we were away). A resync that fails leaves L1 as
+    /// it was: the L2 stays down and we keep serving from L1, as before it.
     async fn resync(&self, l2: &L2) -> Result<(), CacheError> {
-        let flushed = self.store.clear();
         let pending = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
         for (i, op) in pending.iter().enumerate() {
             if let Err(e) = self.send(l2, op, true).await {
@@ -183,6 +184,7 @@ impl Cache {
                 tokens.insert(m, t);
             }
         }
+        let flushed = self.store.clear();
         info!(
             flushed,
             replayed = pending.len(),

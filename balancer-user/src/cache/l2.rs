@@ -229,6 +229,17 @@ impl L2 {
         let r = tokio::time::timeout(self.settings.timeout, cmd.query_async::<T>(&mut conn)).await;
         match r {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if !is_transport(&e) => {
+                // Redis answered, with an error (OOM at maxmemory, READONLY
+                // after a failover, NOPERM, MISCONF): the connection is fine.
+                // Count it and skip this command; reconnecting would flush
+                // L1 for nothing.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(CacheError::Redis {
+                    context: "reply".into(),
+                    message: e.to_string(),
+                })
+            }
             Ok(Err(e)) => {
                 self.fail();
                 Err(CacheError::Redis {
@@ -373,9 +384,37 @@ impl L2 {
     }
 }
 
-/// `url` with the password of `scheme://user:password@host` replaced by
-/// `***`: the URL is shown in stats, the CLI and error messages.
+/// Whether a command's error means the connection is gone (I/O, a reply we
+/// cannot parse, authentication lost), as opposed to an error reply.
+fn is_transport(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_unrecoverable_error()
+}
+
+/// `url` with its password replaced by `***`: the one in
+/// `scheme://user:password@host`, and a `pass=` / `password=` query
+/// parameter (how `unix://` and `redis+unix://` URLs carry it). The URL is
+/// shown in stats, the CLI and error messages.
 fn redacted(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redacted_authority(url);
+    if let Some(q) = query {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+fn redacted_authority(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -408,6 +447,18 @@ mod tests {
                 "redis+unix:///run/redis.sock",
             ),
             ("not a url", "not a url"),
+            (
+                "unix:///run/redis.sock?db=1&pass=s3cret",
+                "unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis+unix:///run/redis.sock?password=s3cret&user=gw",
+                "redis+unix:///run/redis.sock?password=***&user=gw",
+            ),
+            (
+                "redis://gw:s3cret@host/0?protocol=resp3",
+                "redis://gw:***@host/0?protocol=resp3",
+            ),
         ] {
             assert_eq!(redacted(url), shown, "{url}");
         }
