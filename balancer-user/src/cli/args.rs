@@ -142,13 +142,13 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub config: PathBuf,
     /// Override `daemon.iface`.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_iface)]
     pub iface: Option<String>,
     /// Override `daemon.xdp_mode`.
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
     /// Override `daemon.netns`.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_netns)]
     pub netns: Option<String>,
 }
 
@@ -168,10 +168,10 @@ pub struct DetachArgs {
     #[arg(long, short, conflicts_with_all = ["iface", "pin_dir"])]
     pub config: Option<PathBuf>,
     /// Interface.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_iface)]
     pub iface: Option<String>,
     /// Network namespace of the interface.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_netns)]
     pub netns: Option<String>,
     /// Pin directory.
     #[arg(long)]
@@ -267,6 +267,14 @@ pub enum ConfigCmd {
 
 // The engine's validators: the CLI, the API and the configuration accept
 // exactly the same values.
+fn parse_iface(s: &str) -> Result<String, String> {
+    balancer::config::validate_iface(s).map(|()| s.to_string())
+}
+
+fn parse_netns(s: &str) -> Result<String, String> {
+    balancer::config::validate_netns(s).map(|()| s.to_string())
+}
+
 fn parse_weight(s: &str) -> Result<u32, String> {
     let w: u32 = s
         .parse()
@@ -293,6 +301,20 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn detach_and_run_refuse_names_that_escape_the_pin_directory() {
+        for argv in [
+            vec!["balancer", "detach", "--iface", ".."],
+            vec!["balancer", "detach", "--iface", "eth0", "--netns", "../x"],
+            vec!["balancer", "run", "-c", "b.toml", "--iface", "a/b"],
+            vec!["balancer", "run", "-c", "b.toml", "--netns", ".."],
+        ] {
+            let e = Cli::try_parse_from(&argv).err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("invalid value")), "{argv:?}");
+        }
+        assert!(Cli::try_parse_from(["balancer", "detach", "--iface", "eth0"]).is_ok());
+    }
 
     #[test]
     fn clap_definition_is_consistent() {

@@ -1,6 +1,9 @@
 //! `[daemon]`: the interface, namespace, socket, metrics and state file.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Component, Path, PathBuf},
+};
 
 use super::{ConfigError, Ctx, DEFAULT_SOCKET, DEFAULT_STATE_FILE, DaemonConfig, RawConfig};
 use crate::dataplane::AttachMode;
@@ -11,14 +14,10 @@ pub(super) fn parse(raw: &RawConfig, cx: &Ctx<'_>) -> Result<DaemonConfig, Confi
     let path = cx.path;
     let d = &raw.daemon;
     let iface = match &d.iface {
-        Some(s) if s.get_ref().is_empty() || s.get_ref().len() > 15 => {
-            return cx.err(
-                s.span(),
-                "daemon.iface",
-                "an interface name of 1 to 15 characters, e.g. \"eth0\"",
-            );
-        }
-        Some(s) => Some(s.get_ref().clone()),
+        Some(s) => match validate_iface(s.get_ref()) {
+            Ok(()) => Some(s.get_ref().clone()),
+            Err(m) => return cx.err(s.span(), "daemon.iface", m),
+        },
         None if !raw.cache_route.is_empty() => None,
         None => {
             return Err(ConfigError {
@@ -45,9 +44,18 @@ pub(super) fn parse(raw: &RawConfig, cx: &Ctx<'_>) -> Result<DaemonConfig, Confi
             }
         },
     };
-    let netns = d.netns.as_ref().map(|s| s.get_ref().clone());
+    let netns = match &d.netns {
+        Some(s) => match validate_netns(s.get_ref()) {
+            Ok(()) => Some(s.get_ref().clone()),
+            Err(m) => return cx.err(s.span(), "daemon.netns", m),
+        },
+        None => None,
+    };
     let pin_dir = match &d.pin_dir {
-        Some(s) => PathBuf::from(s.get_ref()),
+        Some(s) => match validate_pin_dir(Path::new(s.get_ref())) {
+            Ok(()) => PathBuf::from(s.get_ref()),
+            Err(m) => return cx.err(s.span(), "daemon.pin_dir", m),
+        },
         None => {
             crate::dataplane::default_pin_dir(iface.as_deref().unwrap_or("none"), netns.as_deref())
         }
@@ -86,4 +94,136 @@ pub(super) fn parse(raw: &RawConfig, cx: &Ctx<'_>) -> Result<DaemonConfig, Confi
         metrics,
         state_file,
     })
+}
+
+/// Checks a name that becomes one path component (an interface or namespace
+/// name lands in the pin directory's path): no `/`, not `.` or `..`, no
+/// whitespace or NUL, and at most `max` bytes.
+fn validate_component(what: &str, s: &str, max: usize, example: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > max {
+        return Err(format!(
+            "{s:?}: {what} of 1 to {max} bytes, e.g. \"{example}\""
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("{s:?} is not a {what}, e.g. \"{example}\""));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| *c == '/' || *c == '\0' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{s:?}: a {what} has no {c:?} (no '/', whitespace or NUL), e.g. \"{example}\""
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an interface name as Linux does (`dev_valid_name`): 1 to 15 bytes
+/// (`IFNAMSIZ` - 1), no `/`, `:`, whitespace or NUL, not `.` or `..`.
+pub fn validate_iface(s: &str) -> Result<(), String> {
+    validate_component("an interface name", s, 15, "eth0")?;
+    if s.contains(':') {
+        return Err(format!(
+            "{s:?}: an interface name has no ':', e.g. \"eth0\""
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a named network namespace (a file in `/var/run/netns`): 1 to 255
+/// bytes, no `/`, whitespace or NUL, not `.` or `..`.
+pub fn validate_netns(s: &str) -> Result<(), String> {
+    validate_component("a network namespace name", s, 255, "gw")
+}
+
+/// Checks a pin directory: an absolute, plain path strictly inside the BPF
+/// filesystem. Attach and detach remove pins in it, so it must never name a
+/// directory that holds anything else (`/var/lib/balancer`, `/`), nor
+/// `/sys/fs/bpf` itself.
+pub fn validate_pin_dir(p: &Path) -> Result<(), String> {
+    let bpffs = Path::new(crate::dataplane::BPFFS);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !p.is_absolute() || !plain {
+        return Err(format!(
+            "{}: an absolute path without '.' or '..', inside {}, e.g. \"{}/balancer/eth0\"",
+            p.display(),
+            bpffs.display(),
+            bpffs.display()
+        ));
+    }
+    match p.strip_prefix(bpffs) {
+        Ok(rest) if rest.components().next().is_some() => Ok(()),
+        _ => Err(format!(
+            "{} is not inside the BPF filesystem: pins live below {} (e.g. \"{}/balancer/eth0\"); \
+             attach and detach remove pins there",
+            p.display(),
+            bpffs.display(),
+            bpffs.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn err(src: &str) -> String {
+        match Config::parse(Path::new("t.toml"), src) {
+            Ok(_) => panic!("accepted: {src}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn pin_dir_outside_bpffs_is_refused() {
+        for dir in [
+            "/var/lib/balancer",
+            "/",
+            "/sys/fs/bpf",
+            "/sys/fs/bpf/",
+            "/sys/fs/bpf/../x",
+            "balancer",
+            "/sys/fs/bpfx/a",
+        ] {
+            let e = err(&format!(
+                "[daemon]\niface = \"eth0\"\npin_dir = \"{dir}\"\n"
+            ));
+            assert!(
+                e.contains("t.toml:3:") && e.contains("daemon.pin_dir"),
+                "{dir}: {e}"
+            );
+            assert!(e.contains("/sys/fs/bpf"), "{dir}: {e}");
+        }
+        let ok = Config::parse(
+            Path::new("t.toml"),
+            "[daemon]\niface = \"eth0\"\npin_dir = \"/sys/fs/bpf/mine/eth0\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn iface_and_netns_that_are_not_one_path_component_are_refused() {
+        for name in [
+            "..",
+            ".",
+            "a/b",
+            "eth 0",
+            "eth0\\u0000",
+            "eth:0",
+            "abcdefghijklmnop",
+            "",
+        ] {
+            let e = err(&format!("[daemon]\niface = \"{name}\"\n"));
+            assert!(e.contains("daemon.iface"), "{name:?}: {e}");
+        }
+        for name in ["..", ".", "a/b", "n s", ""] {
+            let e = err(&format!("[daemon]\niface = \"eth0\"\nnetns = \"{name}\"\n"));
+            assert!(e.contains("daemon.netns"), "{name:?}: {e}");
+        }
+    }
 }

@@ -64,6 +64,8 @@ mod dataplane;
 mod tests;
 mod vips;
 
+pub use daemon::{validate_iface, validate_netns, validate_pin_dir};
+
 use std::{
     collections::BTreeMap,
     fmt,

@@ -29,7 +29,7 @@ use balancer_common::{
     DEFAULT_FLOW_SETS, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
     DEFAULT_RING_SIZE, FLOW_WAYS, rings_entries, rings_len, vip_table_slots,
 };
-pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted};
+pub use bpffs::{BPFFS, default_pin_dir, ensure_mounted, is_on_bpffs};
 use tracing::{info, warn};
 
 use crate::{
@@ -262,12 +262,25 @@ fn mount_bpffs() -> Result<()> {
     ensure_mounted().map_err(io_err("mounting bpffs at", Path::new(BPFFS)))
 }
 
-/// Makes `dir` an empty directory, removing whatever it held.
-fn empty_dir(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io_err("removing", dir))?;
-    }
+/// Every pin the balancer makes in its pin directory.
+fn balancer_pins() -> Vec<&'static str> {
+    let mut names = vec![LINK_PIN, PROG_PIN];
+    names.extend_from_slice(MAP_NAMES);
+    names
+}
+
+/// Makes `dir` a directory on bpffs without the pins `names`: only what we
+/// pin is removed, never anything else, and nothing outside bpffs.
+fn clear_pins(dir: &Path, names: &[&str]) -> Result<()> {
+    bpffs::remove_pins(dir, names).map_err(io_err("removing pins in", dir))?;
+    bpffs::require_bpffs(dir).map_err(io_err("pinning in", dir))?;
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))
+}
+
+/// Readies `dir` for the decap program's pins (its link and `DECAP_VIPS`),
+/// removing only those.
+fn empty_dir(dir: &Path) -> Result<()> {
+    clear_pins(dir, &[LINK_PIN, "DECAP_VIPS"])
 }
 
 impl Dataplane {
@@ -311,12 +324,12 @@ impl Dataplane {
             // completely attached; start clean.
             warn!(dir = %pin_dir.display(), "removing stale pins without a link");
         }
-        empty_dir(pin_dir)?;
+        clear_pins(pin_dir, &balancer_pins())?;
 
         let result = Self::load_and_attach(iface, mode, opts, rings, pin_dir);
         if result.is_err() {
             // Nothing half-applied: no pins, no attachment.
-            let _ = std::fs::remove_dir_all(pin_dir);
+            let _ = bpffs::remove_pins(pin_dir, &balancer_pins());
         }
         result
     }
@@ -379,14 +392,13 @@ impl Dataplane {
         })
     }
 
-    /// Detaches the data plane pinned in `pin_dir` and removes every pin. Flows
-    /// through it stop being balanced at once.
+    /// Detaches the data plane pinned in `pin_dir` and removes its pins (and
+    /// the directory, if nothing else is in it). Flows through it stop being
+    /// balanced at once. Refuses, removing nothing, unless `pin_dir` is on
+    /// bpffs.
     pub fn detach(pin_dir: &Path) -> Result<()> {
-        if !pin_dir.exists() {
-            return Ok(());
-        }
         // Removing the last reference to the link (its pin) detaches it.
-        std::fs::remove_dir_all(pin_dir).map_err(io_err("removing", pin_dir))
+        bpffs::remove_pins(pin_dir, &balancer_pins()).map_err(io_err("removing pins in", pin_dir))
     }
 
     /// The program, when this process loaded it (for `BPF_PROG_TEST_RUN`).
