@@ -4,11 +4,16 @@
 //! Writes are atomic: the new content goes to a temporary file in the same
 //! directory, is flushed to disk, and replaces the old file with `rename`,
 //! after which the directory is flushed too. A reader sees the old state or
-//! the new one, never a mix.
+//! the new one, never a mix. The temporary name is random and created with
+//! `O_EXCL | O_NOFOLLOW`, so nothing planted at a guessable name (a symlink to
+//! a file elsewhere) is ever written through.
 
 use std::{
+    collections::hash_map::RandomState,
     fs::{self, File, OpenOptions},
+    hash::{BuildHasher, Hasher},
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -105,17 +110,9 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
         snapshot: snapshot.clone(),
     })
     .map_err(|e| werr(std::io::Error::other(e)))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let (tmp, mut f) = create_temp(dir, name).map_err(werr)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
         f.write_all(&body)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -125,6 +122,41 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(werr)
+}
+
+/// A random number from the OS-seeded keys of the standard hasher: enough to
+/// make a temporary name unguessable (`O_EXCL` makes it safe regardless).
+pub(super) fn random() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Creates a new temporary file next to the state file: a random name,
+/// `O_EXCL` (never an existing file) and `O_NOFOLLOW` (never through a
+/// symlink).
+fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.tmp.{:016x}", random()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "no free temporary name after 16 tries",
+    ))
 }
 
 #[cfg(test)]
@@ -151,6 +183,34 @@ mod tests {
         save(&path, &snap).unwrap();
         let leftovers = fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_old_temp_name_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("balancer-state-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious").unwrap();
+        // The name earlier builds wrote to: `.state.json.tmp.<pid>`.
+        let planted = dir.join(format!(".state.json.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let snap = Snapshot {
+            settings: DataplaneSettings::default(),
+            vips: vec![],
+        };
+        save(&path, &snap).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert!(
+            fs::symlink_metadata(&planted)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(load(&path).unwrap(), Some(snap));
         fs::remove_dir_all(&dir).unwrap();
     }
 }
