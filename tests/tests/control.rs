@@ -359,3 +359,57 @@ fn unresolvable_backend_is_down_with_a_reason() {
     let g = vips[0].backends.iter().find(|b| b.addr == ghost).unwrap();
     assert_eq!((g.effective_weight, g.ring_slots), (0, 0));
 }
+
+/// Waits up to `timeout` for `child` to exit; kills it if it does not.
+fn exit_within(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
+}
+
+#[test]
+fn a_second_daemon_refuses_and_the_first_keeps_answering() {
+    use std::os::unix::fs::MetadataExt;
+
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tb = testbed(1, 1);
+    let cfg = tb.config(&tb.vip_toml(&[1], None));
+    tb.start_daemon(&cfg).unwrap();
+    let state = tb.dir().join("state.json");
+    let before = std::fs::read(&state).unwrap();
+    let sock_ino = std::fs::metadata(tb.socket()).unwrap().ino();
+    let wait = patience(Duration::from_secs(20));
+
+    // A bad configuration naming the same daemon changes nothing.
+    let bad = tb.dir().join("bad.toml");
+    std::fs::write(&bad, cfg.replace("weight = 1", "weight = -1")).unwrap();
+    let log = tb.dir().join("second.log");
+    let mut second = balancer_tests::testbed::spawn_daemon(&bad, &log).unwrap();
+    assert!(!exit_within(&mut second, wait).success());
+
+    // The same configuration: refused, naming the lock and its holder.
+    let log = tb.dir().join("third.log");
+    let mut third =
+        balancer_tests::testbed::spawn_daemon(&tb.dir().join("balancer.toml"), &log).unwrap();
+    let status = exit_within(&mut third, wait);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "a second daemon started: {text}");
+    assert!(
+        text.contains("another balancer daemon is running") && text.contains(".lock"),
+        "{text}"
+    );
+
+    // The first daemon still owns its socket, its state and its data plane.
+    let st = rt().block_on(tb.client().status()).unwrap();
+    assert_eq!(st.vips, 1);
+    assert_eq!(std::fs::metadata(tb.socket()).unwrap().ino(), sock_ino);
+    assert_eq!(std::fs::read(&state).unwrap(), before);
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 100, 8).unwrap();
+    assert_eq!(r.ok, 100, "{:?}", r.errors);
+}

@@ -3,21 +3,28 @@
 //! Start-up order, so a bad configuration changes nothing and a restart never
 //! drops traffic:
 //!
-//! 1. validate the configuration and read the state file (refuse on errors);
-//! 2. enter the configured network namespace;
-//! 3. attach the data plane, or adopt the one pinned by an earlier daemon;
-//! 4. rebuild the model from the state file (or the configuration's VIPs on a
+//! 1. validate the configuration (refuse on errors);
+//! 2. take the daemon lock (see [`lock`]): a daemon already running with this
+//!    state file or socket stops us here, before anything is touched;
+//! 3. read the state file (refuse on errors) and enter the configured network
+//!    namespace;
+//! 4. bind every listener (cache routes, admin socket, metrics): a port in use
+//!    stops us before the kernel is touched;
+//! 5. attach the data plane, or adopt the one pinned by an earlier daemon;
+//! 6. rebuild the model from the state file (or the configuration's VIPs on a
 //!    first start) and reconcile the maps with it; an adopted, consistent data
 //!    plane is left exactly as it was;
-//! 5. serve the admin API, the metrics endpoint, and resolve next hops.
+//! 7. serve the admin API, the metrics endpoint, and resolve next hops.
 //!
 //! Every change is persisted to the state file before it is acknowledged.
 //! Stopping the daemon leaves the data plane running; `balancer detach`
 //! removes it.
 
 mod handlers;
+pub mod lock;
 mod loops;
 pub mod metrics;
+mod socket;
 pub mod state;
 
 pub use handlers::{Daemon, Plane};
@@ -43,6 +50,9 @@ use crate::{
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<()> {
+    // Before anything else: a second daemon must not adopt the first one's
+    // maps or take over its socket. Held until we return.
+    let _lock = lock::DaemonLock::acquire(&cfg.daemon.state_file, &cfg.daemon.socket)?;
     // Read the state file first: a broken one must stop us before the kernel
     // is touched.
     let saved = state::load(&cfg.daemon.state_file)?;
@@ -79,11 +89,25 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
     for r in &cfg.cache_routes {
         listeners.push(crate::cache::proxy::bind(&r.route).await?);
     }
+    let metrics_listener = match cfg.daemon.metrics {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let admin = socket::bind(&cfg.daemon.socket)
+        .with_context(|| format!("binding {}", cfg.daemon.socket.display()))?;
     let plane = match &cfg.daemon.iface {
-        Some(iface) => {
-            let (lb, programs) = attach(&cfg, iface, saved).await?;
-            Some(Plane::new(lb, programs))
-        }
+        Some(iface) => match attach(&cfg, iface, saved).await {
+            Ok((lb, programs)) => Some(Plane::new(lb, programs)),
+            Err(e) => {
+                // Nothing may be left that looks like a live daemon.
+                let _ = std::fs::remove_file(&cfg.daemon.socket);
+                return Err(e);
+            }
+        },
         None => {
             info!(
                 routes = cfg.cache_routes.len(),
@@ -112,14 +136,8 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
         }
     }
 
-    let listener = server::bind(&cfg.daemon.socket)
-        .with_context(|| format!("binding {}", cfg.daemon.socket.display()))?;
-    tokio::spawn(server::serve(listener, daemon.clone()));
-
-    if let Some(addr) = cfg.daemon.metrics {
-        let l = metrics::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics on {addr}"))?;
+    tokio::spawn(server::serve(admin, daemon.clone()));
+    if let Some(l) = metrics_listener {
         let src = daemon.clone();
         tokio::spawn(metrics::serve(
             l,

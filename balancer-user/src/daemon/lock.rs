@@ -1,0 +1,132 @@
+//! One daemon per state file and admin socket.
+//!
+//! `balancer run` takes an exclusive `flock` on `<state_file>.lock` and on
+//! `<socket>.lock` before it touches anything, and holds both until it exits
+//! (the kernel drops them when the process dies, even after `kill -9`). A
+//! second daemon with the same state file or socket stops at once, naming the
+//! process that holds the lock, instead of adopting the live maps and taking
+//! over the admin socket. Both files exist without a data plane, so a
+//! cache-only gateway is covered as well.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
+
+/// Errors taking the daemon lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "another balancer daemon is running: {path} is locked{}; stop it first \
+         (or give this one its own daemon.state_file and daemon.socket)",
+        holder.as_deref().map(|p| format!(" by pid {p}")).unwrap_or_default()
+    )]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The pid written by the holder, when readable.
+        holder: Option<String>,
+    },
+    /// The lock file could not be created or locked.
+    #[error("taking the daemon lock {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A held lock; dropping it releases the lock (the file stays).
+#[derive(Debug)]
+pub struct DaemonLock {
+    _locks: Vec<Flock<File>>,
+}
+
+/// The lock file that guards `path`: `path` with `.lock` appended.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+impl DaemonLock {
+    /// Locks the state file and the admin socket of one daemon.
+    pub fn acquire(state_file: &Path, socket: &Path) -> Result<Self, LockError> {
+        let mut paths = vec![lock_path(state_file), lock_path(socket)];
+        paths.dedup();
+        let mut locks = Vec::new();
+        for p in paths {
+            locks.push(lock_one(&p)?);
+        }
+        Ok(Self { _locks: locks })
+    }
+}
+
+fn lock_one(path: &Path) -> Result<Flock<File>, LockError> {
+    let io = |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let mut lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(LockError::Held {
+                path: path.to_path_buf(),
+                holder: (!pid.is_empty() && pid.len() < 16).then(|| pid.to_string()),
+            });
+        }
+        Err((_, e)) => return Err(io(e.into())),
+    };
+    // Our pid, for the next daemon's message; the lock is what counts.
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = writeln!(lock, "{}", std::process::id());
+    Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_and_names_the_holder() {
+        let dir = std::env::temp_dir().join(format!("balancer-lock-{}", std::process::id()));
+        let (state, sock) = (dir.join("state.json"), dir.join("b.sock"));
+        let first = DaemonLock::acquire(&state, &sock).unwrap();
+        let err = DaemonLock::acquire(&state, &dir.join("other.sock")).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LockError::Held { .. }), "{msg}");
+        assert!(msg.contains("state.json.lock"), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        // The socket alone is guarded too.
+        assert!(DaemonLock::acquire(&dir.join("other.json"), &sock).is_err());
+        drop(first);
+        DaemonLock::acquire(&state, &sock).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
