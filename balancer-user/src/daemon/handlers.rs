@@ -112,18 +112,17 @@ impl Daemon {
         })
     }
 
-    /// Applies `f` and persists the result if anything changed.
+    /// Applies `f` and persists the result if anything changed: also when `f`
+    /// failed part-way (see [`commit`]).
     fn mutate(
         &self,
         f: impl FnOnce(&mut LoadBalancer) -> Result<(), LbError>,
     ) -> Result<Reply, ApiError> {
         let mut lb = self.lock()?;
         let before = lb.generation();
-        f(&mut lb).map_err(lb_error)?;
-        if lb.generation() != before {
-            self.persist(&lb)?;
-        }
-        Ok(Reply::Done)
+        let result = f(&mut lb).map_err(lb_error);
+        let changed = lb.generation() != before;
+        commit(changed, result, || self.persist(&lb)).map(|()| Reply::Done)
     }
 
     /// Counters of every VIP and backend, and of the cache.
@@ -252,6 +251,21 @@ impl Daemon {
     }
 }
 
+/// The state file follows the model, whatever the change's outcome: a change
+/// that altered the model and then failed (a removal whose slot cleanup hit a
+/// map error after the backend left the ring) is persisted as the model now
+/// holds it, so a restart restores what was running, not what was before.
+/// The change's own error wins over a persist error.
+fn commit<T>(
+    changed: bool,
+    result: Result<T, ApiError>,
+    persist: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<T, ApiError> {
+    let persisted = if changed { persist() } else { Ok(()) };
+    let value = result?;
+    persisted.map(|()| value)
+}
+
 impl Handler for Daemon {
     fn handle(&self, req: Request) -> Result<Reply, ApiError> {
         match req {
@@ -290,5 +304,30 @@ impl Handler for Daemon {
                 self.cache_op(async move { c.bump_version(&model).await })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn a_change_that_fails_after_changing_the_model_is_persisted() {
+        let saved = Cell::new(0);
+        let persist = || {
+            saved.set(saved.get() + 1);
+            Ok(())
+        };
+        let e = commit::<()>(true, Err(ApiError::internal("slot cleanup")), persist);
+        assert_eq!(e.unwrap_err().message, "slot cleanup");
+        assert_eq!(saved.get(), 1, "the partial change reached the state file");
+        // Nothing changed: nothing written, the error passes through.
+        assert!(commit::<()>(false, Err(ApiError::internal("x")), persist).is_err());
+        assert_eq!(saved.get(), 1);
+        // A clean change whose persist fails reports the persist error.
+        let e = commit(true, Ok(()), || Err(ApiError::internal("disk full")));
+        assert_eq!(e.unwrap_err().message, "disk full");
     }
 }
