@@ -280,3 +280,27 @@ fn lb_rejects_bad_input_with_clear_errors() {
         assert!(bad.parse::<VipId>().is_err(), "{bad} parsed");
     }
 }
+
+/// Issue 12, item 13: frames larger than one XDP buffer arrive in parts that
+/// this program (no `xdp.frags`) cannot see whole, so an interface whose MTU
+/// allows them is refused, by name and MTU, and nothing is attached.
+#[test]
+fn interfaces_with_multi_buffer_mtus_are_refused() {
+    let s = Scratch::new("mtu");
+    ip_in(&s.ns, &["link", "set", "d0", "mtu", "9000"]).unwrap();
+    let err = s
+        .attach("d0", small())
+        .err()
+        .expect("MTU 9000 must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("d0") && msg.contains("9000") && msg.contains("3498"),
+        "{msg}"
+    );
+    assert!(!s.xdp_attached("d0"), "a refused attach left XDP on d0");
+    // At the limit it attaches.
+    ip_in(&s.ns, &["link", "set", "d0", "mtu", "3498"]).unwrap();
+    let dp = s.attach("d0", small()).expect("MTU 3498 attaches");
+    assert!(s.xdp_attached("d0"));
+    drop(dp);
+}

@@ -45,6 +45,30 @@ pub enum XdpError {
         #[source]
         source: ProgramError,
     },
+    /// The interface carries frames larger than one buffer: a program without
+    /// multi-buffer (`xdp.frags`) support would see only their first part, so
+    /// it could neither balance them nor answer "fragmentation needed".
+    #[error(
+        "{iface} has MTU {mtu}: frames above {max} bytes of MTU arrive in several \
+         buffers, which this XDP program does not handle; lower the MTU to {max} or less"
+    )]
+    MtuTooLarge {
+        /// Interface name.
+        iface: String,
+        /// Its MTU.
+        mtu: u32,
+        /// The largest MTU we attach to.
+        max: u32,
+    },
+    /// The interface's MTU could not be read.
+    #[error("reading the MTU of {iface}: {source}")]
+    Mtu {
+        /// Interface name.
+        iface: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Pinning, or opening a pin, failed.
     #[error("pinning under {path}: {message}")]
     Pin {
@@ -90,6 +114,7 @@ pub(super) fn attach(
     iface: &str,
     mode: AttachMode,
 ) -> Result<(XdpLinkId, AttachMode)> {
+    check_mtu(iface)?;
     let prog = program(ebpf, name)?;
     let attach_err = |source| XdpError::Attach {
         iface: iface.to_string(),
@@ -105,6 +130,57 @@ pub(super) fn attach(
     }
     let id = prog.attach(iface, XdpMode::Skb).map_err(attach_err)?;
     Ok((id, AttachMode::Generic))
+}
+
+/// Largest MTU whose frames fit one XDP buffer on 4 KiB pages: the page
+/// minus the 256-byte XDP headroom and the 320-byte `skb_shared_info`,
+/// minus Ethernet and one VLAN tag, rounded down (veth's own limit for
+/// single-buffer programs is in the same place).
+pub const MAX_SINGLE_BUFFER_MTU: u32 = 3498;
+
+/// Refuses interfaces whose frames may span several buffers.
+fn check_mtu(iface: &str) -> Result<()> {
+    let mtu = mtu_of(iface).map_err(|source| XdpError::Mtu {
+        iface: iface.to_string(),
+        source,
+    })?;
+    if mtu > MAX_SINGLE_BUFFER_MTU {
+        return Err(XdpError::MtuTooLarge {
+            iface: iface.to_string(),
+            mtu,
+            max: MAX_SINGLE_BUFFER_MTU,
+        });
+    }
+    Ok(())
+}
+
+/// The MTU of `iface` in this thread's network namespace (`SIOCGIFMTU` on a
+/// socket: sysfs would show the namespace it was mounted in).
+fn mtu_of(iface: &str) -> std::io::Result<u32> {
+    let name = iface.as_bytes();
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains(&0) {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU reads into the ifreq we own.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    // SAFETY: the kernel filled the MTU member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// Pins the bpf_link `id` of program `name` at `path`, so the attachment
