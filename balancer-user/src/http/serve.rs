@@ -7,11 +7,16 @@
 //! while failures go on. A connection the peer aborted before we took it is
 //! not the listener's problem and is retried at once.
 //!
+//! Every connection has a header read deadline (hyper's own, which also
+//! bounds how long a kept-alive connection may wait idle for its next
+//! request), and the listener serves at most `max_connections` at once; see
+//! [`Settings::max_connections`] for what happens past the cap.
+//!
 //! The loop runs until its task is dropped. The daemon stops by ending its
 //! runtime, which drops the loops and every open connection with them (no
 //! draining).
 
-use std::{convert::Infallible, future::Future, io, time::Duration};
+use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
 
 use hyper::{
     Request, Response,
@@ -19,15 +24,16 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, UnixListener},
+    sync::Semaphore,
 };
 use tracing::{debug, warn};
 
-/// How a listener serves. The hardening work adds its header and body
-/// deadlines and connection caps here.
+/// How a listener serves: socket options, accept backoff, the header
+/// deadline and the connection cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// What the logs call the listener (`cache route chat`, `metrics`, ...).
@@ -39,7 +45,31 @@ pub struct Settings {
     pub accept_backoff: Duration,
     /// The longest pause.
     pub accept_backoff_max: Duration,
+    /// How long a client has to send a request's whole head, counted from
+    /// when the connection starts waiting for it: after accepting, and again
+    /// after each answer on a kept-alive connection (so it is also the idle
+    /// keep-alive limit). Past it the connection is closed without an answer.
+    pub header_timeout: Duration,
+    /// Most connections served at once. Past the cap a new connection is
+    /// accepted, sent [`OVERLOADED`] (`503` with `Retry-After: 1`) and
+    /// closed, without reading from it.
+    ///
+    /// Why not answer 503 after reading the request: that needs the request,
+    /// which is exactly what a slow client withholds, so each would still tie
+    /// up a task until its header deadline. Why not stop accepting: the
+    /// connections would wait in the kernel's backlog, where a client sees
+    /// only a hanging connect (and the backlog fills for everyone). A canned
+    /// answer costs one small write and no parse, and a client learns at once
+    /// to come back.
+    pub max_connections: usize,
 }
+
+/// What a connection past [`Settings::max_connections`] is sent.
+pub const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// How long writing [`OVERLOADED`] may take (it fits any socket buffer: this
+/// only bounds a peer that shrank its window to nothing).
+const OVERLOADED_WRITE: Duration = Duration::from_secs(1);
 
 impl Settings {
     /// Defaults for a listener called `name`.
@@ -49,6 +79,8 @@ impl Settings {
             nodelay: false,
             accept_backoff: Duration::from_millis(50),
             accept_backoff_max: Duration::from_secs(1),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 
@@ -117,6 +149,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut pause = settings.accept_backoff;
+    let slots = Arc::new(Semaphore::new(
+        settings.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -133,14 +168,22 @@ where
         };
         pause = settings.accept_backoff;
         listener.configure(&stream, &settings);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(turn_away(stream, settings.name.clone()));
+            continue;
+        };
         let handler = handler.clone();
         let name = settings.name.clone();
+        let header_timeout = settings.header_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let answer = handler(req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -150,45 +193,15 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn serves_each_connection() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let task = tokio::spawn(serve(
-            l,
-            Settings::new("test").nodelay(),
-            |req| async move {
-                let path = req.uri().path().to_string();
-                let _ = req.into_body().collect().await;
-                Response::new(Full::new(Bytes::from(path)))
-            },
-        ));
-        for path in ["/a", "/b"] {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            s.write_all(req.as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-            assert!(out.ends_with(path), "{out}");
-        }
-        task.abort();
-    }
-
-    #[test]
-    fn aborted_connections_do_not_pause_the_loop() {
-        assert!(is_connection_error(
-            &io::ErrorKind::ConnectionAborted.into()
-        ));
-        assert!(!is_connection_error(&io::Error::from_raw_os_error(
-            libc::EMFILE
-        )));
-    }
+/// Sends a connection past the cap [`OVERLOADED`] and closes it.
+async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, name: String) {
+    debug!(listener = %name, "at the connection cap; answering 503");
+    let _ = tokio::time::timeout(OVERLOADED_WRITE, async {
+        stream.write_all(OVERLOADED).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
+
+#[cfg(test)]
+mod tests;
