@@ -156,6 +156,24 @@ fn route(
         64 << 20,
     )?;
     let timeout = ranged(&r.timeout_ms, "timeout_ms", 60_000, 1, 600_000)?;
+    let header_timeout = ranged(
+        &r.header_timeout_ms,
+        "header_timeout_ms",
+        10_000,
+        1,
+        600_000,
+    )?;
+    let body_timeout = ranged(&r.body_timeout_ms, "body_timeout_ms", 30_000, 1, 600_000)?;
+    let max_connections = ranged(&r.max_connections, "max_connections", 1024, 1, 1 << 20)?;
+    // At least one whole body must fit, or a request of unknown length
+    // could never be read.
+    let body_budget = ranged(
+        &r.body_budget_bytes,
+        "body_budget_bytes",
+        64 * max_request,
+        max_request,
+        1 << 40,
+    )?;
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -169,6 +187,10 @@ fn route(
                 .unwrap_or_else(|| vec!["user".into()]),
             deterministic: r.deterministic.unwrap_or(false),
             timeout: Duration::from_millis(timeout),
+            header_timeout: Duration::from_millis(header_timeout),
+            body_timeout: Duration::from_millis(body_timeout),
+            max_connections: max_connections as usize,
+            body_budget_bytes: body_budget,
         },
         pool,
     })
@@ -225,3 +247,6 @@ fn pool(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -152,6 +152,10 @@ struct RawCacheRoute {
     exclude_fields: Option<Vec<String>>,
     deterministic: Option<bool>,
     timeout_ms: Option<Spanned<u64>>,
+    header_timeout_ms: Option<Spanned<u64>>,
+    body_timeout_ms: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    body_budget_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

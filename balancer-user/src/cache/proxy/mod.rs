@@ -35,7 +35,10 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 
 use crate::http;
 
@@ -67,8 +70,22 @@ pub struct RouteConfig {
     /// Generic (non-OpenAI) paths are deterministic: cache them without the
     /// opt-in header.
     pub deterministic: bool,
-    /// Backend timeout for one request.
+    /// Backend timeout for one request: for a miss, the whole exchange
+    /// (headers and whole body); when streaming (bypass, oversized), until
+    /// the response headers.
     pub timeout: Duration,
+    /// How long a client has to send a request head (and the idle keep-alive
+    /// limit); see [`http::Settings::header_timeout`].
+    pub header_timeout: Duration,
+    /// How long a client has to send a whole request body (408 past it).
+    pub body_timeout: Duration,
+    /// Most client connections served at once; see
+    /// [`http::Settings::max_connections`].
+    pub max_connections: usize,
+    /// Most request body bytes buffered at once across the route (503 with
+    /// `Retry-After` past it). A body of unknown length reserves
+    /// `max_request_bytes`.
+    pub body_budget_bytes: u64,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -94,6 +111,8 @@ pub struct Route {
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
     flights: Mutex<HashMap<Key, Flight>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The body budget, one permit a byte.
+    budget: Arc<Semaphore>,
 }
 
 impl Route {
@@ -105,6 +124,7 @@ impl Route {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);
+        let cfg_budget = cfg.body_budget_bytes;
         Arc::new(Self {
             cfg,
             cache,
@@ -112,6 +132,9 @@ impl Route {
             in_flight: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             client,
+            budget: Arc::new(Semaphore::new(
+                cfg_budget.min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
         })
     }
 
@@ -122,7 +145,9 @@ impl Route {
 
     /// Serves connections until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let settings = http::Settings::new(format!("cache route {}", self.cfg.name)).nodelay();
+        let mut settings = http::Settings::new(format!("cache route {}", self.cfg.name)).nodelay();
+        settings.header_timeout = self.cfg.header_timeout;
+        settings.max_connections = self.cfg.max_connections;
         http::serve(listener, settings, move |req| {
             let route = self.clone();
             async move { route.handle(req).await }
@@ -145,7 +170,8 @@ impl Route {
     /// Handles one request.
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let body = match self.read_body(&parts, body).await {
+        // The reservation lasts as long as the body is ours to buffer.
+        let (body, _budget) = match self.read_body(&parts, body).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -166,41 +192,79 @@ impl Route {
         self.miss(parts, body, m).await
     }
 
-    /// Reads the whole request body; 413 over the route's limit (declared
-    /// or read), 400 when it cannot be read.
-    async fn read_body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, Response<Body>> {
+    /// Reads the whole request body within the body deadline, holding its
+    /// share of the route's body budget; 413 over the route's limit
+    /// (declared or read), 408 past the deadline, 503 when the budget is
+    /// spent, 400 when it cannot be read.
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), Response<Body>> {
         let limit = self.cfg.max_request_bytes;
-        let too_large = || {
-            self.cache.counters.bump(Counter::TooLarge);
-            json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                &format!(
-                    "request body exceeds this route's limit of {limit} bytes (max_request_bytes of cache route {:?})",
-                    self.cfg.name
-                ),
-            )
-        };
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Err(too_large());
+            return Err(self.too_large());
         }
-        match http_body_util::Limited::new(body, limit as usize)
-            .collect()
-            .await
-        {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(json_error(
+        let Some(permit) = self.reserve(declared.unwrap_or(limit)) else {
+            return Err(self.overloaded());
+        };
+        let read = http_body_util::Limited::new(body, limit as usize).collect();
+        match tokio::time::timeout(self.cfg.body_timeout, read).await {
+            Ok(Ok(b)) => Ok((b.to_bytes(), permit)),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(self.too_large()),
+            Ok(Err(e)) => Err(json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 &format!("reading the request body: {e}"),
             )),
+            Err(_) => Err(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "the request body did not arrive within {:?} (body_timeout_ms of cache route {:?})",
+                    self.cfg.body_timeout, self.cfg.name
+                ),
+            )),
         }
+    }
+
+    /// The 413 answer.
+    fn too_large(&self) -> Response<Body> {
+        self.cache.counters.bump(Counter::TooLarge);
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            &format!(
+                "request body exceeds this route's limit of {} bytes (max_request_bytes of cache route {:?})",
+                self.cfg.max_request_bytes, self.cfg.name
+            ),
+        )
+    }
+
+    /// Takes `bytes` of the body budget, if that many are free.
+    fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        // Bodies are capped far below 4 GiB (max_request_bytes).
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.budget.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// The 503 that says the body budget is spent.
+    fn overloaded(&self) -> Response<Body> {
+        let mut r = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &format!(
+                "cache route {:?} is buffering as many request bytes as it may (body_budget_bytes); retry shortly",
+                self.cfg.name
+            ),
+        );
+        set(r.headers_mut(), header::RETRY_AFTER, "1");
+        r
     }
 
     /// Whether the request is cacheable, and if so its key (made with the
@@ -235,3 +299,6 @@ impl Route {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod limits_tests;

@@ -43,6 +43,10 @@ async fn route(backend: SocketAddr) -> (SocketAddr, Arc<Cache>) {
         exclude_fields: vec!["user".into()],
         deterministic: false,
         timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+        max_connections: 1024,
+        body_budget_bytes: 64 * 256,
     };
     let l = bind(&cfg).await.unwrap();
     let addr = l.local_addr().unwrap();

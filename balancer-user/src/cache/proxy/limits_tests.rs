@@ -1,0 +1,117 @@
+//! The route's limits on slow clients and slow backends, in one process on
+//! loopback ports the kernel picks.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::*;
+use crate::cache::Settings;
+
+/// Generous: the suites run under a slow emulated CPU.
+const MARGIN: Duration = Duration::from_secs(30);
+
+const CHAT: &str = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// A route in front of `backend`, with the test's changes to its config.
+async fn route(backend: SocketAddr, tune: impl FnOnce(&mut RouteConfig)) -> SocketAddr {
+    let mut cfg = RouteConfig {
+        name: "r".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        max_object_bytes: 1 << 20,
+        max_request_bytes: 256,
+        exclude_fields: vec![],
+        deterministic: false,
+        timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+        max_connections: 1024,
+        body_budget_bytes: 64 * 256,
+    };
+    tune(&mut cfg);
+    let l = bind(&cfg).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cache = Cache::new(Settings::default()).unwrap();
+    let pool: PoolSource = Arc::new(move || vec![(backend, 1)]);
+    tokio::spawn(Route::new(cfg, cache, pool).serve(l));
+    addr
+}
+
+/// A backend that answers `{}` at once.
+async fn quick() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(http::serve(
+        l,
+        http::Settings::new("backend"),
+        |req| async {
+            let _ = req.into_body().collect().await;
+            Response::new(Full::new(Bytes::from_static(b"{}")))
+        },
+    ));
+    addr
+}
+
+/// A connection that sent a chat request's head declaring `len` body bytes,
+/// and a few of them, then stalled.
+async fn stalled_body(to: SocketAddr, len: usize) -> TcpStream {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n{{\"model\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Status and headers of one chat POST.
+async fn post(to: SocketAddr, body: &str) -> Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::post(format!("http://{to}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    client.request(req).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_after_the_body_deadline() {
+    let r = route(quick().await, |c| c.body_timeout = Duration::from_secs(1)).await;
+    let mut s = stalled_body(r, 200).await;
+    let mut out = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(1) + MARGIN, s.read(&mut out))
+        .await
+        .expect("a stalled request body was never answered")
+        .unwrap();
+    assert!(out[..n].starts_with(b"HTTP/1.1 408"), "{:?}", &out[..n]);
+}
+
+#[tokio::test]
+async fn past_the_body_budget_a_request_gets_503() {
+    let r = route(quick().await, |c| c.body_budget_bytes = 256).await;
+    // Holds 200 of the route's 256 bytes while it stalls.
+    let held = stalled_body(r, 200).await;
+    let mut refused = None;
+    for _ in 0..300 {
+        let resp = post(r, CHAT).await;
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(resp);
+            break;
+        }
+        // The stalled request may not have been read yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = refused.expect("a request past the body budget was served");
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    // Once the stalled client is gone its bytes are free again.
+    drop(held);
+    let served = async {
+        while post(r, CHAT).await.status() != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(tokio::time::timeout(MARGIN, served).await.is_ok());
+}

@@ -1,0 +1,53 @@
+//! A route's limits on slow clients: defaults and checks.
+
+use std::{path::Path, time::Duration};
+
+use crate::config::Config;
+
+const ROUTE: &str = "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n";
+
+#[test]
+fn client_limits_default_and_parse() {
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    let r = &c.cache_routes[0].route;
+    assert_eq!(r.header_timeout, Duration::from_secs(10));
+    assert_eq!(r.body_timeout, Duration::from_secs(30));
+    assert_eq!(r.max_connections, 1024);
+    assert_eq!(r.body_budget_bytes, 64 * r.max_request_bytes);
+    let src = format!(
+        "{ROUTE}header_timeout_ms = 500\nbody_timeout_ms = 700\nmax_connections = 9\nmax_request_bytes = 10\nbody_budget_bytes = 10\n"
+    );
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    let r = &c.cache_routes[0].route;
+    assert_eq!(
+        (
+            r.header_timeout,
+            r.body_timeout,
+            r.max_connections,
+            r.body_budget_bytes
+        ),
+        (
+            Duration::from_millis(500),
+            Duration::from_millis(700),
+            9,
+            10
+        )
+    );
+}
+
+#[test]
+fn client_limits_are_checked() {
+    for (extra, field) in [
+        ("header_timeout_ms = 0\n", "header_timeout_ms"),
+        ("body_timeout_ms = 0\n", "body_timeout_ms"),
+        ("max_connections = 0\n", "max_connections"),
+        // A budget smaller than one body could never read some requests.
+        (
+            "max_request_bytes = 100\nbody_budget_bytes = 99\n",
+            "body_budget_bytes",
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
+        assert_eq!(e.field, format!("cache_route[0].{field}"), "{e}");
+    }
+}
