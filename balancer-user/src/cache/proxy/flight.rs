@@ -166,17 +166,30 @@ impl Route {
         }
     }
 
-    /// The single fetch behind a miss.
+    /// The single fetch behind a miss. The route's timeout bounds the whole
+    /// exchange, headers and body: a backend that trickles its answer would
+    /// otherwise hold every request coalesced on the key.
     async fn fetch(&self, parts: &Parts, body: Bytes, m: Miss) -> Outcome {
         let t0 = Instant::now();
-        let (resp, _guard) = match self.send(parts, body, m.key.short()).await {
-            Ok(r) => r,
-            Err((s, msg)) => return Outcome::Failed(s, msg),
+        let exchange = async {
+            let (resp, guard) = (self.send(parts, body, m.key.short()).await)
+                .map_err(|(s, msg)| Outcome::Failed(s, msg))?;
+            let (p, b) = resp.into_parts();
+            Ok::<_, Outcome>((self.read_capped(p, b).await?, guard))
         };
-        let (p, b) = resp.into_parts();
-        let (p, body) = match self.read_capped(p, b).await {
-            Ok(read) => read,
-            Err(out) => return out,
+        let ((p, body), _guard) = match tokio::time::timeout(self.cfg.timeout, exchange).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(out)) => return out,
+            Err(_) => {
+                self.backend_error();
+                return Outcome::Failed(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the backend did not finish its answer within {:?} (timeout_ms of cache route {:?})",
+                        self.cfg.timeout, self.cfg.name
+                    ),
+                );
+            }
         };
         self.store(&p, &body, t0.elapsed().as_secs_f64(), m);
         Outcome::Done {

@@ -41,6 +41,34 @@ async fn route(backend: SocketAddr, tune: impl FnOnce(&mut RouteConfig)) -> Sock
     addr
 }
 
+/// A backend that reads a request, sends a head promising `len` bytes, then
+/// one byte every `every`.
+async fn trickler(len: usize, every: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..len {
+                    tokio::time::sleep(every).await;
+                    if s.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A backend that answers `{}` at once.
 async fn quick() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,4 +142,18 @@ async fn past_the_body_budget_a_request_gets_503() {
         }
     };
     assert!(tokio::time::timeout(MARGIN, served).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_trickling_backend_gets_every_waiter_a_504() {
+    // 100 bytes at one a second against a 3 s timeout: no single frame is
+    // late, the whole is.
+    let b = trickler(100, Duration::from_secs(1)).await;
+    let r = route(b, |c| c.timeout = Duration::from_secs(3)).await;
+    let both = futures_util::future::join(post(r, CHAT), post(r, CHAT));
+    let (a, b) = tokio::time::timeout(Duration::from_secs(3) + MARGIN, both)
+        .await
+        .expect("a trickling backend held the requests past the route's timeout");
+    assert_eq!(a.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(b.status(), StatusCode::GATEWAY_TIMEOUT);
 }
