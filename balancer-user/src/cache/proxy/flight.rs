@@ -172,7 +172,7 @@ impl Route {
     async fn fetch(&self, parts: &Parts, body: Bytes, m: Miss) -> Outcome {
         let t0 = Instant::now();
         let exchange = async {
-            let (resp, guard) = (self.send(parts, body, m.key.short()).await)
+            let (resp, guard) = (self.send(parts, body, m.key.short(), true).await)
                 .map_err(|(s, msg)| Outcome::Failed(s, msg))?;
             let (p, b) = resp.into_parts();
             Ok::<_, Outcome>((self.read_capped(p, b).await?, guard))

@@ -1,10 +1,13 @@
 //! Sending a request to a backend of the route's pool, and forwarding
 //! without the cache.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::{Request, Response, StatusCode, body::Incoming, http::request::Parts};
+use tracing::debug;
 
 use super::{
     Route,
@@ -23,20 +26,51 @@ impl Route {
     }
 
     /// Sends the request to a backend of the pool (503 when none has
-    /// weight). The guard counts it in flight until dropped.
+    /// weight). The guard counts it in flight until dropped. With `retry`
+    /// (a miss: the request is cacheable, so repeatable), a backend that
+    /// cannot be connected to is left out and the key's next choice tried
+    /// once, so a dead backend in a static pool does not fail its share of
+    /// keys.
     pub(super) async fn send(
         &self,
         parts: &Parts,
         body: Bytes,
         hash: u64,
+        retry: bool,
     ) -> Result<(Response<Incoming>, pick::InFlight), (StatusCode, String)> {
-        let members = self.members();
-        let Some((addr, guard)) = pick::pick(hash, &members) else {
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cache route {:?} has no backend with weight", self.cfg.name),
-            ));
-        };
+        let mut members = self.members();
+        let mut retry = retry;
+        loop {
+            let Some((addr, guard)) = pick::pick(hash, &members) else {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cache route {:?} has no backend with weight", self.cfg.name),
+                ));
+            };
+            match self.send_to(addr, parts, body.clone()).await {
+                Ok(r) => return Ok((r, guard)),
+                Err(Failure::Connect(e)) if retry && members.len() > 1 => {
+                    debug!(route = %self.cfg.name, backend = %addr, error = %e, "connect failed; trying the next choice");
+                    self.backend_error();
+                    members.retain(|m| m.addr != addr);
+                    retry = false;
+                }
+                Err(f) => {
+                    self.backend_error();
+                    return Err(f.answer(addr, self.cfg.timeout));
+                }
+            }
+        }
+    }
+
+    /// Sends the request to `addr`, waiting for its response headers up to
+    /// the route's timeout.
+    async fn send_to(
+        &self,
+        addr: SocketAddr,
+        parts: &Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, Failure> {
         let pq = parts
             .uri
             .path_and_query()
@@ -44,28 +78,16 @@ impl Route {
             .unwrap_or("/");
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = match format!("http://{addr}{pq}").parse() {
-            Ok(u) => u,
-            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("bad request path: {e}"))),
-        };
+        *req.uri_mut() = format!("http://{addr}{pq}")
+            .parse()
+            .map_err(|e| Failure::Path(format!("{e}")))?;
         copy_headers(&parts.headers, req.headers_mut());
         req.headers_mut().remove(X_BALANCER_CACHE);
         match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
-            Ok(Ok(r)) => Ok((r, guard)),
-            Ok(Err(e)) => {
-                self.backend_error();
-                Err((StatusCode::BAD_GATEWAY, format!("backend {addr}: {e}")))
-            }
-            Err(_) => {
-                self.backend_error();
-                Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "backend {addr} did not answer within {:?}",
-                        self.cfg.timeout
-                    ),
-                ))
-            }
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+            Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+            Err(_) => Err(Failure::Timeout),
         }
     }
 
@@ -81,7 +103,7 @@ impl Route {
         let hash = k
             .map(|k| k.short())
             .unwrap_or_else(|| key::key(&self.cfg.name, parts.uri.path(), "", "", &body).short());
-        match self.send(parts, body, hash).await {
+        match self.send(parts, body, hash, false).await {
             Ok((resp, guard)) => {
                 let (p, b) = resp.into_parts();
                 // The in-flight count lasts as long as the body streams.
@@ -95,6 +117,34 @@ impl Route {
                 r
             }
             Err((status, msg)) => json_error(status, "backend_error", &msg),
+        }
+    }
+}
+
+/// Why a backend did not answer.
+enum Failure {
+    /// The request path does not make a URI.
+    Path(String),
+    /// No connection (the request was never sent).
+    Connect(String),
+    /// The exchange failed.
+    Other(String),
+    /// No response headers within the route's timeout.
+    Timeout,
+}
+
+impl Failure {
+    /// The status and message for the client.
+    fn answer(self, addr: SocketAddr, timeout: std::time::Duration) -> (StatusCode, String) {
+        match self {
+            Failure::Path(e) => (StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+            Failure::Connect(e) | Failure::Other(e) => {
+                (StatusCode::BAD_GATEWAY, format!("backend {addr}: {e}"))
+            }
+            Failure::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("backend {addr} did not answer within {timeout:?}"),
+            ),
         }
     }
 }

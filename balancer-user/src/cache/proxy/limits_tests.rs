@@ -157,3 +157,37 @@ async fn a_trickling_backend_gets_every_waiter_a_504() {
     assert_eq!(a.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(b.status(), StatusCode::GATEWAY_TIMEOUT);
 }
+
+#[tokio::test]
+async fn a_miss_for_a_dead_backend_goes_to_the_next_choice() {
+    // An address nothing listens on: connections to it are refused.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = quick().await;
+    let cfg = RouteConfig {
+        name: "r".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        max_object_bytes: 1 << 20,
+        max_request_bytes: 256,
+        exclude_fields: vec![],
+        deterministic: false,
+        timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+        max_connections: 1024,
+        body_budget_bytes: 64 * 256,
+    };
+    let l = bind(&cfg).await.unwrap();
+    let r = l.local_addr().unwrap();
+    let pool: PoolSource = Arc::new(move || vec![(dead, 1), (live, 1)]);
+    let cache = Cache::new(Settings::default()).unwrap();
+    tokio::spawn(Route::new(cfg, cache, pool).serve(l));
+    // Twenty keys: about half of them prefer the dead backend.
+    for i in 0..20 {
+        let body = CHAT.replace("hi", &format!("hi {i}"));
+        assert_eq!(post(r, &body).await.status(), StatusCode::OK, "key {i}");
+    }
+}
