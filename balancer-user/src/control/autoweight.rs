@@ -412,6 +412,7 @@ impl Autoweight {
                         last_ok: if no_endpoints { Some(now) } else { rt.last_ok },
                         down,
                         has_model,
+                        unknown: unknown_why(rt, bt),
                     })
                 })
                 .collect();
@@ -425,6 +426,23 @@ impl Autoweight {
         }
         out
     }
+}
+
+/// `no recognised signal (kind vllm)` when the backend's last good scrape
+/// held no metric its endpoints' kinds are known by.
+fn unknown_why(rt: &BackendRt, bt: Option<&BackendTelemetry>) -> Option<String> {
+    if rt.cur.as_ref()?.has_signal() {
+        return None;
+    }
+    let kinds: Vec<String> = bt
+        .map(|b| {
+            b.endpoints
+                .iter()
+                .map(|(k, _)| k.name().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(format!("no recognised signal (kind {})", kinds.join(", ")))
 }
 
 #[cfg(test)]
@@ -473,5 +491,46 @@ mod tests {
         }
         assert!(auto.next_due().unwrap() < Instant::now() + Duration::from_secs(60));
         assert_eq!(vips(auto.tick_all(&members).await), vec![fast, slow]);
+    }
+}
+
+#[cfg(test)]
+mod unknown_tests {
+    use super::*;
+    use crate::control::{prom, telemetry::presets};
+
+    /// An empty `/metrics` and a server of another kind both read as "no
+    /// recognised signal", named by kind; a real reading does not.
+    #[test]
+    fn empty_or_wrong_kind_is_unknown() {
+        let bt = BackendTelemetry {
+            endpoints: vec![(ServerKind::Vllm, "http://x/metrics".into())],
+            models: None,
+            models_url: None,
+        };
+        let mut rt = BackendRt::new(&PoolTelemetry {
+            interval: Duration::from_secs(1),
+            limits: ScrapeLimits::default(),
+            fall: 2,
+            rise: 2,
+            model: None,
+            health: None,
+            policy: ScoringPolicy::default(),
+            backends: BTreeMap::new(),
+        });
+        let read = |body: &str| {
+            let e = prom::parse(body, &prom::Limits::default()).unwrap();
+            presets::extract(ServerKind::Vllm, &e)
+        };
+        for body in ["", "nv_inference_pending_request_count{model=\"m\"} 3\n"] {
+            rt.cur = Some(read(body));
+            assert_eq!(
+                unknown_why(&rt, Some(&bt)).as_deref(),
+                Some("no recognised signal (kind vllm)"),
+                "{body:?}"
+            );
+        }
+        rt.cur = Some(read("vllm:num_requests_waiting 0\n"));
+        assert_eq!(unknown_why(&rt, Some(&bt)), None);
     }
 }

@@ -68,6 +68,22 @@ fn weighted_load(c: &[Component]) -> Option<f64> {
     Some(mean.max(backlog))
 }
 
+/// Whether a scraped backend's telemetry is unknown: its scrape held no
+/// recognised metric, or none of the formula's components. Sets `why`. A
+/// backend with signals `None` has no endpoints (or no scrape yet, which is
+/// stale) and is not unknown.
+fn unknown_why(i: &Input, comps: &[Component], why: &mut Option<String>) -> bool {
+    let reason = match (&i.unknown, &i.signals) {
+        (Some(u), _) => u.clone(),
+        (None, Some(_)) if weighted_load(comps).is_none() => {
+            "no load signal the formula uses".to_string()
+        }
+        _ => return false,
+    };
+    *why = Some(format!("{reason}: treated as saturated"));
+    true
+}
+
 /// What the scorer works out about one backend before comparing it with
 /// the rest of its pool.
 pub(super) struct Row {
@@ -75,8 +91,10 @@ pub(super) struct Row {
     pub(super) comps: Vec<Component>,
     /// Load 0..1 (1 when stale).
     pub(super) load: f64,
-    /// Why the telemetry counts as saturated, if it is stale.
+    /// Why the telemetry counts as saturated, if it is stale or unknown.
     pub(super) stale: Option<String>,
+    /// Scraped, but with no recognised signal: counted as saturated.
+    pub(super) unknown: bool,
     /// Tokens per second per unit of load, when loaded enough to tell.
     pub(super) tput: Option<f64>,
     /// Capacity (hint x refinement), set in step 2.
@@ -89,7 +107,7 @@ impl Row {
     /// Step 1 for one backend; capacity is left at 0 for step 2.
     pub(super) fn new(i: &Input, p: &ScoringPolicy, now: Instant) -> Self {
         let stale_after = Duration::from_millis(p.stale_after_ms);
-        let stale = match i.last_ok {
+        let mut stale = match i.last_ok {
             Some(t) if now.saturating_duration_since(t) <= stale_after => None,
             Some(t) => Some(format!(
                 "stale telemetry (last good scrape {:.1}s ago) counts as saturated",
@@ -102,10 +120,12 @@ impl Row {
             .as_ref()
             .map(|s| components(s, p))
             .unwrap_or_default();
-        let load = if stale.is_some() {
-            1.0
-        } else {
-            weighted_load(&comps).unwrap_or(0.0)
+        let unknown = stale.is_none() && unknown_why(i, &comps, &mut stale);
+        // Stale and unknown both leave `stale` set, and load at 1; what is
+        // left without components has no endpoints, and weights on its hint.
+        let load = match stale {
+            Some(_) => 1.0,
+            None => weighted_load(&comps).unwrap_or(0.0),
         };
         let tput = i
             .signals
@@ -117,6 +137,7 @@ impl Row {
             comps,
             load,
             stale,
+            unknown,
             tput,
             capacity: 0.0,
             eligible: i.down.is_none() && i.has_model != Some(false) && i.hint > 0.0,

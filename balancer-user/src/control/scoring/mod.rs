@@ -12,7 +12,9 @@
 //!    CPU, host memory, network `bytes/s / net_capacity`, and latency
 //!    `min(1, ttft_p95 / latency_target)` (Triton: mean queue time). Missing
 //!    components are left out, not counted as idle. **Stale telemetry** (no
-//!    successful scrape for `stale_after`) counts as `L = 1`: saturated.
+//!    successful scrape for `stale_after`) counts as `L = 1`: saturated, and
+//!    so does **unknown telemetry**: a scrape that succeeded but yielded no
+//!    load component (empty `/metrics`, wrong `kind`, renamed metrics).
 //! 2. **Capacity** `C` is the capacity hint (the backend's configured weight)
 //!    refined by observed throughput: a backend that generates more tokens per
 //!    unit of load than the pool's median gets up to 2x its hint, less down to
@@ -71,6 +73,10 @@ pub struct Input {
     pub down: Option<String>,
     /// Whether it serves the VIP's model (`None`: unknown, assumed yes).
     pub has_model: Option<bool>,
+    /// Set when its last scrape succeeded but held no metric its kind is
+    /// known by (empty `/metrics`, wrong `kind`, renamed metrics), e.g.
+    /// `no recognised signal (kind vllm)`: it counts as saturated, not idle.
+    pub unknown: Option<String>,
 }
 
 /// One load component in an explanation.
@@ -107,6 +113,9 @@ pub struct Decision {
     pub smoothed: f64,
     /// Why, in words.
     pub why: String,
+    /// Its telemetry held no recognised signal, so it counts as saturated.
+    #[serde(default)]
+    pub unknown: bool,
 }
 
 /// Per-pool scorer state across intervals.
@@ -175,6 +184,7 @@ impl Scorer {
             target,
             smoothed: m.smoothed,
             why,
+            unknown: row.unknown,
         }
     }
 }

@@ -20,6 +20,7 @@ fn input(addr: u8, queue: f64, kv: f64) -> Input {
         last_ok: Some(Instant::now()),
         down: None,
         has_model: None,
+        unknown: None,
     }
 }
 
@@ -153,4 +154,56 @@ fn model_locality_and_capacity_hints() {
     let w = run(&mut s, &p, &[a, b, c], 15);
     assert_eq!(w[2], 0);
     assert!((w[0] as f64 / w[1] as f64 - 3.0).abs() < 0.2, "{w:?}");
+}
+
+/// A backend whose scrape succeeded but held no recognised signal (empty
+/// `/metrics`, wrong kind) is not idle: it never out-weighs a healthy one,
+/// nor its hint's share, and its why says so by name.
+#[test]
+fn no_recognised_signal_counts_as_saturated() {
+    let p = no_ramp();
+    // Scraped by the autoweighter: no recognised metric of its kind.
+    let mut a = input(1, 0.0, 0.0);
+    a.signals = Some(Signals::default());
+    a.unknown = Some("no recognised signal (kind vllm)".into());
+    a.hint = 3.0;
+    // Signals, but none the formula uses (the scorer finds out itself).
+    let mut c = input(3, 0.0, 0.0);
+    c.signals = Some(Signals::default());
+    let b = input(2, 0.5, 0.1);
+    let mut s = Scorer::default();
+    let inputs = [a.clone(), b.clone(), c.clone()];
+    run(&mut s, &p, &inputs, 10);
+    let (d, _) = s.score(&p, &inputs, Instant::now());
+    let total: u32 = d.iter().map(|d| d.weight).sum();
+    let share = |w: u32| w as f64 / total.max(1) as f64;
+    assert!(d[0].weight <= d[1].weight, "{d:?}");
+    assert!(d[2].weight <= d[1].weight, "{d:?}");
+    assert!(share(d[0].weight) <= 3.0 / 5.0 + 1e-9, "{d:?}");
+    assert!(share(d[2].weight) <= 1.0 / 5.0 + 1e-9, "{d:?}");
+    assert_eq!(d[0].load, 1.0);
+    assert!(d[0].unknown && d[2].unknown && !d[1].unknown);
+    assert!(
+        d[0].why
+            .contains("no recognised signal (kind vllm): treated as saturated"),
+        "{}",
+        d[0].why
+    );
+    assert!(d[2].why.contains("treated as saturated"), "{}", d[2].why);
+    // Alone in its pool with another unknown one, it keeps its hint's share.
+    let mut s = Scorer::default();
+    let w = run(&mut s, &p, &[a, c], 10);
+    assert!((w[0] as f64 / w[1] as f64 - 3.0).abs() < 0.2, "{w:?}");
+}
+
+/// A backend without endpoints has nothing to recognise: it weighs on its
+/// hint as before, not as unknown.
+#[test]
+fn no_endpoints_is_not_unknown() {
+    let p = no_ramp();
+    let mut a = input(1, 0.0, 0.0);
+    a.signals = None;
+    let mut s = Scorer::default();
+    let (d, _) = s.score(&p, &[a], Instant::now());
+    assert!(!d[0].unknown && d[0].load == 0.0, "{d:?}");
 }

@@ -65,6 +65,30 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// Whether it holds any load metric (models alone do not count): a
+    /// scrape without one read an empty `/metrics`, a server of another
+    /// kind, or metrics renamed since.
+    pub fn has_signal(&self) -> bool {
+        let gauges = [
+            self.queue_waiting,
+            self.requests_running,
+            self.kv_cache,
+            self.gpu_util,
+            self.gpu_mem_used,
+            self.gpu_mem_free,
+            self.gpu_power_w,
+            self.mem_available,
+            self.mem_total,
+            self.cpu_idle_s,
+            self.cpu_total_s,
+            self.net_bytes,
+            self.gen_tokens,
+            self.queue_time_us,
+            self.requests_done,
+        ];
+        gauges.iter().any(Option::is_some) || !self.ttft.is_empty()
+    }
+
     /// Merges another endpoint's reading of the same backend (first wins per
     /// field, so list the inference server before host exporters).
     pub fn merge(&mut self, o: Reading) {

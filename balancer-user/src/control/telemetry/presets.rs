@@ -35,6 +35,20 @@ pub enum ServerKind {
     Node,
 }
 
+impl ServerKind {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vllm => "vllm",
+            Self::Sglang => "sglang",
+            Self::Tgi => "tgi",
+            Self::Triton => "triton",
+            Self::Dcgm => "dcgm",
+            Self::Node => "node",
+        }
+    }
+}
+
 impl FromStr for ServerKind {
     type Err = String;
 
