@@ -10,9 +10,13 @@
 //! | `dcgm` | GPU: `DCGM_FI_DEV_GPU_UTIL` (percent), `DCGM_FI_DEV_FB_USED` / `DCGM_FI_DEV_FB_FREE` (MiB), `DCGM_FI_DEV_POWER_USAGE` (W) |
 //! | `node` | CPU: `node_cpu_seconds_total` (idle vs all modes); memory: `node_memory_MemAvailable_bytes` / `node_memory_MemTotal_bytes`; network: `node_network_receive_bytes_total` + `node_network_transmit_bytes_total` (not `lo`) |
 
-use std::{collections::BTreeSet, str::FromStr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::Reading;
 use crate::control::prom::Exposition;
@@ -87,10 +91,27 @@ fn sum(e: &Exposition, name: &str) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum())
 }
 
-/// Buckets of a histogram summed over its series (e.g. several models).
+/// Most buckets of one histogram: beyond, the histogram is refused (left
+/// out of the reading, with a warning), so a hostile body costs O(n log n)
+/// and bounded memory.
+pub const MAX_BUCKETS: usize = 1000;
+
+/// A key ordering every non-NaN `f64` totally, with `-0.0` as `0.0`.
+fn le_key(le: f64) -> Option<u64> {
+    if le.is_nan() {
+        return None;
+    }
+    let b = (le + 0.0).to_bits();
+    // Flip so that unsigned order is numeric order (as `total_cmp`).
+    Some(if b >> 63 == 1 { !b } else { b | 1 << 63 })
+}
+
+/// Buckets of a histogram summed over its series (e.g. several models),
+/// sorted by bound. `le="NaN"` and unparsable bounds are skipped; more than
+/// [`MAX_BUCKETS`] distinct bounds refuse the histogram (empty).
 fn buckets(e: &Exposition, base: &str) -> Vec<(f64, f64)> {
     let name = format!("{base}_bucket");
-    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut out: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for s in e.series(&name) {
         let Some(le) = s.label("le").and_then(|l| match l {
             "+Inf" => Some(f64::INFINITY),
@@ -98,13 +119,16 @@ fn buckets(e: &Exposition, base: &str) -> Vec<(f64, f64)> {
         }) else {
             continue;
         };
-        match out.iter_mut().find(|(b, _)| *b == le) {
-            Some(b) => b.1 += s.value,
-            None => out.push((le, s.value)),
+        let Some(key) = le_key(le) else {
+            continue;
+        };
+        if out.len() >= MAX_BUCKETS && !out.contains_key(&key) {
+            warn!(metric = %name, "histogram has more than {MAX_BUCKETS} buckets: ignored");
+            return Vec::new();
         }
+        out.entry(key).or_insert((le + 0.0, 0.0)).1 += s.value;
     }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
+    out.into_values().collect()
 }
 
 fn label_values(e: &Exposition, metric_prefix: &str, label: &str) -> BTreeSet<String> {
@@ -232,4 +256,60 @@ fn node(e: &Exposition, r: &mut Reading) {
             || s.name == "node_network_transmit_bytes_total"
     });
     r.net_bytes = has_net.then_some(net);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fmt::Write, time::Instant};
+
+    use super::*;
+    use crate::control::prom;
+
+    /// 80k bucket samples, distinct bounds and some `le="NaN"`: parsed and
+    /// merged in bounded work (the old linear search per bucket was
+    /// quadratic, and kept all 80k), the histogram refused past the cap.
+    #[test]
+    fn huge_histogram_is_capped_and_fast() {
+        let base = "vllm:time_to_first_token_seconds";
+        let mut body = String::new();
+        for i in 0..80_000u32 {
+            let le = if i % 100 == 7 {
+                "NaN".to_string()
+            } else {
+                format!("{}", f64::from(i) / 1000.0)
+            };
+            let _ = writeln!(body, "{base}_bucket{{le=\"{le}\"}} {i}");
+        }
+        let t = Instant::now();
+        let e = prom::parse(&body, &prom::Limits::default()).unwrap();
+        let r = extract(ServerKind::Vllm, &e);
+        let took = t.elapsed();
+        println!("parse + merge of 80k buckets: {took:?}");
+        assert!(r.ttft.is_empty(), "refused past the cap: {}", r.ttft.len());
+        assert!(took.as_secs() < 20, "{took:?}");
+    }
+
+    /// Under the cap: NaN bounds skipped, -0 and 0 one bucket, series of
+    /// several models summed per bound, sorted.
+    #[test]
+    fn buckets_merge_in_order_without_nan() {
+        let base = "vllm:time_to_first_token_seconds";
+        let body = format!(
+            "{base}_bucket{{model_name=\"a\",le=\"+Inf\"}} 5\n\
+             {base}_bucket{{model_name=\"a\",le=\"0.5\"}} 2\n\
+             {base}_bucket{{model_name=\"b\",le=\"0.5\"}} 1\n\
+             {base}_bucket{{model_name=\"b\",le=\"NaN\"}} 9\n\
+             {base}_bucket{{model_name=\"a\",le=\"-0\"}} 1\n\
+             {base}_bucket{{model_name=\"b\",le=\"0\"}} 1\n\
+             {base}_bucket{{model_name=\"b\",le=\"+Inf\"}} 4\n"
+        );
+        let e = prom::parse(&body, &prom::Limits::default()).unwrap();
+        let r = extract(ServerKind::Vllm, &e);
+        assert_eq!(r.ttft, vec![(0.0, 2.0), (0.5, 3.0), (f64::INFINITY, 9.0)]);
+        let n = (0..MAX_BUCKETS)
+            .map(|i| format!("{base}_bucket{{le=\"{i}\"}} 1\n"))
+            .collect::<String>();
+        let e = prom::parse(&n, &prom::Limits::default()).unwrap();
+        assert_eq!(extract(ServerKind::Vllm, &e).ttft.len(), MAX_BUCKETS);
+    }
 }
