@@ -42,3 +42,6 @@ pub mod api;
 pub mod daemon;
 
 pub mod agent;
+
+#[cfg(test)]
+mod testutil;

@@ -71,7 +71,8 @@ counters! {
     Bypasses => bypasses,
     /// Requests refused with 413.
     TooLarge => too_large,
-    /// Responses not cached: non-2xx, `no-store`, or over the object size.
+    /// Responses not cached: non-2xx, `no-store`, private, with a cookie,
+    /// encoded, a stream of events, or over the object size.
     Uncacheable => uncacheable,
     /// Backends that failed or timed out (502/503/504 to the client).
     BackendErrors => backend_errors,

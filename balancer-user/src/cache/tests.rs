@@ -21,13 +21,13 @@ async fn versions_and_invalidation_without_l2() {
     let c = Cache::new(s).unwrap();
     assert_eq!(c.version("m"), "v1");
     assert_eq!(c.version("other"), "");
-    let k1 = key::key("r", "/", "m", &c.version("m"), b"1");
+    let k1 = key::key("r", "/", "m", &c.version("m"), b"", b"1");
     c.fill(k1, entry("m", c.version("m")));
     assert!(c.lookup("m", &k1).await.is_some());
     let r = c.bump_version("m").await.unwrap();
     assert!(r.version.starts_with("v1+"), "{}", r.version);
     assert_eq!(r.l1_removed, 1, "old-version entries purged");
-    let k2 = key::key("r", "/", "m", &c.version("m"), b"1");
+    let k2 = key::key("r", "/", "m", &c.version("m"), b"", b"1");
     assert_ne!(k1, k2);
     c.fill(k2, entry("m", c.version("m")));
     let r = c

@@ -2,10 +2,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use hyper::header::{self, HeaderName};
 use toml::Spanned;
 
 use crate::{
-    cache::{Settings, l2::RedisSettings, proxy::RouteConfig},
+    cache::{Settings, key::KeyScope, l2::RedisSettings, proxy::RouteConfig},
     lb::VipId,
 };
 
@@ -174,6 +175,7 @@ fn route(
         max_request,
         1 << 40,
     )?;
+    let (scope, credential_headers) = scope(r, cx, &field)?;
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -191,9 +193,59 @@ fn route(
             body_timeout: Duration::from_millis(body_timeout),
             max_connections: max_connections as usize,
             body_budget_bytes: body_budget,
+            scope,
+            credential_headers,
         },
         pool,
     })
+}
+
+/// `key_scope` (default `shared`) and `credential_headers` (default
+/// `authorization` and `x-api-key`).
+fn scope(
+    r: &RawCacheRoute,
+    cx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(KeyScope, Vec<HeaderName>), ConfigError> {
+    let scope = match &r.key_scope {
+        None => KeyScope::default(),
+        Some(w) => match KeyScope::parse(w.get_ref()) {
+            Some(s) => s,
+            None => {
+                let words: Vec<_> = KeyScope::ALL.iter().map(|(l, _)| *l).collect();
+                return cx.err(
+                    w.span(),
+                    field("key_scope"),
+                    format!("{:?}: use one of {}", w.get_ref(), words.join(", ")),
+                );
+            }
+        },
+    };
+    let Some(names) = &r.credential_headers else {
+        let default = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+        return Ok((scope, default.into()));
+    };
+    let mut headers = Vec::new();
+    for n in names.get_ref() {
+        match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) if !headers.contains(&h) => headers.push(h),
+            _ => {
+                return cx.err(
+                    names.span(),
+                    field("credential_headers"),
+                    format!("{n:?}: give distinct header names such as \"authorization\""),
+                );
+            }
+        }
+    }
+    if headers.is_empty() && scope != KeyScope::Shared {
+        return cx.err(
+            names.span(),
+            field("credential_headers"),
+            "list at least one header: this key_scope reads credentials",
+        );
+    }
+    Ok((scope, headers))
 }
 
 /// Where a route's misses go: exactly one of `backends = [..]` and

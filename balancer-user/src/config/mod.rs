@@ -52,6 +52,8 @@
 //! exclude_fields = ["user"]          # not part of the key
 //! # deterministic = true             # cache generic paths without opt-in
 //! # timeout_ms = 60000
+//! # key_scope = "shared"             # or "per-credential", "require-auth"
+//! # credential_headers = ["authorization", "x-api-key"]
 //! ```
 //!
 //! Without `daemon.iface` the daemon runs no data plane: a cache-only
@@ -156,6 +158,8 @@ struct RawCacheRoute {
     body_timeout_ms: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     body_budget_bytes: Option<Spanned<u64>>,
+    key_scope: Option<Spanned<String>>,
+    credential_headers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -22,7 +22,12 @@ use super::{
     forward::clone_parts,
     response::{Body, X_CACHE, X_CACHE_KEY, copy_headers, full, json_error, set},
 };
-use crate::cache::{Counter, key::Key, now_ms, store::Entry};
+use crate::cache::{
+    Counter,
+    key::{Key, KeyScope},
+    now_ms,
+    store::Entry,
+};
 
 /// What a finished fetch hands to everyone waiting on it.
 pub(super) enum Outcome {
@@ -41,6 +46,28 @@ pub(super) enum Outcome {
     },
     /// The backend could not be reached (status and message for the client).
     Failed(StatusCode, String),
+}
+
+impl Outcome {
+    /// Whether the answer belongs to the client that started the fetch and
+    /// must not be shared with the others: it sets a cookie, or it is about
+    /// that client's credentials or quota (401, 403, 407, 429).
+    fn personal(&self) -> bool {
+        match self {
+            Self::Done {
+                status, headers, ..
+            }
+            | Self::Stream {
+                status, headers, ..
+            } => personal(*status, headers),
+            Self::Failed(..) => false,
+        }
+    }
+}
+
+/// See [`Outcome::personal`].
+fn personal(status: StatusCode, headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SET_COOKIE) || matches!(status.as_u16(), 401 | 403 | 407 | 429)
 }
 
 /// Where the requests waiting on a fetch get its outcome.
@@ -92,6 +119,12 @@ impl Route {
             Err(_) => None,
         };
         match outcome {
+            Some(outcome) if !leader && outcome.personal() => {
+                // Another client's cookie or refusal is not ours: ask alone.
+                let mut r = self.forward_streaming(&parts, body, Some(k)).await;
+                set(r.headers_mut(), X_CACHE, "MISS");
+                r
+            }
             Some(outcome) => self.relay(&outcome, parts, body, k).await,
             None => json_error(
                 StatusCode::BAD_GATEWAY,
@@ -110,7 +143,13 @@ impl Route {
         let (tx, rx) = watch::channel(None);
         flights.insert(m.key, rx.clone());
         let route = self.clone();
-        let parts = clone_parts(parts);
+        let mut parts = clone_parts(parts);
+        // An entry is replayed to clients whatever they accept: ask for the
+        // body as it is (`store` refuses an encoded one).
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            header::HeaderValue::from_static("identity"),
+        );
         let body = body.clone();
         tokio::spawn(async move {
             // However the fetch ends, the flight ends with it: a stale entry
@@ -242,15 +281,10 @@ impl Route {
         }
     }
 
-    /// Fills the cache with a 2xx answer the backend did not mark
-    /// `no-store`; counts anything else as uncacheable.
+    /// Fills the cache with a 2xx answer that anyone may be given; counts
+    /// anything else as uncacheable.
     fn store(&self, p: &response::Parts, body: &Bytes, cost_s: f64, m: Miss) {
-        let no_store = p
-            .headers
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("no-store"));
-        if !p.status.is_success() || no_store {
+        if !self.storable(p) {
             self.cache.counters.bump(Counter::Uncacheable);
             return;
         }
@@ -274,5 +308,32 @@ impl Route {
                 prompt: m.prompt,
             }),
         );
+    }
+
+    /// Whether an answer may be stored and replayed: a 2xx, not `no-store`
+    /// (nor `private`, unless entries are per credential), no cookie, an
+    /// unencoded body (the entry keeps no `Content-Encoding`, and a client
+    /// may not accept it), and not a stream of events.
+    fn storable(&self, p: &response::Parts) -> bool {
+        let h = &p.headers;
+        let text = |n: header::HeaderName| {
+            h.get_all(n)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",")
+                .to_ascii_lowercase()
+        };
+        let cc = text(header::CACHE_CONTROL);
+        let private = cc.contains("private") && self.cfg.scope != KeyScope::PerCredential;
+        let encoded = text(header::CONTENT_ENCODING)
+            .split(',')
+            .any(|e| !matches!(e.trim(), "" | "identity"));
+        p.status.is_success()
+            && !cc.contains("no-store")
+            && !private
+            && !personal(p.status, h)
+            && !encoded
+            && !text(header::CONTENT_TYPE).starts_with("text/event-stream")
     }
 }

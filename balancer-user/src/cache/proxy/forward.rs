@@ -100,9 +100,10 @@ impl Route {
         body: Bytes,
         k: Option<Key>,
     ) -> Response<Body> {
-        let hash = k
-            .map(|k| k.short())
-            .unwrap_or_else(|| key::key(&self.cfg.name, parts.uri.path(), "", "", &body).short());
+        let hash = k.map(|k| k.short()).unwrap_or_else(|| {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            key::key(&self.cfg.name, target, "", "", b"", &body).short()
+        });
         match self.send(parts, body, hash, false).await {
             Ok((resp, guard)) => {
                 let (p, b) = resp.into_parts();

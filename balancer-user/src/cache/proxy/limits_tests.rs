@@ -8,37 +8,17 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::*;
-use crate::cache::Settings;
-
-/// Generous: the suites run under a slow emulated CPU.
-const MARGIN: Duration = Duration::from_secs(30);
+use super::{testkit, *};
+use crate::testutil::margin;
 
 const CHAT: &str = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// A route in front of `backend`, with the test's changes to its config.
 async fn route(backend: SocketAddr, tune: impl FnOnce(&mut RouteConfig)) -> SocketAddr {
-    let mut cfg = RouteConfig {
-        name: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ttl: Duration::from_secs(60),
-        max_object_bytes: 1 << 20,
-        max_request_bytes: 256,
-        exclude_fields: vec![],
-        deterministic: false,
-        timeout: Duration::from_secs(5),
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(30),
-        max_connections: 1024,
-        body_budget_bytes: 64 * 256,
-    };
+    let mut cfg = testkit::config();
+    cfg.exclude_fields = vec![];
     tune(&mut cfg);
-    let l = bind(&cfg).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let cache = Cache::new(Settings::default()).unwrap();
-    let pool: PoolSource = Arc::new(move || vec![(backend, 1)]);
-    tokio::spawn(Route::new(cfg, cache, pool).serve(l));
-    addr
+    testkit::serve(cfg, vec![(backend, 1)]).await.0
 }
 
 /// A backend that reads a request, sends a head promising `len` bytes, then
@@ -110,7 +90,7 @@ async fn a_stalled_request_body_gets_408_after_the_body_deadline() {
     let r = route(quick().await, |c| c.body_timeout = Duration::from_secs(1)).await;
     let mut s = stalled_body(r, 200).await;
     let mut out = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(1) + MARGIN, s.read(&mut out))
+    let n = tokio::time::timeout(Duration::from_secs(1) + margin(), s.read(&mut out))
         .await
         .expect("a stalled request body was never answered")
         .unwrap();
@@ -141,7 +121,7 @@ async fn past_the_body_budget_a_request_gets_503() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    assert!(tokio::time::timeout(MARGIN, served).await.is_ok());
+    assert!(tokio::time::timeout(margin(), served).await.is_ok());
 }
 
 #[tokio::test]
@@ -151,7 +131,7 @@ async fn a_trickling_backend_gets_every_waiter_a_504() {
     let b = trickler(100, Duration::from_secs(1)).await;
     let r = route(b, |c| c.timeout = Duration::from_secs(3)).await;
     let both = futures_util::future::join(post(r, CHAT), post(r, CHAT));
-    let (a, b) = tokio::time::timeout(Duration::from_secs(3) + MARGIN, both)
+    let (a, b) = tokio::time::timeout(Duration::from_secs(3) + margin(), both)
         .await
         .expect("a trickling backend held the requests past the route's timeout");
     assert_eq!(a.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -166,25 +146,7 @@ async fn a_miss_for_a_dead_backend_goes_to_the_next_choice() {
         l.local_addr().unwrap()
     };
     let live = quick().await;
-    let cfg = RouteConfig {
-        name: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ttl: Duration::from_secs(60),
-        max_object_bytes: 1 << 20,
-        max_request_bytes: 256,
-        exclude_fields: vec![],
-        deterministic: false,
-        timeout: Duration::from_secs(5),
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(30),
-        max_connections: 1024,
-        body_budget_bytes: 64 * 256,
-    };
-    let l = bind(&cfg).await.unwrap();
-    let r = l.local_addr().unwrap();
-    let pool: PoolSource = Arc::new(move || vec![(dead, 1), (live, 1)]);
-    let cache = Cache::new(Settings::default()).unwrap();
-    tokio::spawn(Route::new(cfg, cache, pool).serve(l));
+    let (r, _) = testkit::serve(testkit::config(), vec![(dead, 1), (live, 1)]).await;
     // Twenty keys: about half of them prefer the dead backend.
     for i in 0..20 {
         let body = CHAT.replace("hi", &format!("hi {i}"));

@@ -48,7 +48,7 @@ use self::{
 };
 use super::{
     Cache, CacheError, Counter,
-    key::{self, Key, OptIn},
+    key::{self, Key, KeyScope, OptIn},
     pick::Member,
 };
 
@@ -86,6 +86,11 @@ pub struct RouteConfig {
     /// `Retry-After` past it). A body of unknown length reserves
     /// `max_request_bytes`.
     pub body_budget_bytes: u64,
+    /// Who shares entries.
+    pub scope: KeyScope,
+    /// The headers that carry a client's credentials, for `scope`
+    /// (default `authorization` and `x-api-key`).
+    pub credential_headers: Vec<header::HeaderName>,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -268,10 +273,13 @@ impl Route {
     }
 
     /// Whether the request is cacheable, and if so its key (made with the
-    /// model's current version).
+    /// model's current version and the route's key scope).
     fn classify(&self, parts: &Parts, body: &Bytes) -> Result<Miss, key::Bypass> {
         if parts.method != Method::POST {
             return Err(key::Bypass::Method);
+        }
+        if accepts_only_events(&parts.headers) {
+            return Err(key::Bypass::Streaming);
         }
         let path = parts.uri.path();
         let opt = OptIn::parse(
@@ -280,6 +288,12 @@ impl Route {
                 .get(X_BALANCER_CACHE)
                 .and_then(|v| v.to_str().ok()),
         );
+        let credential = self.cfg.scope.credential(
+            self.cfg
+                .credential_headers
+                .iter()
+                .filter_map(|h| Some((h.as_str(), parts.headers.get(h)?.as_bytes()))),
+        )?;
         let c = key::classify(
             path,
             body,
@@ -288,8 +302,18 @@ impl Route {
             self.cfg.deterministic,
         )?;
         let version = self.cache.version(&c.model);
+        // The backend is sent the query string too: `?top_n=3` and
+        // `?top_n=50` are different answers.
+        let target = parts.uri.path_and_query().map_or(path, |p| p.as_str());
         Ok(Miss {
-            key: key::key(&self.cfg.name, path, &c.model, &version, &c.canonical),
+            key: key::key(
+                &self.cfg.name,
+                target,
+                &c.model,
+                &version,
+                &credential,
+                &c.canonical,
+            ),
             model: c.model,
             prompt: c.prompt,
             version,
@@ -297,8 +321,22 @@ impl Route {
     }
 }
 
+/// Whether the client asks for server-sent events and nothing else (a
+/// backend may stream on `Accept` alone).
+fn accepts_only_events(h: &hyper::HeaderMap) -> bool {
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod limits_tests;
+
+#[cfg(test)]
+mod testkit;
+
+#[cfg(test)]
+mod key_tests;

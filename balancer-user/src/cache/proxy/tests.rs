@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http_body_util::BodyExt;
 
-use super::*;
-use crate::cache::{CacheStats, Settings};
+use super::{testkit, *};
+use crate::cache::CacheStats;
 
 /// A backend that answers `{"n": <requests so far>}`, with the status the
 /// request's path asks for (`/status/500/...`), and counts what it is sent.
@@ -34,26 +34,7 @@ async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
 }
 
 async fn route(backend: SocketAddr) -> (SocketAddr, Arc<Cache>) {
-    let cfg = RouteConfig {
-        name: "r".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ttl: Duration::from_secs(60),
-        max_object_bytes: 1 << 20,
-        max_request_bytes: 256,
-        exclude_fields: vec!["user".into()],
-        deterministic: false,
-        timeout: Duration::from_secs(5),
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(30),
-        max_connections: 1024,
-        body_budget_bytes: 64 * 256,
-    };
-    let l = bind(&cfg).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let cache = Cache::new(Settings::default()).unwrap();
-    let pool: PoolSource = Arc::new(move || vec![(backend, 1)]);
-    tokio::spawn(Route::new(cfg, cache.clone(), pool).serve(l));
-    (addr, cache)
+    testkit::serve(testkit::config(), vec![(backend, 1)]).await
 }
 
 /// Status, `x-cache` and body of one POST.

@@ -1,4 +1,4 @@
-//! A route's limits on slow clients: defaults and checks.
+//! A route's limits on slow clients and its key scope: defaults and checks.
 
 use std::{path::Path, time::Duration};
 
@@ -46,8 +46,37 @@ fn client_limits_are_checked() {
             "max_request_bytes = 100\nbody_budget_bytes = 99\n",
             "body_budget_bytes",
         ),
+        ("key_scope = \"per-user\"\n", "key_scope"),
+        (
+            "credential_headers = [\"bad header\"]\n",
+            "credential_headers",
+        ),
+        (
+            "credential_headers = [\"a\", \"A\"]\n",
+            "credential_headers",
+        ),
+        (
+            "key_scope = \"require-auth\"\ncredential_headers = []\n",
+            "credential_headers",
+        ),
     ] {
         let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
         assert_eq!(e.field, format!("cache_route[0].{field}"), "{e}");
     }
+}
+
+#[test]
+fn key_scope_defaults_and_parses() {
+    use crate::cache::key::KeyScope;
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    let r = &c.cache_routes[0].route;
+    assert_eq!(r.scope, KeyScope::Shared);
+    let names: Vec<_> = r.credential_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(names, ["authorization", "x-api-key"]);
+    let src =
+        format!("{ROUTE}key_scope = \"per-credential\"\ncredential_headers = [\"X-Tenant-Key\"]\n");
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    let r = &c.cache_routes[0].route;
+    assert_eq!(r.scope, KeyScope::PerCredential);
+    assert_eq!(r.credential_headers[0].as_str(), "x-tenant-key");
 }

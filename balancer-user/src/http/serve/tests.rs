@@ -1,6 +1,7 @@
 //! The accept loop: serving, the header deadline and the connection cap.
 
 use super::*;
+use crate::testutil::margin;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
@@ -11,9 +12,6 @@ use tokio::{
 
 /// What a stalled client sends before it goes quiet (the reproducer).
 const STALLED_HEAD: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n";
-
-/// Generous: the suites run under a slow emulated CPU.
-const MARGIN: Duration = Duration::from_secs(30);
 
 /// A listener answering each request with its path, with `settings`.
 async fn start(settings: Settings) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -86,7 +84,7 @@ async fn stalled_clients_are_closed_after_the_header_deadline() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let all = futures_util::future::join_all(socks.iter_mut().map(until_closed));
     assert!(
-        tokio::time::timeout(Duration::from_secs(1) + MARGIN, all)
+        tokio::time::timeout(Duration::from_secs(1) + margin(), all)
             .await
             .is_ok(),
         "{n} stalled connections were not all closed past the header deadline"
@@ -107,7 +105,7 @@ async fn an_idle_kept_alive_connection_is_closed() {
     let n = s.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     assert!(
-        tokio::time::timeout(Duration::from_secs(1) + MARGIN, until_closed(&mut s))
+        tokio::time::timeout(Duration::from_secs(1) + margin(), until_closed(&mut s))
             .await
             .is_ok(),
         "an idle kept-alive connection stayed open"
@@ -125,14 +123,14 @@ async fn past_the_cap_a_connection_gets_a_canned_503() {
     // Accepted after the two (the accept queue is FIFO), so past the cap.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(MARGIN, s.read_to_end(&mut out))
+    tokio::time::timeout(margin(), s.read_to_end(&mut out))
         .await
         .expect("the connection past the cap got no answer")
         .unwrap();
     assert_eq!(out, OVERLOADED);
     // Once the stalled ones are gone, their slots serve again.
     for s in &mut socks {
-        tokio::time::timeout(Duration::from_secs(1) + MARGIN, until_closed(s))
+        tokio::time::timeout(Duration::from_secs(1) + margin(), until_closed(s))
             .await
             .unwrap();
     }

@@ -1,11 +1,17 @@
 //! What a request's cache key is, and whether a request may be cached at all.
 //!
-//! The key is a BLAKE3 digest of (route, path, model, model version,
-//! canonical body). Canonical means: objects with sorted keys, no
-//! whitespace, integral floats written as integers (`0.0` and `0` are the
-//! same temperature), and the route's excluded top-level fields (such as
-//! `user`) removed. Two requests that mean the same thing get the same key;
-//! anything that changes the result changes it.
+//! The key is a BLAKE3 digest of (route, path and query, model, model
+//! version, credential, canonical body). Canonical means: objects with sorted
+//! keys, no whitespace, integral floats written as integers (`0.0` and `0`
+//! are the same temperature), and the route's excluded top-level fields
+//! (such as `user`) removed. Two requests that mean the same thing get the
+//! same key; anything the backend sees that changes the result changes it.
+//! The credential part follows the route's [`KeyScope`].
+//!
+//! `sampling.rs` reads streaming and sampling settings the way the inference
+//! servers do.
+
+mod sampling;
 
 use std::fmt;
 
@@ -58,10 +64,13 @@ pub enum Bypass {
     Method,
     /// The body is not a JSON object.
     NotJson,
-    /// `stream: true`: server-sent events pass through.
+    /// A truthy `stream` (or a streaming path or `Accept`): server-sent
+    /// events pass through.
     Streaming,
     /// Sampling makes the result random (temperature not 0, or `n > 1`).
     Sampling,
+    /// A `require-auth` route, and the request carries no credential.
+    NoCredentials,
     /// A generic route, and the client did not opt in.
     NotOptedIn,
     /// The client asked not to use the cache.
@@ -76,6 +85,7 @@ impl Bypass {
             Self::NotJson => "not-json",
             Self::Streaming => "streaming",
             Self::Sampling => "sampling",
+            Self::NoCredentials => "no-credentials",
             Self::NotOptedIn => "not-opted-in",
             Self::OptedOut => "opted-out",
         }
@@ -105,6 +115,71 @@ impl OptIn {
     }
 }
 
+/// Who may share a route's entries (`key_scope` of a cache route).
+///
+/// `Shared` opens a side channel: a fast answer tells a client that someone
+/// else asked the same thing within the TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyScope {
+    /// Every client shares entries, whatever its credentials.
+    #[default]
+    Shared,
+    /// The credential headers' values are part of the key: only clients
+    /// with the same credentials share an entry (requests without any share
+    /// the anonymous entries).
+    PerCredential,
+    /// Like `Shared`, but a request without credentials is never answered
+    /// from the cache, nor stored.
+    RequireAuth,
+}
+
+impl KeyScope {
+    /// Every scope, with its configuration word.
+    pub const ALL: [(&'static str, Self); 3] = [
+        ("shared", Self::Shared),
+        ("per-credential", Self::PerCredential),
+        ("require-auth", Self::RequireAuth),
+    ];
+
+    /// The configuration word.
+    pub fn label(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("shared", |(l, _)| l)
+    }
+
+    /// The scope a configuration word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(l, _)| *l == word).map(|(_, s)| *s)
+    }
+
+    /// The credential part of a key, from the request's credential headers
+    /// (name and value of each one present, in the route's order): empty
+    /// unless per-credential; `Err` on a `require-auth` route when there is
+    /// none.
+    pub fn credential<'a>(
+        self,
+        present: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Vec<u8>, Bypass> {
+        let mut out = Vec::new();
+        let mut any = false;
+        for (name, value) in present {
+            any = true;
+            if self == Self::PerCredential {
+                for part in [name.as_bytes(), value] {
+                    out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                    out.extend_from_slice(part);
+                }
+            }
+        }
+        if self == Self::RequireAuth && !any {
+            return Err(Bypass::NoCredentials);
+        }
+        Ok(out)
+    }
+}
+
 /// A request the cache may serve.
 #[derive(Debug, Clone)]
 pub struct Cacheable {
@@ -116,9 +191,10 @@ pub struct Cacheable {
     pub prompt: String,
 }
 
-/// Decides cacheability and canonicalises. `path` is the request path;
-/// OpenAI paths follow their own determinism rules, anything else needs an
-/// opt-in.
+/// Decides cacheability and canonicalises. `path` is the request path:
+/// generation paths (OpenAI, Anthropic, TGI, SGLang) follow their sampling
+/// rules even on deterministic routes, embeddings are always deterministic,
+/// anything else needs an opt-in.
 pub fn classify(
     path: &str,
     body: &[u8],
@@ -132,18 +208,13 @@ pub fn classify(
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
         return Err(Bypass::NotJson);
     };
-    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
+    if sampling::streams(path, &obj) {
         return Err(Bypass::Streaming);
     }
     let embeddings = path.ends_with("/embeddings");
-    let generation = path.ends_with("/completions");
     if opt != OptIn::Force {
-        if generation {
-            let temp = obj.get("temperature").and_then(Value::as_f64);
-            let n = obj.get("n").and_then(Value::as_f64).unwrap_or(1.0);
-            let best_of = obj.get("best_of").and_then(Value::as_f64).unwrap_or(1.0);
-            // The OpenAI default temperature is 1: absent means sampled.
-            if temp != Some(0.0) || n > 1.0 || best_of > 1.0 {
+        if sampling::is_generation(path) {
+            if sampling::sampled(&obj) {
                 return Err(Bypass::Sampling);
             }
         } else if !embeddings && !generic_deterministic {
@@ -167,15 +238,24 @@ pub fn classify(
     })
 }
 
-/// The key of a cacheable request.
-pub fn key(route: &str, path: &str, model: &str, version: &str, canonical: &[u8]) -> Key {
+/// The key of a cacheable request. `target` is the path and query string
+/// the backend is sent; `credential` comes from [`KeyScope::credential`].
+pub fn key(
+    route: &str,
+    target: &str,
+    model: &str,
+    version: &str,
+    credential: &[u8],
+    canonical: &[u8],
+) -> Key {
     let mut h = blake3::Hasher::new();
     // Length-prefixed parts: no two tuples can produce the same input.
     for part in [
         route.as_bytes(),
-        path.as_bytes(),
+        target.as_bytes(),
         model.as_bytes(),
         version.as_bytes(),
+        credential,
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
@@ -225,99 +305,4 @@ pub fn canonical_bytes(v: &Value) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(path: &str, body: &str) -> Result<Key, Bypass> {
-        let c = classify(
-            path,
-            body.as_bytes(),
-            &["user".into()],
-            OptIn::Default,
-            false,
-        )?;
-        Ok(key("r", path, &c.model, "v1", &c.canonical))
-    }
-
-    #[test]
-    fn canonical_requests_share_a_key() {
-        let a = k("/v1/embeddings", r#"{"model":"m","input":"hi","user":"a"}"#).unwrap();
-        let b = k(
-            "/v1/embeddings",
-            "{ \"input\" : \"hi\",\n \"model\":\"m\", \"user\":\"b\"}",
-        )
-        .unwrap();
-        assert_eq!(a, b);
-        let c = k(
-            "/v1/completions",
-            r#"{"model":"m","prompt":"x","temperature":0}"#,
-        )
-        .unwrap();
-        let d = k(
-            "/v1/completions",
-            r#"{"temperature":0.0,"prompt":"x","model":"m"}"#,
-        )
-        .unwrap();
-        assert_eq!(c, d);
-        let e = k(
-            "/v1/completions",
-            r#"{"model":"m","prompt":"y","temperature":0}"#,
-        )
-        .unwrap();
-        assert_ne!(c, e);
-        assert_ne!(
-            key("r", "/p", "m", "v1", b"{}"),
-            key("r", "/p", "m", "v2", b"{}")
-        );
-        assert_ne!(
-            key("r", "/p", "m", "v", b"{}"),
-            key("r2", "/p", "m", "v", b"{}")
-        );
-        assert_ne!(key("ab", "/p", "", "", b""), key("a", "b/p", "", "", b""));
-    }
-
-    #[test]
-    fn determinism_rules() {
-        let sampled = k("/v1/completions", r#"{"model":"m","prompt":"x"}"#);
-        assert_eq!(sampled, Err(Bypass::Sampling));
-        let n2 = k(
-            "/v1/chat/completions",
-            r#"{"model":"m","messages":[],"temperature":0,"n":2}"#,
-        );
-        assert_eq!(n2, Err(Bypass::Sampling));
-        let st = k(
-            "/v1/embeddings",
-            r#"{"model":"m","input":"x","stream":true}"#,
-        );
-        assert_eq!(st, Err(Bypass::Streaming));
-        assert_eq!(k("/v1/embeddings", "{not json"), Err(Bypass::NotJson));
-        assert_eq!(k("/v1/embeddings", "[1]"), Err(Bypass::NotJson));
-        assert_eq!(k("/rank", r#"{"q":1}"#), Err(Bypass::NotOptedIn));
-        let forced = classify("/rank", br#"{"q":1}"#, &[], OptIn::Force, false);
-        assert!(forced.is_ok());
-        let out = classify(
-            "/v1/embeddings",
-            br#"{"input":"x"}"#,
-            &[],
-            OptIn::Bypass,
-            false,
-        );
-        assert_eq!(out.err(), Some(Bypass::OptedOut));
-    }
-
-    #[test]
-    fn prompt_and_key_text() {
-        let c = classify(
-            "/v1/chat/completions",
-            br#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
-            &[],
-            OptIn::Default,
-            false,
-        )
-        .unwrap();
-        assert_eq!(c.prompt, "be brief\nhi");
-        let key = key("r", "/", "m", "", b"");
-        assert_eq!(Key::parse(&key.to_string()), Some(key));
-        assert_eq!(Key::parse("zz"), None);
-    }
-}
+mod tests;
