@@ -38,7 +38,10 @@ macro_rules! counters {
         }
 
         $(#[doc = $sdoc])*
+        // Fields a peer does not send read as 0: a newer CLI can talk to an
+        // older daemon.
         #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
         pub struct $stats {
             $( $(#[doc = $doc])* pub $field: u64, )*
             $( $(#[$xmeta])* pub $xfield: $xty, )*
@@ -88,6 +91,9 @@ counters! {
     BytesServed => bytes_served,
     /// Body bytes stored.
     BytesStored => bytes_stored,
+    /// Times a backend was marked down by passive health (failures in a
+    /// row).
+    MarkedDown => marked_down,
     ;
     /// A snapshot of the cache for the API and metrics.
     pub struct CacheStats {

@@ -64,6 +64,7 @@ pub(crate) fn sample_stats() -> CacheStats {
         invalidated: 12,
         bytes_served: 13_000,
         bytes_stored: 14_000,
+        marked_down: 21,
         gpu_seconds_saved: 1.5,
         entries: 15,
         bytes: 16_000,
@@ -90,7 +91,7 @@ fn stats_json_is_stable() {
         concat!(
             r#"{"hits":1,"hits_l2":2,"misses":3,"coalesced":4,"bypasses":5,"too_large":6,"#,
             r#""uncacheable":7,"backend_errors":8,"stored":9,"rejected":10,"evictions":11,"invalidated":12,"#,
-            r#""bytes_served":13000,"bytes_stored":14000,"gpu_seconds_saved":1.5,"#,
+            r#""bytes_served":13000,"bytes_stored":14000,"marked_down":21,"gpu_seconds_saved":1.5,"#,
             r#""entries":15,"bytes":16000,"budget":17000,"#,
             r#""l2":{"url":"redis://127.0.0.1:6379","up":true,"connects":18,"errors":19,"pending":20},"versions":{"m":"v1+abc"}}"#,
         )

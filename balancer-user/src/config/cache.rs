@@ -6,7 +6,12 @@ use hyper::header::{self, HeaderName};
 use toml::Spanned;
 
 use crate::{
-    cache::{Settings, key::KeyScope, l2::RedisSettings, proxy::RouteConfig},
+    cache::{
+        Settings,
+        key::KeyScope,
+        l2::RedisSettings,
+        proxy::{MarkDown, RouteConfig},
+    },
     lb::VipId,
 };
 
@@ -176,6 +181,16 @@ fn route(
         1 << 40,
     )?;
     let (scope, credential_headers) = scope(r, cx, &field)?;
+    let mark_down = MarkDown {
+        after: ranged(&r.mark_down_after, "mark_down_after", 3, 1, 1000)? as u32,
+        cooldown: Duration::from_millis(ranged(
+            &r.mark_down_ms,
+            "mark_down_ms",
+            10_000,
+            1,
+            3_600_000,
+        )?),
+    };
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -195,6 +210,7 @@ fn route(
             body_budget_bytes: body_budget,
             scope,
             credential_headers,
+            mark_down,
         },
         pool,
     })

@@ -54,6 +54,8 @@
 //! # timeout_ms = 60000
 //! # key_scope = "shared"             # or "per-credential", "require-auth"
 //! # credential_headers = ["authorization", "x-api-key"]
+//! # mark_down_after = 3              # failures in a row leave a backend out
+//! # mark_down_ms = 10000             # for this long
 //! ```
 //!
 //! Without `daemon.iface` the daemon runs no data plane: a cache-only
@@ -160,6 +162,8 @@ struct RawCacheRoute {
     body_budget_bytes: Option<Spanned<u64>>,
     key_scope: Option<Spanned<String>>,
     credential_headers: Option<Spanned<Vec<String>>>,
+    mark_down_after: Option<Spanned<u64>>,
+    mark_down_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

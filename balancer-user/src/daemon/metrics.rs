@@ -209,6 +209,13 @@ const CACHE_FAMILIES: &[(Family, &[(&str, CacheValue)])] = &[
         &[("", Count(Counter::BackendErrors))],
     ),
     (
+        Family::counter(
+            "balancer_cache_backends_marked_down_total",
+            "Times a cache route left a backend out after failures in a row (passive health).",
+        ),
+        &[("", Count(Counter::MarkedDown))],
+    ),
+    (
         Family::gauge(
             "balancer_cache_memory_bytes",
             "L1 bytes held and the budget.",

@@ -47,7 +47,12 @@ impl Route {
                     format!("cache route {:?} has no backend with weight", self.cfg.name),
                 ));
             };
-            match self.send_to(addr, parts, body.clone()).await {
+            let sent = self.send_to(addr, parts, body.clone()).await;
+            // A bad request path is the client's fault, not the backend's.
+            if !matches!(sent, Err(Failure::Path(_))) {
+                self.record(addr, sent.is_ok());
+            }
+            match sent {
                 Ok(r) => return Ok((r, guard)),
                 Err(Failure::Connect(e)) if retry && members.len() > 1 => {
                     debug!(route = %self.cfg.name, backend = %addr, error = %e, "connect failed; trying the next choice");

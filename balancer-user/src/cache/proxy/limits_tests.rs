@@ -153,3 +153,29 @@ async fn a_miss_for_a_dead_backend_goes_to_the_next_choice() {
         assert_eq!(post(r, &body).await.status(), StatusCode::OK, "key {i}");
     }
 }
+
+#[tokio::test]
+async fn a_backend_that_keeps_failing_is_marked_down() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = quick().await;
+    let mut cfg = testkit::config();
+    // Long enough that it cannot end during the test, however slow.
+    cfg.mark_down.cooldown = Duration::from_secs(3600);
+    let after = cfg.mark_down.after;
+    let (r, cache) = testkit::serve(cfg, vec![(dead, 1), (live, 1)]).await;
+    // Forty keys: about half prefer the dead backend, but only the first
+    // `after` of those try it before it is left out.
+    for i in 0..40 {
+        let body = CHAT.replace("hi", &format!("hi {i}"));
+        assert_eq!(post(r, &body).await.status(), StatusCode::OK, "key {i}");
+    }
+    let s = cache.stats();
+    assert_eq!(
+        (s.backend_errors, s.marked_down),
+        (u64::from(after), 1),
+        "{s:?}"
+    );
+}

@@ -19,13 +19,19 @@
 
 mod flight;
 mod forward;
+mod health;
 mod response;
+
+pub use health::MarkDown;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::AtomicU64},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -39,6 +45,8 @@ use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
 };
+
+use tracing::warn;
 
 use crate::http;
 
@@ -91,6 +99,8 @@ pub struct RouteConfig {
     /// The headers that carry a client's credentials, for `scope`
     /// (default `authorization` and `x-api-key`).
     pub credential_headers: Vec<header::HeaderName>,
+    /// When a failing backend is left out, and for how long.
+    pub mark_down: MarkDown,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -108,12 +118,22 @@ pub async fn bind(cfg: &RouteConfig) -> Result<TcpListener, CacheError> {
 /// The route's pool: backend addresses and current weights.
 pub type PoolSource = Arc<dyn Fn() -> Vec<(SocketAddr, u32)> + Send + Sync>;
 
+/// A backend the route has sent to: its requests in flight and health.
+#[derive(Debug, Default)]
+struct Tracked {
+    in_flight: Arc<AtomicU64>,
+    passive: health::Passive,
+}
+
 /// One route's proxy.
 pub struct Route {
     cfg: RouteConfig,
     cache: Arc<Cache>,
     pool: PoolSource,
-    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    /// What the route knows of each backend it has sent to.
+    backends: Mutex<HashMap<SocketAddr, Arc<Tracked>>>,
+    /// The passive health checks' clock.
+    born: Instant,
     flights: Mutex<HashMap<Key, Flight>>,
     client: Client<HttpConnector, Full<Bytes>>,
     /// The body budget, one permit a byte.
@@ -134,7 +154,8 @@ impl Route {
             cfg,
             cache,
             pool,
-            in_flight: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
+            born: Instant::now(),
             flights: Mutex::new(HashMap::new()),
             client,
             budget: Arc::new(Semaphore::new(
@@ -160,16 +181,57 @@ impl Route {
         .await
     }
 
+    /// The pool as `pick` sees it: a backend marked down has no weight,
+    /// unless every backend is down (trying one beats refusing all).
     fn members(&self) -> Vec<Member> {
         let pool = (self.pool)();
-        let mut counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        pool.into_iter()
-            .map(|(addr, weight)| Member {
-                addr,
-                weight,
-                in_flight: counts.entry(addr).or_default().clone(),
+        let now = self.clock_ms();
+        let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget backends that left the pool once nothing is in flight there.
+        known.retain(|a, t| {
+            pool.iter().any(|(p, _)| p == a) || t.in_flight.load(Ordering::Relaxed) > 0
+        });
+        let mut members: Vec<(Member, bool)> = pool
+            .into_iter()
+            .map(|(addr, weight)| {
+                let t = known.entry(addr).or_default();
+                let m = Member {
+                    addr,
+                    weight,
+                    in_flight: t.in_flight.clone(),
+                };
+                (m, t.passive.is_down(now))
             })
-            .collect()
+            .collect();
+        if members.iter().any(|(m, down)| !down && m.weight > 0) {
+            for (m, down) in &mut members {
+                if *down {
+                    m.weight = 0;
+                }
+            }
+        }
+        members.into_iter().map(|(m, _)| m).collect()
+    }
+
+    /// Milliseconds since the route started (monotonic).
+    fn clock_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Records how a request to `addr` went, for passive health.
+    fn record(&self, addr: SocketAddr, ok: bool) {
+        let t = {
+            let known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+            known.get(&addr).cloned()
+        };
+        let Some(t) = t else { return };
+        if ok {
+            t.passive.ok();
+        } else if t.passive.fail(self.cfg.mark_down, self.clock_ms()) {
+            self.cache.counters.bump(Counter::MarkedDown);
+            warn!(route = %self.cfg.name, backend = %addr, failures = self.cfg.mark_down.after,
+                cooldown = ?self.cfg.mark_down.cooldown, "backend marked down");
+        }
     }
 
     /// Handles one request.

@@ -22,6 +22,7 @@ pub(super) fn config() -> RouteConfig {
         body_budget_bytes: 64 * 256,
         scope: KeyScope::Shared,
         credential_headers: vec![header::AUTHORIZATION],
+        mark_down: MarkDown::default(),
     }
 }
 

@@ -62,6 +62,7 @@ fn row(c: Counter) -> Row {
         Counter::Invalidated => Row::Count("invalidated"),
         Counter::BytesServed => Row::Bytes("bytes served"),
         Counter::BytesStored => Row::Hidden,
+        Counter::MarkedDown => Row::Count("backends down"),
     }
 }
 
@@ -164,7 +165,7 @@ mod tests {
         let s: CacheStats = serde_json::from_str(
             r#"{"hits":1,"hits_l2":2,"misses":3,"coalesced":4,"bypasses":5,"too_large":6,
             "uncacheable":7,"backend_errors":8,"stored":9,"rejected":10,"evictions":11,
-            "invalidated":12,"bytes_served":13000,"bytes_stored":14000,"gpu_seconds_saved":1.5,
+            "invalidated":12,"bytes_served":13000,"bytes_stored":14000,"marked_down":21,"gpu_seconds_saved":1.5,
             "entries":15,"bytes":16000,"budget":17000,"l2":{"url":"redis://127.0.0.1:6379",
             "up":true,"connects":18,"errors":19,"pending":20},"versions":{"m":"v1+abc"}}"#,
         )
@@ -186,6 +187,7 @@ mod tests {
                 "evicted                       11\n",
                 "invalidated                   12\n",
                 "bytes served              13.00k\n",
+                "backends down                 21\n",
                 "GPU-seconds saved          1.500\n",
                 "L1 entries / bytes   15 / 16.00k  94.1% of 17.00k\n",
                 "L2 redis://127.0.0.1:6379 up (connects 18, errors 19, queued invalidations 20)\n",

@@ -14,6 +14,7 @@ fn client_limits_default_and_parse() {
     assert_eq!(r.body_timeout, Duration::from_secs(30));
     assert_eq!(r.max_connections, 1024);
     assert_eq!(r.body_budget_bytes, 64 * r.max_request_bytes);
+    assert_eq!(r.mark_down, crate::cache::proxy::MarkDown::default());
     let src = format!(
         "{ROUTE}header_timeout_ms = 500\nbody_timeout_ms = 700\nmax_connections = 9\nmax_request_bytes = 10\nbody_budget_bytes = 10\n"
     );
@@ -47,6 +48,8 @@ fn client_limits_are_checked() {
             "body_budget_bytes",
         ),
         ("key_scope = \"per-user\"\n", "key_scope"),
+        ("mark_down_after = 0\n", "mark_down_after"),
+        ("mark_down_ms = 0\n", "mark_down_ms"),
         (
             "credential_headers = [\"bad header\"]\n",
             "credential_headers",
