@@ -1,6 +1,7 @@
-//! Support for the cache suites and `bench proxy`: emulated backends on
-//! loopback, a real `redis-server`, cache-only `balancer run` gateways, and a
-//! small HTTP client.
+//! Support for the cache suites and the proxy and invalidation benches:
+//! emulated backends on loopback, a real `redis-server`, cache-only
+//! `balancer run` gateways (alone or two on one Redis), and a small HTTP
+//! client.
 //!
 //! Everything listens on 127.0.0.1 ports the OS hands out; nothing needs
 //! root.
@@ -359,5 +360,119 @@ impl Drop for Gateway {
         } else {
             eprintln!("gateway log ({}):\n{}", self.dir.display(), self.log());
         }
+    }
+}
+
+/// A `[[cache_route]]` table: route `name` on `127.0.0.1:port` in front of
+/// `backend`, with `extra` lines.
+pub fn route_toml(name: &str, port: u16, backend: &Backend, extra: &str) -> String {
+    format!(
+        "[[cache_route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{}\"]\n{extra}\n",
+        backend.addr
+    )
+}
+
+impl Redis {
+    /// A `[cache]` table with this Redis as the L2: 200 ms per command,
+    /// longer on slow machines (at most the 10 s the daemon accepts), and a
+    /// prefix of its own.
+    pub fn cache_toml(&self) -> String {
+        let timeout_ms = patience(Duration::from_millis(200)).as_millis().min(10_000);
+        format!(
+            "[cache]\nredis = \"{}\"\nredis_timeout_ms = {timeout_ms}\nredis_prefix = \"t{}\"\n\n",
+            self.url(),
+            self.port
+        )
+    }
+
+    /// Keys in Redis (entries and version tokens).
+    pub fn dbsize(&self) -> Result<u64> {
+        let n = self.command("DBSIZE")?;
+        n.trim()
+            .parse()
+            .with_context(|| format!("DBSIZE answered {n:?}"))
+    }
+
+    /// Waits until Redis holds more than `before` keys: a miss is written to
+    /// the L2 in the background, after the response. `who` names the writer
+    /// in the error.
+    pub async fn wait_write(&self, before: u64, who: &str) -> Result<()> {
+        let deadline = Instant::now() + patience(Duration::from_secs(5));
+        loop {
+            let n = self.dbsize()?;
+            if n > before {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{who} never wrote to Redis ({n} keys)");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Gateway {
+    /// Waits until the gateway's L2 is up (or down).
+    pub async fn wait_l2(&self, up: bool) -> Result<()> {
+        let deadline = Instant::now() + patience(Duration::from_secs(15));
+        loop {
+            let s = self.client().cache_stats().await?;
+            if s.l2.as_ref().map(|l| l.up) == Some(up) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("L2 never became up={up}: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Invalidates `model`'s entries whose prompt starts with `prefix`.
+    pub async fn invalidate_prefix(
+        &self,
+        model: &str,
+        prefix: &str,
+    ) -> Result<balancer::cache::InvalidateReply> {
+        Ok(self
+            .client()
+            .cache_invalidate(&balancer::api::InvalidateBody {
+                model: model.into(),
+                key: None,
+                prefix: Some(prefix.into()),
+            })
+            .await?)
+    }
+}
+
+/// Two gateways sharing one Redis, each serving route `r` in front of the
+/// same backend, with their L2s up.
+pub struct GatewayPair {
+    /// Gateway A.
+    pub a: Gateway,
+    /// A's route port.
+    pub pa: u16,
+    /// Gateway B.
+    pub b: Gateway,
+    /// B's route port.
+    pub pb: u16,
+}
+
+impl GatewayPair {
+    /// Starts both (named `<name>a` and `<name>b`) and waits for their L2s.
+    /// Not from inside a runtime: it runs its own, as [`Gateway::start`]
+    /// does.
+    pub fn start(name: &str, redis: &Redis, backend: &Backend) -> Result<Self> {
+        let (pa, pb) = (free_port()?, free_port()?);
+        let cfg = |port| redis.cache_toml() + &route_toml("r", port, backend, "");
+        let a = Gateway::start(&format!("{name}a"), &cfg(pa))?;
+        let b = Gateway::start(&format!("{name}b"), &cfg(pb))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            a.wait_l2(true).await?;
+            b.wait_l2(true).await
+        })?;
+        Ok(Self { a, pa, b, pb })
     }
 }

@@ -11,13 +11,13 @@
 //! | `oversize_requests_get_413` | 413 with a message naming the limit; the backend never sees it |
 //! | `malformed_json_and_streams_pass_through_uncached` | BYPASS, relayed as is, never stored |
 //! | `server_errors_are_never_cached` | 5xx relayed, not stored; the next success is |
-//! | `two_gateways_share_redis_and_invalidations` | L2 hits across gateways; invalidation seen in < 100 ms (more on slow machines); bump-version propagates |
+//! | `two_gateways_share_redis_and_invalidations` | L2 hits across gateways; an invalidation on one reaches the other's L1 (how fast: `bench invalidation`); bump-version propagates |
 //! | `redis_outage_degrades_to_l1_and_recovers_without_stale_hits` | kill -9 Redis mid-run: no client errors; restart: resync, no stale hit |
 
 use std::time::{Duration, Instant};
 
 use balancer_tests::{
-    cachebed::{Backend, Gateway, Redis, Reply, free_port, http},
+    cachebed::{Backend, Gateway, GatewayPair, Redis, Reply, free_port, http, route_toml},
     loadgen::Stop,
     patience,
 };
@@ -28,13 +28,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn route(name: &str, port: u16, backend: &Backend, extra: &str) -> String {
-    format!(
-        "[[cache_route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{}\"]\n{extra}\n",
-        backend.addr
-    )
 }
 
 fn completion(model: &str, prompt: &str, max_tokens: u32) -> String {
@@ -63,7 +56,7 @@ fn canonical_requests_share_an_entry() {
     let rt = rt();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
     let port = free_port().unwrap();
-    let _g = Gateway::start("canon", &route("r", port, &b, "")).unwrap();
+    let _g = Gateway::start("canon", &route_toml("r", port, &b, "")).unwrap();
     rt.block_on(async {
         let first = post(
             port,
@@ -137,8 +130,8 @@ fn no_hit_crosses_model_version_or_route() {
     let (p1, p2) = (free_port().unwrap(), free_port().unwrap());
     let cfg = format!(
         "[cache.models]\nm1 = \"v1\"\n\n{}{}",
-        route("one", p1, &b, ""),
-        route("two", p2, &b, "")
+        route_toml("one", p1, &b, ""),
+        route_toml("two", p2, &b, "")
     );
     let g = Gateway::start("cross", &cfg).unwrap();
     rt.block_on(async {
@@ -180,7 +173,7 @@ fn single_flight_under_100_concurrent_identical_requests() {
     // 200 tokens at 1 ms: the backend takes ~200 ms, so all 100 overlap.
     let b = Backend::start("b", &["m"], 1.0).unwrap();
     let port = free_port().unwrap();
-    let g = Gateway::start("flight", &route("r", port, &b, "")).unwrap();
+    let g = Gateway::start("flight", &route_toml("r", port, &b, "")).unwrap();
     rt.block_on(async {
         let before = b.calls().await.unwrap();
         let body = completion("m", "the one prompt", 200);
@@ -222,7 +215,11 @@ fn entries_expire_after_their_ttl() {
     let port = free_port().unwrap();
     // 1 s, longer on slow machines: the hits below must come within it.
     let ttl = patience(Duration::from_secs(1)).as_secs_f64().ceil() as u64;
-    let _g = Gateway::start("ttl", &route("r", port, &b, &format!("ttl_secs = {ttl}"))).unwrap();
+    let _g = Gateway::start(
+        "ttl",
+        &route_toml("r", port, &b, &format!("ttl_secs = {ttl}")),
+    )
+    .unwrap();
     rt.block_on(async {
         let body = embedding("m", "short-lived");
         assert_eq!(post(port, "/v1/embeddings", &body).await.cache(), "MISS");
@@ -238,7 +235,11 @@ fn oversize_requests_get_413() {
     let rt = rt();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
     let port = free_port().unwrap();
-    let _g = Gateway::start("big", &route("r", port, &b, "max_request_bytes = 1024")).unwrap();
+    let _g = Gateway::start(
+        "big",
+        &route_toml("r", port, &b, "max_request_bytes = 1024"),
+    )
+    .unwrap();
     rt.block_on(async {
         let before = b.calls().await.unwrap();
         let big = embedding("m", &"x".repeat(2000));
@@ -262,7 +263,7 @@ fn malformed_json_and_streams_pass_through_uncached() {
     let rt = rt();
     let b = Backend::start("b", &["m"], 0.5).unwrap();
     let port = free_port().unwrap();
-    let g = Gateway::start("bypass", &route("r", port, &b, "")).unwrap();
+    let g = Gateway::start("bypass", &route_toml("r", port, &b, "")).unwrap();
     rt.block_on(async {
         let before = b.calls().await.unwrap();
         for _ in 0..2 {
@@ -289,7 +290,7 @@ fn server_errors_are_never_cached() {
     let rt = rt();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
     let port = free_port().unwrap();
-    let _g = Gateway::start("5xx", &route("r", port, &b, "")).unwrap();
+    let _g = Gateway::start("5xx", &route_toml("r", port, &b, "")).unwrap();
     rt.block_on(async {
         let body = embedding("m", "flaky");
         b.fail(true).await.unwrap();
@@ -310,78 +311,22 @@ fn server_errors_are_never_cached() {
     });
 }
 
-fn redis_cfg(redis: &Redis) -> String {
-    // 200 ms per Redis command, longer on slow machines (at most the 10 s
-    // the daemon accepts).
-    let timeout_ms = patience(Duration::from_millis(200)).as_millis().min(10_000);
-    format!(
-        "[cache]\nredis = \"{}\"\nredis_timeout_ms = {timeout_ms}\nredis_prefix = \"t{}\"\n\n",
-        redis.url(),
-        redis.port
-    )
-}
-
-/// Keys in Redis (entries and version tokens).
-fn dbsize(redis: &Redis) -> u64 {
-    redis.command("DBSIZE").unwrap().parse().unwrap()
-}
-
-/// Waits until Redis holds more than `before` keys: a miss is written to the
-/// L2 in the background, after the response.
-async fn wait_l2_write(redis: &Redis, before: u64, who: &str) {
-    let deadline = Instant::now() + patience(Duration::from_secs(5));
-    loop {
-        let n = dbsize(redis);
-        if n > before {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who} never wrote to Redis ({n} keys)"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Invalidates model `m`'s entries whose prompt starts with `prefix`, on `g`.
-async fn invalidate_prefix(g: &Gateway, prefix: &str) -> balancer::cache::InvalidateReply {
-    g.client()
-        .cache_invalidate(&balancer::api::InvalidateBody {
-            model: "m".into(),
-            key: None,
-            prefix: Some(prefix.into()),
-        })
-        .await
-        .unwrap()
-}
-
-async fn wait_l2(g: &Gateway, up: bool) {
-    let deadline = Instant::now() + patience(Duration::from_secs(15));
-    loop {
-        let s = g.client().cache_stats().await.unwrap();
-        if s.l2.as_ref().map(|l| l.up) == Some(up) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "L2 never became up={up}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn two_gateways_share_redis_and_invalidations() {
     let rt = rt();
     let redis = Redis::start().unwrap();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
-    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
-    let ga = Gateway::start("ga", &(redis_cfg(&redis) + &route("r", pa, &b, ""))).unwrap();
-    let gb = Gateway::start("gb", &(redis_cfg(&redis) + &route("r", pb, &b, ""))).unwrap();
+    let GatewayPair {
+        a: ga,
+        pa,
+        b: gb,
+        pb,
+    } = GatewayPair::start("g", &redis, &b).unwrap();
     rt.block_on(async {
-        wait_l2(&ga, true).await;
-        wait_l2(&gb, true).await;
         let body = embedding("m", "shared");
-        let keys = dbsize(&redis);
+        let keys = redis.dbsize().unwrap();
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "MISS");
-        wait_l2_write(&redis, keys, "A").await;
+        redis.wait_write(keys, "A").await.unwrap();
         let r = post(pb, "/v1/embeddings", &body).await;
         assert_eq!(
             (r.cache(), r.header("x-cache-source")),
@@ -391,11 +336,11 @@ fn two_gateways_share_redis_and_invalidations() {
         let r = post(pb, "/v1/embeddings", &body).await;
         assert_eq!(r.header("x-cache-source"), "l1", "copied into B's L1");
 
-        // Invalidate on A; B must drop its L1 copy within 100 ms (scaled with
-        // patience: the bound is the host's).
+        // Invalidate on A; B must drop its L1 copy. How fast is a figure of
+        // `cargo xtask bench invalidation`, not a pass condition here.
         let seen_before = gb.client().cache_stats().await.unwrap().invalidated;
         let t0 = Instant::now();
-        let reply = invalidate_prefix(&ga, "sha").await;
+        let reply = ga.invalidate_prefix("m", "sha").await.unwrap();
         assert!(
             reply.broadcast && reply.l1_removed == 1 && reply.l2_removed == 1,
             "{reply:?}"
@@ -405,20 +350,17 @@ fn two_gateways_share_redis_and_invalidations() {
                 break;
             }
             assert!(
-                t0.elapsed() < patience(Duration::from_secs(2)),
+                t0.elapsed() < patience(Duration::from_secs(10)),
                 "B never saw the invalidation"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let took = t0.elapsed();
-        eprintln!("invalidation on A seen by B after {took:?}");
-        let bound = patience(Duration::from_millis(100));
-        assert!(took < bound, "took {took:?} (bound {bound:?})");
-        let keys = dbsize(&redis);
+        eprintln!("invalidation on A seen by B after {:?}", t0.elapsed());
+        let keys = redis.dbsize().unwrap();
         assert_eq!(post(pb, "/v1/embeddings", &body).await.cache(), "MISS");
 
         // A version bump on B reaches A. First A hits B's new L2 copy.
-        wait_l2_write(&redis, keys, "B").await;
+        redis.wait_write(keys, "B").await.unwrap();
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "HIT");
         let bumped = gb.client().cache_bump("m").await.unwrap();
         let deadline = Instant::now() + patience(Duration::from_secs(2));
@@ -448,31 +390,33 @@ fn a_gateway_that_missed_a_broadcast_flushes_its_l1_when_it_reconnects() {
         .unwrap();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
     let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
-    let a_cfg = redis_cfg(&redis).replace("redis://", "redis://gwa:secret@");
-    let ga = Gateway::start("fa", &(a_cfg + &route("r", pa, &b, ""))).unwrap();
-    let gb = Gateway::start("fb", &(redis_cfg(&redis) + &route("r", pb, &b, ""))).unwrap();
+    let a_cfg = redis
+        .cache_toml()
+        .replace("redis://", "redis://gwa:secret@");
+    let ga = Gateway::start("fa", &(a_cfg + &route_toml("r", pa, &b, ""))).unwrap();
+    let gb = Gateway::start("fb", &(redis.cache_toml() + &route_toml("r", pb, &b, ""))).unwrap();
     rt.block_on(async {
-        wait_l2(&ga, true).await;
-        wait_l2(&gb, true).await;
+        ga.wait_l2(true).await.unwrap();
+        gb.wait_l2(true).await.unwrap();
         let body = embedding("m", "flush me");
-        let keys = dbsize(&redis);
+        let keys = redis.dbsize().unwrap();
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "MISS");
         assert_eq!(post(pa, "/v1/embeddings", &body).await.cache(), "HIT");
         // The L2 write is asynchronous: wait until the entry is in Redis.
-        wait_l2_write(&redis, keys, "A").await;
+        redis.wait_write(keys, "A").await.unwrap();
         let seen_before = ga.client().cache_stats().await.unwrap().invalidated;
 
         // Shut A out (it cannot log in again) and drop its connections;
         // B invalidates while A is away, so the broadcast never reaches A.
         redis.command("ACL SETUSER gwa off").unwrap();
         redis.command("CLIENT KILL USER gwa").unwrap();
-        wait_l2(&ga, false).await;
-        let reply = invalidate_prefix(&gb, "flush").await;
+        ga.wait_l2(false).await.unwrap();
+        let reply = gb.invalidate_prefix("m", "flush").await.unwrap();
         assert!(reply.broadcast && reply.l2_removed == 1, "{reply:?}");
 
         // Let A back in: once reconnected, its L1 must be empty.
         redis.command("ACL SETUSER gwa on").unwrap();
-        wait_l2(&ga, true).await;
+        ga.wait_l2(true).await.unwrap();
         let s = ga.client().cache_stats().await.unwrap();
         assert_eq!(
             s.invalidated, seen_before,
@@ -488,12 +432,13 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
     let rt = rt();
     let mut redis = Redis::start().unwrap();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
-    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
-    let ga = Gateway::start("oa", &(redis_cfg(&redis) + &route("r", pa, &b, ""))).unwrap();
-    let gb = Gateway::start("ob", &(redis_cfg(&redis) + &route("r", pb, &b, ""))).unwrap();
+    let GatewayPair {
+        a: ga,
+        pa,
+        b: gb,
+        pb,
+    } = GatewayPair::start("o", &redis, &b).unwrap();
     rt.block_on(async {
-        wait_l2(&ga, true).await;
-        wait_l2(&gb, true).await;
         let warm: Vec<String> = (0..20)
             .map(|i| embedding("m", &format!("doc {i}")))
             .collect();
@@ -528,10 +473,10 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         redis.kill();
-        wait_l2(&ga, false).await;
-        wait_l2(&gb, false).await;
+        ga.wait_l2(false).await.unwrap();
+        gb.wait_l2(false).await.unwrap();
         // While Redis is down, A invalidates doc 0: queued for the others.
-        let reply = invalidate_prefix(&ga, "doc 0").await;
+        let reply = ga.invalidate_prefix("m", "doc 0").await.unwrap();
         assert!(!reply.broadcast, "nothing to broadcast on: {reply:?}");
         assert_eq!(
             ga.client().cache_stats().await.unwrap().l2.unwrap().pending,
@@ -539,8 +484,8 @@ fn redis_outage_degrades_to_l1_and_recovers_without_stale_hits() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         redis.restart().unwrap();
-        wait_l2(&ga, true).await;
-        wait_l2(&gb, true).await;
+        ga.wait_l2(true).await.unwrap();
+        gb.wait_l2(true).await.unwrap();
         stop.stop();
         let (n, errors) = load.await.unwrap();
         assert_eq!(
@@ -579,12 +524,13 @@ fn a_full_redis_refuses_writes_without_flushing_l1() {
     let rt = rt();
     let redis = Redis::start().unwrap();
     let b = Backend::start("b", &["m"], 0.2).unwrap();
-    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
-    let ga = Gateway::start("ga", &(redis_cfg(&redis) + &route("r", pa, &b, ""))).unwrap();
-    let gb = Gateway::start("gb", &(redis_cfg(&redis) + &route("r", pb, &b, ""))).unwrap();
+    let GatewayPair {
+        a: ga,
+        pa,
+        b: gb,
+        pb,
+    } = GatewayPair::start("g", &redis, &b).unwrap();
     rt.block_on(async {
-        wait_l2(&ga, true).await;
-        wait_l2(&gb, true).await;
         let kept = embedding("m", "kept");
         assert_eq!(post(pa, "/v1/embeddings", &kept).await.cache(), "MISS");
         assert_eq!(

@@ -162,6 +162,8 @@ enum Bench {
     Cache,
     /// The cache proxy's hit path vs. nginx proxy_cache.
     Proxy,
+    /// Invalidation from one gateway to another's L1 vs. Redis pub/sub.
+    Invalidation,
     /// Cache hit latency and bypass throughput, quiet vs. ring churn.
     Churn,
 }
@@ -236,6 +238,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Control => "control",
                 Bench::Cache => "cache",
                 Bench::Proxy => "proxy",
+                Bench::Invalidation => "invalidation",
                 Bench::Churn => "churn",
             };
             run(cargo()
