@@ -286,8 +286,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a daemon with `config` (its `[daemon]` table is added here).
+    /// Starts a daemon with `config` (its `[daemon]` table is added here),
+    /// without a metrics endpoint.
     pub fn start(name: &str, config: &str) -> Result<Self> {
+        Self::launch(name, config, "")
+    }
+
+    /// Starts a daemon with `config` that serves Prometheus metrics on
+    /// `127.0.0.1:metrics_port`.
+    pub fn start_with_metrics(name: &str, config: &str, metrics_port: u16) -> Result<Self> {
+        Self::launch(name, config, &format!("127.0.0.1:{metrics_port}"))
+    }
+
+    fn launch(name: &str, config: &str, metrics: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "balancer-cache-{name}-{}-{}",
             std::process::id(),
@@ -296,7 +307,7 @@ impl Gateway {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let full = format!(
-            "[daemon]\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"\"\n\n{config}",
+            "[daemon]\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"{metrics}\"\n\n{config}",
             dir.join("api.sock").display(),
             dir.join("state.json").display()
         );
