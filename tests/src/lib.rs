@@ -74,23 +74,7 @@ pub fn patience(d: std::time::Duration) -> std::time::Duration {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (children
 /// inherit it); returns the soft limit now in force.
-pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the calls to fill and read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
-}
+pub use balancer::http::raise_nofile;
 
 /// The `testbed` binary (the backends' HTTP server): `$BALANCER_TESTBED_BIN`
 /// when set, else `compiled`, normally `env!("CARGO_BIN_EXE_testbed")`. That

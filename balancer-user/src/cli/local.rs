@@ -35,6 +35,10 @@ fn init_tracing() {
 
 fn run_daemon(args: RunArgs) -> Result<()> {
     init_tracing();
+    // Each connection a route holds costs a descriptor: 1,024 would cap the
+    // routes' max_connections long before their configured limit.
+    let fds = balancer::http::raise_nofile();
+    tracing::info!(fds, "descriptor limit");
     let mut cfg = Config::load(&args.config)?;
     apply_overrides(&mut cfg.daemon, &args);
     balancer::daemon::run(cfg)

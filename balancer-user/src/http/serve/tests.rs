@@ -73,7 +73,7 @@ async fn serves_each_connection() {
 /// many as that allows, up to 2,000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_closed_after_the_header_deadline() {
-    let n = raise_nofile().saturating_sub(1024).min(4000) as usize / 2;
+    let n = crate::http::raise_nofile().saturating_sub(1024).min(4000) as usize / 2;
     let mut settings = Settings::new("test");
     settings.header_timeout = Duration::from_secs(1);
     settings.max_connections = 4096;
@@ -137,25 +137,6 @@ async fn past_the_cap_a_connection_gets_a_canned_503() {
     let out = get(addr, "/ok").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     task.abort();
-}
-
-/// Raises the soft descriptor limit to the hard one; the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the call to fill and then read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
 }
 
 #[test]
