@@ -12,15 +12,24 @@
 //! Options: `--limit N` accesses per trace (default 2,000,000; the P3 and
 //! P6 traces hold 3.9 and 12.7 million), `--only NAME[,NAME]` substrings of
 //! trace names, `--sizes F[,F]` cache sizes as fractions of the trace's
-//! footprint (distinct objects, or their bytes for traces with sizes).
+//! footprint (distinct objects, or their bytes for traces with sizes),
+//! `--trace FILE` (repeatable) to run these files instead of the built-in
+//! list: the format comes from the file's name as for the built-in ones
+//! (`*.lis[.zst]`, `lirs-*`, `cache2k-*`, `adapt_size-*`,
+//! `address_penalties-*`, optionally `.gz`/`.xz`/`.zst`; `*.jsonl` is read
+//! as a Mooncake trace).
 //! Traces with costs also run at 0.05% and 0.2%, where misses are common
 //! enough for cost-awareness to show.
 
-use std::time::Instant;
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use balancer::cache::policy::Policy;
 use balancer_tests::traces::{self, Access, Trace};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// One simulated cache: `access` answers hit or miss and admits on a miss.
@@ -213,18 +222,79 @@ fn pct(x: f64) -> String {
     format!("{:.2}", 100.0 * x)
 }
 
+/// `bench cache`'s options.
+#[derive(Parser)]
+#[command(about = "Cache policy hit ratios on traces against LRU, moka and quick_cache")]
+struct Args {
+    /// Accesses read from each trace.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
+    /// Run only traces whose name contains one of these.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Cache sizes as fractions of each trace's footprint, in (0, 1].
+    #[arg(long, value_delimiter = ',', value_parser = fraction)]
+    sizes: Option<Vec<f64>>,
+    /// A trace file to run instead of the built-in list (repeatable).
+    #[arg(long = "trace", value_name = "FILE")]
+    traces: Vec<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?}: give a fraction in (0, 1], such as 0.05")),
+    }
+}
+
+/// The traces to run: the files given, or the built-in list and Mooncake.
+fn trace_files(args: &Args) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = if args.traces.is_empty() {
+        let dir = balancer_tests::shared_data("traces/cache");
+        let mut v: Vec<PathBuf> = traces::TRACES.iter().map(|f| dir.join(f)).collect();
+        v.push(balancer_tests::shared_data(
+            "traces/arrivals/mooncake-conversation_trace.jsonl",
+        ));
+        v
+    } else {
+        args.traces.clone()
+    };
+    if !args.only.is_empty() {
+        files.retain(|f| {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            args.only.iter().any(|p| name.contains(p.as_str()))
+        });
+    }
+    files
+}
+
+/// Loads one trace, by its file name's format.
+fn load(path: &Path, limit: usize) -> Result<Trace> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    if name.ends_with(".jsonl") {
+        return traces::load_mooncake(path, limit);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    traces::load(dir, &name, limit)
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let limit: usize = balancer_tests::bench_arg(&args, "--limit").unwrap_or(2_000_000);
-    let only: Option<String> = balancer_tests::bench_arg(&args, "--only");
-    let sizes: Vec<f64> = balancer_tests::bench_arg::<String>(&args, "--sizes")
-        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![0.01, 0.05, 0.2]);
-    let dir = balancer_tests::shared_data("traces/cache");
-    let mut files: Vec<String> = traces::TRACES.iter().map(|s| s.to_string()).collect();
-    files.push("mooncake".into());
-    if let Some(o) = &only {
-        files.retain(|f| o.split(',').any(|p| f.contains(p)));
+    let args = Args::parse();
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let custom_sizes = args.sizes.is_some();
+    let sizes = args.sizes.clone().unwrap_or_else(|| vec![0.01, 0.05, 0.2]);
+    let files = trace_files(&args);
+    if files.is_empty() {
+        bail!("no trace left to run (check --only and --trace)");
     }
     println!(
         "bench cache: {} traces, sizes {:?} of each footprint, up to {limit} accesses each\n",
@@ -235,21 +305,14 @@ fn main() -> Result<()> {
     pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("style")?);
     let mut rows = Vec::new();
     for f in &files {
-        pb.set_message(format!("loading {f}"));
-        let t = if f == "mooncake" {
-            traces::load_mooncake(
-                &balancer_tests::shared_data("traces/arrivals/mooncake-conversation_trace.jsonl"),
-                limit,
-            )?
-        } else {
-            traces::load(&dir, f, limit)?
-        };
+        pb.set_message(format!("loading {}", f.display()));
+        let t = load(f, limit)?;
         let (distinct, bytes) = t.footprint();
         let total_bytes: u64 = t.accesses.iter().map(|a| a.size as u64).sum();
         let total_cost: f64 = t.accesses.iter().map(|a| a.cost as f64).sum();
         // Costs only matter where misses are common: small caches too.
         let mut fracs = sizes.clone();
-        if t.costed && !args.iter().any(|a| a == "--sizes") {
+        if t.costed && !custom_sizes {
             fracs.splice(0..0, [0.0005, 0.002]);
         }
         for &frac in &fracs {

@@ -225,9 +225,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// `bench proxy`'s options.
+#[derive(clap::Parser)]
+#[command(about = "The cache's hit path against nginx proxy_cache")]
+struct Args {
+    /// Seconds of the throughput phase.
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    seconds: f64,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 3600.0 => Ok(f),
+        _ => Err(format!("{s:?}: give seconds in (0, 3600]")),
+    }
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds: f64 = balancer_tests::bench_arg(&args, "--seconds").unwrap_or(5.0);
+    let seconds = <Args as clap::Parser>::parse().seconds;
     let backend = Backend::start("backend", &["m"], 0.1)?;
     let (p_ours, p_nginx) = (free_port()?, free_port()?);
     let _gw = Gateway::start(

@@ -96,11 +96,3 @@ pub fn require_root() {
         );
     }
 }
-
-/// The value after `name` in a benchmark's arguments, parsed.
-pub fn bench_arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}

@@ -180,7 +180,9 @@ pub fn load(dir: &Path, file: &str, limit: usize) -> Result<Trace> {
             });
         }
     } else {
-        bail!("{file}: unknown trace format");
+        bail!(
+            "{file}: unknown trace format (known by name: *.lis[.zst], lirs-*, cache2k-*, adapt_size-*, address_penalties-*, optionally .gz/.xz/.zst; *.jsonl for Mooncake)"
+        );
     }
     Ok(Trace {
         name,
