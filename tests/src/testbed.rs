@@ -453,6 +453,23 @@ impl Testbed {
         Client::new(self.socket())
     }
 
+    /// The daemon's `/metrics` text, read inside the gateway namespace from
+    /// the address [`Testbed::config`] gives it.
+    pub fn daemon_metrics(&self) -> Result<String> {
+        netns::run_in(&self.gateway.ns, || -> Result<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect((GW_ADDR, 9100))?;
+            let deadline = Some(patience(std::time::Duration::from_secs(10)));
+            s.set_read_timeout(deadline)?;
+            s.set_write_timeout(deadline)?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.take(16 << 20).read_to_string(&mut out)?;
+            Ok(out)
+        })?
+        .context("reading the daemon's /metrics")
+    }
+
     /// The daemon configuration for this testbed: the gateway's `eth0`, and
     /// `vips` (TOML `[[vip]]` tables) appended. With `weights`, the standard
     /// VIP with every backend at those weights is written instead.

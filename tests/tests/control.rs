@@ -261,15 +261,7 @@ fn cli_validates_and_reports() {
     assert!(ok, "{err}");
     assert!(out.contains(&b1) && out.contains("FLOW SHARE"), "{out}");
     // Prometheus endpoint of the daemon, inside the gateway namespace.
-    let body = balancer_tests::netns::run_in(&tb.gateway.ns, || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("10.77.0.2:9100").unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .unwrap();
+    let body = tb.daemon_metrics().unwrap();
     assert!(
         body.contains(
             "balancer_backend_packets_total{vip=\"10.77.100.1:80/tcp\",backend=\"10.77.0.100\"}"
@@ -410,6 +402,29 @@ fn a_second_daemon_refuses_and_the_first_keeps_answering() {
     assert_eq!(st.vips, 1);
     assert_eq!(std::fs::metadata(tb.socket()).unwrap().ino(), sock_ino);
     assert_eq!(std::fs::read(&state).unwrap(), before);
+    let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 100, 8).unwrap();
+    assert_eq!(r.ok, 100, "{:?}", r.errors);
+
+    // Its own state file, socket and metrics port, but the same interface:
+    // refused before it adopts the first one's maps.
+    let own = cfg
+        .replace("state.json", "state2.json")
+        .replace(":9100", ":9101")
+        .replace(
+            &tb.socket().display().to_string(),
+            &tb.dir().join("second.sock").display().to_string(),
+        );
+    let fourth_cfg = tb.dir().join("fourth.toml");
+    std::fs::write(&fourth_cfg, own).unwrap();
+    let log = tb.dir().join("fourth.log");
+    let mut fourth = balancer_tests::testbed::spawn_daemon(&fourth_cfg, &log).unwrap();
+    let status = exit_within(&mut fourth, wait);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "a daemon shared the pin dir: {text}");
+    assert!(text.contains("daemon.pin_dir"), "{text}");
+    assert!(!tb.dir().join("state2.json").exists(), "{text}");
+    let st = rt().block_on(tb.client().status()).unwrap();
+    assert_eq!(st.vips, 1);
     let r = loadgen::short_connections(&tb.clients[0].ns, tb.vip(), 100, 8).unwrap();
     assert_eq!(r.ok, 100, "{:?}", r.errors);
 }

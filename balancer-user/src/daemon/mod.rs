@@ -52,7 +52,13 @@ use crate::{
 pub fn run(cfg: Config) -> Result<()> {
     // Before anything else: a second daemon must not adopt the first one's
     // maps or take over its socket. Held until we return.
-    let _lock = lock::DaemonLock::acquire(&cfg.daemon.state_file, &cfg.daemon.socket)?;
+    let pins = cfg
+        .daemon
+        .iface
+        .as_ref()
+        .map(|_| lock::pin_lock_path(&cfg.daemon.pin_dir));
+    let _lock =
+        lock::DaemonLock::acquire(&cfg.daemon.state_file, &cfg.daemon.socket, pins.as_deref())?;
     // Read the state file first: a broken one must stop us before the kernel
     // is touched.
     let saved = state::load(&cfg.daemon.state_file)?;
