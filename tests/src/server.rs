@@ -7,7 +7,8 @@
 //! token takes `decode_ms_per_token`, slowed by `batch_penalty` per other
 //! running sequence, everything divided by `speed`. KV cache holds
 //! `kv_tokens` tokens; a running request holds prompt + output tokens.
-//! `/metrics` reports this state under vLLM's metric names. Results are
+//! `/metrics` reports this state under vLLM's metric names (`/metrics/empty`
+//! answers 200 with no samples, for scrape tests). Results are
 //! deterministic functions of (model, prompt), so caches can check them.
 //!
 //! `GET /admin/stats` counts inference calls received (the cache suites use it).
@@ -231,6 +232,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         ("GET", "/metrics") => Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
             .body(full(metrics(&state, &c)))
+            .unwrap_or_else(|_| Response::new(full(""))),
+        ("GET", "/metrics/empty") => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(full(""))
             .unwrap_or_else(|_| Response::new(full(""))),
         ("GET", "/v1/models") => {
             let data: Vec<_> = c

@@ -28,6 +28,18 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A testbed whose VIP has telemetry: every backend's vLLM `/metrics`.
 fn telemetry_testbed(backends: usize, extra: &str) -> Testbed {
+    telemetry_testbed_with(backends, extra, |_, a| {
+        format!("{{ kind = \"vllm\", url = \"http://{a}:80/metrics\" }}")
+    })
+}
+
+/// As [`telemetry_testbed`], with backend `i`'s metrics endpoint (TOML
+/// inline table) from `endpoint(i, address)`.
+fn telemetry_testbed_with(
+    backends: usize,
+    extra: &str,
+    endpoint: impl Fn(usize, std::net::Ipv4Addr) -> String,
+) -> Testbed {
     require_root();
     let mut tb = Testbed::up(Spec::unique(
         1,
@@ -43,10 +55,11 @@ fn telemetry_testbed(backends: usize, extra: &str) -> Testbed {
     let mut vip = format!(
         "[[vip]]\nvip = \"{VIP}:{VIP_PORT}/tcp\"\n\n[vip.telemetry]\ninterval_ms = {interval}\nmodel = \"test-model\"\n{extra}\n\n[vip.telemetry.policy]\nslow_start_s = {slow_start}\nstale_after_ms = {stale}\n"
     );
-    for b in &tb.backends {
+    for (i, b) in tb.backends.iter().enumerate() {
         vip.push_str(&format!(
-            "\n[[vip.backend]]\naddress = \"{a}\"\nmetrics = [{{ kind = \"vllm\", url = \"http://{a}:80/metrics\" }}]\n",
-            a = b.addr
+            "\n[[vip.backend]]\naddress = \"{a}\"\nmetrics = [{e}]\n",
+            a = b.addr,
+            e = endpoint(i, b.addr)
         ));
     }
     let cfg = tb.config(&vip);
@@ -292,4 +305,61 @@ fn a_dead_backend_goes_to_zero_and_ramps_back() {
         "b1 back after {partial:?}, at full weight after {:?} more",
         full
     );
+}
+
+/// A backend with an empty `/metrics` and one scraped as the wrong kind are
+/// not idle: neither draws more than its hint's share, the weights report
+/// says why, and status and `/metrics` name them.
+#[test]
+fn empty_or_wrong_kind_telemetry_never_draws_more_than_its_hint() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tb = telemetry_testbed_with(3, "", |i, a| match i {
+        0 => format!("{{ kind = \"vllm\", url = \"http://{a}:80/metrics/empty\" }}"),
+        // vLLM's names read as Triton's: nothing recognised.
+        1 => format!("{{ kind = \"triton\", url = \"http://{a}:80/metrics\" }}"),
+        _ => format!("{{ kind = \"vllm\", url = \"http://{a}:80/metrics\" }}"),
+    });
+    let client = tb.client();
+    let rt = rt();
+    let addr = |i: usize| -> IpAddr { tb.backends[i].addr.into() };
+    let (empty, wrong, good) = (addr(0), addr(1), addr(2));
+    // Equal hints (weight 1 each): a fair share is a third.
+    let (_, w) = wait_for(
+        &client,
+        &rt,
+        Duration::from_secs(15),
+        "the healthy backend takes the most",
+        |w| w[&good].0 >= 900,
+    );
+    let total: u64 = w.values().map(|(_, s)| *s).sum();
+    for b in [empty, wrong] {
+        let (weight, slots) = w[&b];
+        assert!(weight < w[&good].0, "{b} out-weighs the healthy one: {w:?}");
+        assert!(slots * 3 <= total, "{b} holds more than its share: {w:?}");
+    }
+    let report = rt.block_on(client.weights()).unwrap();
+    for (b, kind) in [(empty, "vllm"), (wrong, "triton")] {
+        let d = report.pools[0]
+            .decisions
+            .iter()
+            .find(|d| d.addr == b)
+            .unwrap();
+        assert!(d.unknown, "{d:?}");
+        assert!(
+            d.why
+                .contains(&format!("no recognised signal (kind {kind})")),
+            "{}",
+            d.why
+        );
+    }
+    let st = rt.block_on(client.status()).unwrap();
+    let named: Vec<IpAddr> = st.unknown_telemetry.iter().map(|d| d.addr).collect();
+    assert_eq!(named, vec![empty, wrong], "{st:?}");
+    let text = tb.daemon_metrics().unwrap();
+    for (b, v) in [(empty, 1), (wrong, 1), (good, 0)] {
+        let line = format!(
+            "balancer_backend_telemetry_unknown{{vip=\"{VIP}:{VIP_PORT}/tcp\",backend=\"{b}\"}} {v}"
+        );
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
 }

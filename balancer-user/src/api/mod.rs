@@ -60,7 +60,8 @@ pub struct SetWeight {
     pub weight: u32,
 }
 
-/// A backend that takes no new connections, and why.
+/// A backend of a VIP and a reason: why it takes no new connections, or why
+/// its telemetry is not understood.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownBackend {
     /// Its VIP.
@@ -98,6 +99,11 @@ pub struct StatusReply {
     pub backends: usize,
     /// Backends that are down, with reasons.
     pub down: Vec<DownBackend>,
+    /// Backends whose last scrape held no signal their kind is known by
+    /// (empty `/metrics`, wrong `kind`): they count as saturated. The reason
+    /// names the kind.
+    #[serde(default)]
+    pub unknown_telemetry: Vec<DownBackend>,
     /// Cache routes, as `name listen-address`.
     #[serde(default)]
     pub cache_routes: Vec<String>,
@@ -122,6 +128,9 @@ pub struct BackendStatsRow {
     pub new_flows: u64,
     /// Why it is down, if it is.
     pub down: Option<String>,
+    /// Its telemetry held no recognised signal (it counts as saturated).
+    #[serde(default)]
+    pub telemetry_unknown: bool,
 }
 
 /// Counters of one VIP in `GET /v1/stats`.

@@ -6,6 +6,8 @@
 //! through ring grace periods.
 
 use std::{
+    collections::BTreeMap,
+    net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
@@ -26,7 +28,7 @@ use crate::{
         Programs,
         maps::{FlowTable, StatsMaps},
     },
-    lb::{BackendSpec, LbError, LoadBalancer, Pools},
+    lb::{BackendSpec, LbError, LoadBalancer, Pools, VipId},
 };
 
 /// The data plane as the daemon holds it: the engine behind its lock for
@@ -144,6 +146,7 @@ impl Daemon {
             .map(|c| (c.name().to_string(), g.get(*c)))
             .collect();
         let view = plane.view.load();
+        let unknown = self.unknown_telemetry();
         let mut vips = Vec::new();
         for v in &view.vips {
             let s = plane.stats.vip(v.index).map_err(internal)?;
@@ -159,6 +162,7 @@ impl Daemon {
                     bytes: bs.bytes,
                     new_flows: bs.new_flows,
                     down: b.down.clone(),
+                    telemetry_unknown: unknown.contains_key(&(v.spec.id, b.addr)),
                 });
             }
             vips.push(VipStatsRow {
@@ -175,6 +179,23 @@ impl Daemon {
             vips,
             cache,
         })
+    }
+
+    /// Backends whose last scoring found no recognised signal, with the
+    /// reason, from the control loop's last report (held only to copy it).
+    fn unknown_telemetry(&self) -> BTreeMap<(VipId, IpAddr), String> {
+        let Ok(w) = self.weights.lock() else {
+            return BTreeMap::new();
+        };
+        w.pools
+            .iter()
+            .flat_map(|p| {
+                p.decisions
+                    .iter()
+                    .filter(|d| d.unknown)
+                    .map(|d| ((p.vip, d.addr), d.why.clone()))
+            })
+            .collect()
     }
 
     fn status(&self) -> StatusReply {
@@ -197,6 +218,7 @@ impl Daemon {
             vips: 0,
             backends: 0,
             down: Vec::new(),
+            unknown_telemetry: Vec::new(),
             cache_routes,
         };
         let Some(plane) = &self.plane else {
@@ -214,6 +236,11 @@ impl Daemon {
                 }
             }
         }
+        reply.unknown_telemetry = self
+            .unknown_telemetry()
+            .into_iter()
+            .map(|((vip, addr), reason)| DownBackend { vip, addr, reason })
+            .collect();
         let att = plane.programs.attachment();
         reply.iface = self.cfg.daemon.iface.clone();
         reply.pin_dir = self.cfg.daemon.pin_dir.display().to_string();

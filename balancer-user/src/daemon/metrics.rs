@@ -135,6 +135,13 @@ const BACKEND_FAMILIES: &[(Family, Read<BackendStatsRow>)] = &[
         Family::gauge("balancer_backend_up", "1 unless the backend is down."),
         |b| b.down.is_none() as u64,
     ),
+    (
+        Family::gauge(
+            "balancer_backend_telemetry_unknown",
+            "1 when the backend's last scrape held no signal its kind is known by (empty /metrics, wrong kind): it counts as saturated.",
+        ),
+        |b| b.telemetry_unknown as u64,
+    ),
 ];
 
 /// Where a cache sample's value comes from.
@@ -391,6 +398,7 @@ mod tests {
             bytes: 1000 * n,
             new_flows: n,
             down: down.map(str::to_string),
+            telemetry_unknown: last == 2,
         };
         let s = StatsReply {
             at_ms: 0,

@@ -174,6 +174,7 @@ mod tests {
                     bytes: n * 100,
                     new_flows: n / 10,
                     down: None,
+                    telemetry_unknown: false,
                 }],
             }],
             cache: None,

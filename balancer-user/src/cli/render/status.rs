@@ -47,11 +47,20 @@ pub fn status(s: &StatusReply) -> String {
             outln!(out, "    {} {}: {}", d.vip, d.addr, d.reason);
         }
     }
+    if !s.unknown_telemetry.is_empty() {
+        // Not down, but weighted blind: the operator should fix the scrape.
+        outln!(out, "  no recognised telemetry (counted as saturated):");
+        for d in &s.unknown_telemetry {
+            outln!(out, "    {} {}: {}", d.vip, d.addr, d.reason);
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use balancer::api::DownBackend;
+
     use super::*;
 
     fn reply(iface: Option<&str>) -> StatusReply {
@@ -68,6 +77,7 @@ mod tests {
             vips: 1,
             backends: 2,
             down: vec![],
+            unknown_telemetry: vec![],
             cache_routes: vec!["r 127.0.0.1:1".into()],
         }
     }
@@ -87,5 +97,22 @@ mod tests {
         assert!(s.contains("  data plane  attached (driver), pins /p\n"));
         assert!(s.contains("  flow table  3 live of 100 entries\n"));
         assert!(s.ends_with("  down        none\n"));
+    }
+
+    #[test]
+    fn names_backends_without_recognised_telemetry() {
+        let mut r = reply(Some("eth0"));
+        r.unknown_telemetry = vec![DownBackend {
+            vip: "10.0.0.1:80/tcp".parse().unwrap(),
+            addr: [10, 0, 1, 2].into(),
+            reason: "no recognised signal (kind vllm)".into(),
+        }];
+        assert!(
+            status(&r).ends_with(
+                "  down        none\n  no recognised telemetry (counted as saturated):\n    10.0.0.1:80/tcp 10.0.1.2: no recognised signal (kind vllm)\n"
+            ),
+            "{}",
+            status(&r)
+        );
     }
 }
