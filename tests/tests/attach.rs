@@ -304,3 +304,76 @@ fn interfaces_with_multi_buffer_mtus_are_refused() {
     assert!(s.xdp_attached("d0"));
     drop(dp);
 }
+
+/// Freezes one of the program's maps by name (`BPF_MAP_FREEZE`): from then
+/// on every write to it from userspace fails, as a kernel refusal would.
+fn freeze_map(programs: &balancer::dataplane::Programs, name: &str) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let prog = programs.program().expect("loaded program");
+    let ids = prog.info().unwrap().map_ids().unwrap().unwrap_or_default();
+    let info = ids
+        .into_iter()
+        .filter_map(|id| aya::maps::MapInfo::from_id(id).ok())
+        .find(|m| m.name_as_str() == Some(name))
+        .unwrap_or_else(|| panic!("the program uses no map {name}"));
+    let fd = info.fd().unwrap();
+    // union bpf_attr { struct { __u32 map_fd; } }; BPF_MAP_FREEZE is 22.
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    // SAFETY: attr outlives the call, and its size is passed with it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 22, attr.as_ptr(), attr.len()) };
+    assert_eq!(
+        r,
+        0,
+        "BPF_MAP_FREEZE {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Issue 12, item 11: a VIP removal whose first cleanup step fails still
+/// runs the others, so no backend slot stays active for a VIP that is gone,
+/// and the caller hears of the failure.
+#[test]
+fn a_failed_step_of_a_vip_removal_does_not_stop_its_cleanup() {
+    require_root();
+    let dp = Dataplane::load(&small()).unwrap();
+    let programs = dp.programs;
+    let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default()).unwrap();
+    let vip: VipId = "10.9.9.9:80/tcp".parse().unwrap();
+    lb.add_vip(VipSpec {
+        id: vip,
+        mode: Mode::Tunnel,
+        affinity_secs: None,
+    })
+    .unwrap();
+    for last in [1, 2] {
+        let b = BackendSpec {
+            addr: [10, 0, 0, last].into(),
+            weight: 1,
+            mac: None,
+        };
+        lb.add_backend(&vip, b).unwrap();
+    }
+    let active = |lb: &LoadBalancer| {
+        (0..lb.maps().backends.len())
+            .filter(|i| {
+                lb.maps()
+                    .backends
+                    .get(*i)
+                    .is_some_and(|b| b.flags & balancer_common::BACKEND_F_ACTIVE != 0)
+            })
+            .count()
+    };
+    assert_eq!(active(&lb), 2);
+    // The filter rewrite, the first step after the VIP leaves the table,
+    // now fails.
+    freeze_map(&programs, "VIP_FILTER");
+    let err = lb.remove_vip(&vip).expect_err("the filter write must fail");
+    assert!(err.to_string().contains("VIP_FILTER"), "{err}");
+    assert!(lb.vips().is_empty());
+    assert_eq!(
+        active(&lb),
+        0,
+        "the removed VIP's backend slots stayed active"
+    );
+}

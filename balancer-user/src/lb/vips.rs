@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use balancer_common::{RING_EMPTY, VIP_F_AFFINITY, VipFilter, VipMeta};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{LbError, LoadBalancer, Result, VipId, VipSpec, ring, state::VipState};
 
@@ -69,14 +69,24 @@ impl LoadBalancer {
         let index = state.index;
         self.vips.remove(id);
         self.changed();
-        self.rebuild_filter()?;
+        // The VIP is gone from the data path and the model: every cleanup
+        // step runs even if one fails, so no slot or ring stays held. The
+        // first failure is returned (and each one logged).
+        let mut first = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                warn!(error = %e, "cleaning up after a removed VIP");
+                first.get_or_insert(e);
+            }
+        };
+        note(self.rebuild_filter());
         ring::wait_grace();
         for slot in slots {
-            self.deactivate_slot(slot)?;
+            note(self.deactivate_slot(slot));
         }
         self.maps.rings.forget(index);
         info!("VIP removed");
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Rewrites `VIP_FILTER` from the VIPs the engine holds.
