@@ -18,7 +18,9 @@
 //! - [`api`]: the admin API's messages, server and client;
 //! - [`daemon`]: `balancer run`, wiring all of the above: state file,
 //!   metrics endpoint and loops;
-//! - [`agent`]: `balancer agent`, the exporter for backend hosts (NVML).
+//! - [`agent`]: `balancer agent`, the exporter for backend hosts (NVML);
+//! - [`emulate`]: `balancer emulate`'s model of an inference node (batching,
+//!   KV cache, prefix caching) for benches and tests without a GPU.
 //!
 //! The CLI (in the binary) uses [`api`]'s client and the domain modules'
 //! types; nothing here knows about the CLI.
@@ -42,6 +44,8 @@ pub mod api;
 pub mod daemon;
 
 pub mod agent;
+
+pub mod emulate;
 
 #[cfg(test)]
 mod testutil;
