@@ -72,9 +72,43 @@ pub enum LocalCmd {
         #[arg(long)]
         once: bool,
     },
+    /// Emulate an inference server (OpenAI API, vLLM metrics) on a
+    /// hardware class from a profile file: batching, KV cache, prefix cache.
+    #[command(display_order = 8)]
+    Emulate(EmulateArgs),
     /// Configuration files.
     #[command(subcommand, display_order = 9)]
     Config(ConfigCmd),
+}
+
+/// `balancer emulate`'s options.
+#[derive(clap::Args)]
+pub struct EmulateArgs {
+    /// Profile file with the hardware classes (`[[class]]` tables).
+    #[arg(long)]
+    pub profile: std::path::PathBuf,
+    /// The class to emulate, by name.
+    #[arg(long)]
+    pub class: String,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: std::net::SocketAddr,
+    /// The model served (requests for any other get 404).
+    #[arg(long, default_value = "test-model")]
+    pub model: String,
+    /// Name in answers and the `x-backend` header (default: the class).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Speed factor: 0.5 runs every step twice as long.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.001..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give a factor in 0.001..=1000")),
+    }
 }
 
 /// Commands that talk to the daemon.
@@ -331,8 +365,8 @@ mod tests {
         subs.sort();
         let names: Vec<_> = subs.into_iter().map(|(_, n)| n).collect();
         let want = [
-            "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "cache",
-            "config",
+            "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "emulate",
+            "cache", "config",
         ];
         assert_eq!(names, want);
     }

@@ -1,5 +1,5 @@
-//! Commands that run without a daemon: `run`, `detach`, `agent` and
-//! `config check`.
+//! Commands that run without a daemon: `run`, `detach`, `agent`,
+//! `emulate` and `config check`.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -10,7 +10,7 @@ use balancer::{
 };
 
 use super::{
-    args::{ConfigCmd, DetachArgs, LocalCmd, Output, RunArgs, XdpModeArg},
+    args::{ConfigCmd, DetachArgs, EmulateArgs, LocalCmd, Output, RunArgs, XdpModeArg},
     render,
 };
 
@@ -20,6 +20,7 @@ pub fn run(cmd: LocalCmd, output: Output) -> Result<()> {
         LocalCmd::Run(args) => run_daemon(args),
         LocalCmd::Detach(args) => detach(args),
         LocalCmd::Agent { listen, once } => agent(listen, once),
+        LocalCmd::Emulate(args) => emulate(args),
         LocalCmd::Config(ConfigCmd::Check { file }) => config_check(&file, output),
     }
 }
@@ -117,6 +118,38 @@ fn agent(listen: SocketAddr, once: bool) -> Result<()> {
         .with_context(|| format!("serving on {listen}"))
 }
 
+fn emulate(args: EmulateArgs) -> Result<()> {
+    use balancer::emulate::{node::Node, profile::Profile, server};
+    init_tracing();
+    let profile = Profile::load(&args.profile)?;
+    let class = profile.class(&args.class).cloned().with_context(|| {
+        let names: Vec<&str> = profile.classes.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "{}: no class {:?} (it has {})",
+            args.profile.display(),
+            args.class,
+            names.join(", ")
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let served = server::Served {
+            name: args.name.unwrap_or_else(|| class.name.clone()),
+            model: args.model,
+        };
+        tracing::info!(class = %class.name, listen = %args.listen, model = %served.model, "emulating");
+        let node = Node::spawn(class);
+        node.set_speed(args.speed);
+        server::serve(listener, server::Emulator::new(node, served)).await;
+        Ok(())
+    })
+}
+
 fn config_check(file: &Path, output: Output) -> Result<()> {
     let cfg = Config::load(file)?;
     println!("{}", render::config::check(file, &cfg, output));
@@ -143,6 +176,26 @@ mod tests {
             xdp_mode: None,
             netns: netns.map(Into::into),
         }
+    }
+
+    #[test]
+    fn emulate_names_the_classes_a_profile_has() {
+        let profile = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/scenarios/profiles/llama-3.1-8b.toml");
+        let err = emulate(EmulateArgs {
+            profile,
+            class: "tpu".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            model: "m".into(),
+            name: None,
+            speed: 1.0,
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("no class \"tpu\" (it has h100, a100, l4, cpu)"),
+            "{err}"
+        );
     }
 
     #[test]

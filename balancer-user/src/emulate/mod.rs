@@ -6,12 +6,20 @@
 //!   computed blocks;
 //! - [`engine`]: continuous batching with a KV budget, chunked prefill,
 //!   prefix caching and preemption, planned step by step without a clock;
-//! - [`sim`]: the engine replayed in virtual time.
+//! - [`sim`]: the engine replayed in virtual time;
+//! - [`node`]: the engine driven by a timer, one task per node;
+//! - [`server`]: the OpenAI-compatible API and vLLM's metrics over a node;
+//!   [`stats`]: its latency histograms.
 
 pub mod engine;
+pub mod node;
 pub mod prefix;
 pub mod profile;
+pub mod server;
 pub mod sim;
+pub mod stats;
 
+#[cfg(test)]
+mod server_tests;
 #[cfg(test)]
 mod tests;
