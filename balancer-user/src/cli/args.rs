@@ -74,7 +74,7 @@ pub enum LocalCmd {
     },
     /// Emulate an inference server (OpenAI API, vLLM metrics) on a
     /// hardware class from a profile file: batching, KV cache, prefix cache.
-    #[command(display_order = 8)]
+    #[command(display_order = 10)]
     Emulate(EmulateArgs),
     /// Configuration files.
     #[command(subcommand, display_order = 9)]
@@ -365,8 +365,8 @@ mod tests {
         subs.sort();
         let names: Vec<_> = subs.into_iter().map(|(_, n)| n).collect();
         let want = [
-            "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "emulate",
-            "cache", "config",
+            "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "cache",
+            "config", "emulate",
         ];
         assert_eq!(names, want);
     }

@@ -10,6 +10,7 @@ use crate::{
         Settings,
         key::KeyScope,
         l2::RedisSettings,
+        pick::Pick,
         proxy::{MarkDown, RouteConfig},
     },
     lb::VipId,
@@ -191,6 +192,20 @@ fn route(
             3_600_000,
         )?),
     };
+    let pick = match &r.pick {
+        None => Pick::default(),
+        Some(w) => match Pick::parse(w.get_ref()) {
+            Some(p) => p,
+            None => {
+                let words: Vec<_> = Pick::ALL.iter().map(|(l, _)| *l).collect();
+                return cx.err(
+                    w.span(),
+                    field("pick"),
+                    format!("{:?}: use one of {}", w.get_ref(), words.join(", ")),
+                );
+            }
+        },
+    };
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -211,6 +226,7 @@ fn route(
             scope,
             credential_headers,
             mark_down,
+            pick,
         },
         pool,
     })

@@ -56,6 +56,7 @@
 //! # credential_headers = ["authorization", "x-api-key"]
 //! # mark_down_after = 3              # failures in a row leave a backend out
 //! # mark_down_ms = 10000             # for this long
+//! # pick = "consistent-hash"         # or "round-robin", "least-request", "random"
 //! ```
 //!
 //! Without `daemon.iface` the daemon runs no data plane: a cache-only
@@ -164,6 +165,7 @@ struct RawCacheRoute {
     credential_headers: Option<Spanned<Vec<String>>>,
     mark_down_after: Option<Spanned<u64>>,
     mark_down_ms: Option<Spanned<u64>>,
+    pick: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

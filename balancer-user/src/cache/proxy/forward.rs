@@ -41,7 +41,7 @@ impl Route {
         let mut members = self.members();
         let mut retry = retry;
         loop {
-            let Some((addr, guard)) = pick::pick(hash, &members) else {
+            let Some((addr, guard)) = pick::pick(self.cfg.pick.selector(), hash, &members) else {
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cache route {:?} has no backend with weight", self.cfg.name),

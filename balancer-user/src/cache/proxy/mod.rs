@@ -57,7 +57,7 @@ use self::{
 use super::{
     Cache, CacheError, Counter,
     key::{self, Key, KeyScope, OptIn},
-    pick::Member,
+    pick::{Member, Pick},
 };
 
 /// A route's configuration.
@@ -101,6 +101,8 @@ pub struct RouteConfig {
     pub credential_headers: Vec<header::HeaderName>,
     /// When a failing backend is left out, and for how long.
     pub mark_down: MarkDown,
+    /// Which backend gets each request sent on (misses and bypasses).
+    pub pick: Pick,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -122,6 +124,7 @@ pub type PoolSource = Arc<dyn Fn() -> Vec<(SocketAddr, u32)> + Send + Sync>;
 #[derive(Debug, Default)]
 struct Tracked {
     in_flight: Arc<AtomicU64>,
+    picked: Arc<AtomicU64>,
     passive: health::Passive,
 }
 
@@ -199,6 +202,7 @@ impl Route {
                     addr,
                     weight,
                     in_flight: t.in_flight.clone(),
+                    picked: t.picked.clone(),
                 };
                 (m, t.passive.is_down(now))
             })

@@ -23,6 +23,7 @@ pub(super) fn config() -> RouteConfig {
         scope: KeyScope::Shared,
         credential_headers: vec![header::AUTHORIZATION],
         mark_down: MarkDown::default(),
+        pick: crate::cache::pick::Pick::default(),
     }
 }
 

@@ -92,3 +92,34 @@ async fn miss_hit_bypass_and_limits() {
     );
     assert_eq!(got, (1, 3, 1, 1, 2, 1));
 }
+
+/// The route's `pick` decides where requests go: round-robin spreads
+/// repeated identical bypasses evenly, where consistent hashing sends them
+/// all to the key's backend.
+#[tokio::test]
+async fn the_routes_pick_setting_chooses_the_backend() {
+    for (pick, want) in [
+        (Pick::RoundRobin, [10, 10, 10]),
+        (Pick::ConsistentHash, [30, 0, 0]),
+    ] {
+        let mut backends = Vec::new();
+        for _ in 0..3 {
+            backends.push(backend().await);
+        }
+        let mut cfg = testkit::config();
+        cfg.pick = pick;
+        let pool = backends.iter().map(|(a, _)| (*a, 1)).collect();
+        let (to, _) = testkit::serve(cfg, pool).await;
+        for _ in 0..30 {
+            let (status, x, _) =
+                post(to, "/v1/chat/completions", r#"{"model":"m","stream":true}"#).await;
+            assert_eq!((status, x.as_str()), (200, "BYPASS"));
+        }
+        let mut got: Vec<u64> = backends
+            .iter()
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .collect();
+        got.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(got, want, "{pick:?}");
+    }
+}

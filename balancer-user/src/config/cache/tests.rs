@@ -48,6 +48,7 @@ fn client_limits_are_checked() {
             "body_budget_bytes",
         ),
         ("key_scope = \"per-user\"\n", "key_scope"),
+        ("pick = \"fastest\"\n", "pick"),
         ("mark_down_after = 0\n", "mark_down_after"),
         ("mark_down_ms = 0\n", "mark_down_ms"),
         (
@@ -82,4 +83,18 @@ fn key_scope_defaults_and_parses() {
     let r = &c.cache_routes[0].route;
     assert_eq!(r.scope, KeyScope::PerCredential);
     assert_eq!(r.credential_headers[0].as_str(), "x-tenant-key");
+}
+
+#[test]
+fn pick_defaults_and_parses() {
+    use crate::cache::pick::Pick;
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    assert_eq!(c.cache_routes[0].route.pick, Pick::ConsistentHash);
+    for (word, p) in Pick::ALL {
+        let c = Config::parse(Path::new("t.toml"), &format!("{ROUTE}pick = \"{word}\"\n")).unwrap();
+        assert_eq!(c.cache_routes[0].route.pick, p);
+    }
+    let e =
+        Config::parse(Path::new("t.toml"), &format!("{ROUTE}pick = \"fastest\"\n")).unwrap_err();
+    assert!(e.to_string().contains("least-request"), "{e}");
 }

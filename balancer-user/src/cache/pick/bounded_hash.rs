@@ -11,39 +11,14 @@
 //! its weight share)`; the key then goes to its next choice. With `c > 1` some
 //! backend is always under its bound.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::atomic::Ordering};
+
+use super::{Member, Selector};
 
 /// The load bound's slack factor: a backend may carry 25% over its share.
 pub const BALANCE: f64 = 1.25;
 
-/// One backend of a pool.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Where to send requests.
-    pub addr: SocketAddr,
-    /// Current weight (0: receives nothing).
-    pub weight: u32,
-    /// Requests in flight, shared with the guard that counts them.
-    pub in_flight: Arc<AtomicU64>,
-}
-
-/// Counts a request in flight until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<AtomicU64>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn mix(mut x: u64) -> u64 {
+pub(super) fn mix(mut x: u64) -> u64 {
     // splitmix64's finaliser: a cheap, well-distributed 64-bit hash.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -65,49 +40,40 @@ fn score(key: u64, m: &Member) -> f64 {
     -(m.weight as f64) / u.ln()
 }
 
-/// Picks the backend for `key` and counts the request against it; `None`
-/// when no backend has weight.
-pub fn pick(key: u64, members: &[Member]) -> Option<(SocketAddr, InFlight)> {
-    let total_w: f64 = members.iter().map(|m| m.weight as f64).sum();
-    if total_w <= 0.0 {
-        return None;
+/// Consistent hashing with bounded loads (`pick = "consistent-hash"`).
+#[derive(Debug, Default)]
+pub struct BoundedHash;
+
+impl Selector for BoundedHash {
+    fn select<'a>(&self, key: u64, members: &'a [Member]) -> Option<&'a Member> {
+        let total_w: f64 = members.iter().map(|m| m.weight as f64).sum();
+        let load: u64 = members
+            .iter()
+            .map(|m| m.in_flight.load(Ordering::Relaxed))
+            .sum();
+        let mut order: Vec<(f64, &Member)> = members
+            .iter()
+            .filter(|m| m.weight > 0)
+            .map(|m| (score(key, m), m))
+            .collect();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0));
+        order
+            .iter()
+            .find(|(_, m)| {
+                let cap = (BALANCE * (load + 1) as f64 * m.weight as f64 / total_w).ceil();
+                (m.in_flight.load(Ordering::Relaxed) as f64) < cap
+            })
+            .or(order.first())
+            .map(|(_, m)| *m)
     }
-    let load: u64 = members
-        .iter()
-        .map(|m| m.in_flight.load(Ordering::Relaxed))
-        .sum();
-    let mut order: Vec<(f64, &Member)> = members
-        .iter()
-        .filter(|m| m.weight > 0)
-        .map(|m| (score(key, m), m))
-        .collect();
-    order.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let chosen = order
-        .iter()
-        .find(|(_, m)| {
-            let cap = (BALANCE * (load + 1) as f64 * m.weight as f64 / total_w).ceil();
-            (m.in_flight.load(Ordering::Relaxed) as f64) < cap
-        })
-        .or(order.first())?
-        .1;
-    chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-    Some((chosen.addr, InFlight(chosen.in_flight.clone())))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::pool, *};
 
-    fn pool(weights: &[u32]) -> Vec<Member> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| Member {
-                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8000)),
-                weight: *w,
-                in_flight: Arc::default(),
-            })
-            .collect()
+    fn pick(key: u64, p: &[Member]) -> Option<(SocketAddr, super::super::InFlight)> {
+        super::super::pick(&BoundedHash, key, p)
     }
 
     #[test]
