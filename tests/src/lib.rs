@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod bpfvm;
 pub mod cachebed;
+pub mod fleet;
 pub mod loadgen;
 pub mod netns;
 pub mod pkt;
@@ -25,6 +26,24 @@ pub mod signals;
 pub mod testbed;
 pub mod traces;
 pub mod xdp;
+
+/// The fleet scenarios (`tests/scenarios`, or `$BALANCER_SCENARIOS` where the
+/// checkout is not, as in the VM suite).
+pub fn scenarios_dir() -> std::path::PathBuf {
+    std::env::var_os("BALANCER_SCENARIOS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios"))
+}
+
+/// The shared third-party data directory, if it is there.
+pub fn shared_data_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("BALANCER_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+        });
+    base.is_dir().then_some(base)
+}
 
 /// A file of the shared third-party data (`../shared/data` beside the
 /// checkout, or `$BALANCER_SHARED_DATA`). Panics with a clear message if the

@@ -166,6 +166,8 @@ enum Bench {
     Invalidation,
     /// Cache hit latency and bypass throughput, quiet vs. ring churn.
     Churn,
+    /// LLM traces on an emulated heterogeneous fleet, per balancing strategy.
+    Fleet,
 }
 
 fn main() -> ExitCode {
@@ -240,6 +242,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Proxy => "proxy",
                 Bench::Invalidation => "invalidation",
                 Bench::Churn => "churn",
+                Bench::Fleet => "fleet",
             };
             run(cargo()
                 .args(["bench", "-p", "balancer-tests", "--bench", name, "--"])

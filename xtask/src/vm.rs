@@ -56,7 +56,7 @@ const GUEST_MOUNTS: &[(&str, &str)] = &[
     ("tmpfs", "/run"),
 ];
 /// Folders of the shared third-party samples the suites read in the guest.
-const SHARED_SUBDIRS: &[&str] = &["prometheus"];
+const SHARED_SUBDIRS: &[&str] = &["prometheus", "traces/arrivals"];
 
 /// Which kernel to boot.
 pub enum Kernel {
@@ -323,12 +323,13 @@ struct Layout {
 }
 
 /// Places the test binaries, the `balancer` and `testbed` binaries of
-/// `bin_dir`, and the shared samples (`shared`: their root and the files
-/// below it) under [`GUEST_ROOT`].
+/// `bin_dir`, the shared samples (`shared`: their root and the files below
+/// it) and the fleet scenarios (`scenarios`: likewise) under [`GUEST_ROOT`].
 fn layout(
     tests: &[(String, PathBuf)],
     bin_dir: &Path,
     shared: Option<(&Path, &[PathBuf])>,
+    scenarios: Option<(&Path, &[PathBuf])>,
 ) -> Result<Layout> {
     let guest = Path::new(GUEST_ROOT);
     let mut l = Layout {
@@ -353,17 +354,41 @@ fn layout(
         l.files.push((bin_dir.join(bin), dst.clone()));
         l.env.push((var, dst));
     }
-    if let Some((root_dir, files)) = shared {
-        let dst_root = guest.join("shared");
+    for (tree, sub, var) in [
+        (shared, "shared", "BALANCER_SHARED_DATA"),
+        (scenarios, "scenarios", "BALANCER_SCENARIOS"),
+    ] {
+        let Some((root_dir, files)) = tree else {
+            continue;
+        };
+        let dst_root = guest.join(sub);
         for f in files {
             let rel = f
                 .strip_prefix(root_dir)
                 .with_context(|| format!("{} is not below {}", f.display(), root_dir.display()))?;
             l.files.push((f.clone(), dst_root.join(rel)));
         }
-        l.env.push(("BALANCER_SHARED_DATA", dst_root));
+        l.env.push((var, dst_root));
     }
     Ok(l)
+}
+
+/// Every file below `dir` (the fleet scenarios and their profiles).
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The shared samples on the host: `$BALANCER_SHARED_DATA`, else
@@ -451,10 +476,13 @@ fn build_initramfs(
         let files = shared_files(&d);
         (d, files)
     });
+    let scenario_dir = root().join("tests").join("scenarios");
+    let scenarios = files_below(&scenario_dir);
     let layout = layout(
         tests,
         &util::target_dir().join("debug"),
         shared.as_ref().map(|(d, f)| (d.as_path(), f.as_slice())),
+        Some((scenario_dir.as_path(), scenarios.as_slice())),
     )?;
     // System programs keep their paths; the project's files go where the
     // layout says.
@@ -849,7 +877,15 @@ mod tests {
             ];
             let shared_root = root_dir.join("../shared/data");
             let shared = vec![shared_root.join("prometheus/vllm.txt")];
-            let l = layout(&tests, &target, Some((&shared_root, &shared))).unwrap();
+            let scenario_root = root_dir.join("tests/scenarios");
+            let scenarios = vec![scenario_root.join("profiles/p.toml")];
+            let l = layout(
+                &tests,
+                &target,
+                Some((&shared_root, &shared)),
+                Some((&scenario_root, &scenarios)),
+            )
+            .unwrap();
             let script = init_script(&l, &["kernel/net/veth.ko".into()], 0.25);
 
             let staged: BTreeSet<&Path> = l.files.iter().map(|(_, g)| g.as_path()).collect();
@@ -902,7 +938,12 @@ mod tests {
 
     #[test]
     fn a_test_binary_without_a_file_name_is_an_error() {
-        let err = layout(&[("x".into(), PathBuf::from("/"))], Path::new("/t"), None);
+        let err = layout(
+            &[("x".into(), PathBuf::from("/"))],
+            Path::new("/t"),
+            None,
+            None,
+        );
         assert!(err.is_err());
     }
 }

@@ -1,0 +1,162 @@
+//! `cargo xtask bench fleet`: real LLM traffic replayed open-loop on an
+//! emulated heterogeneous fleet, through each balancing strategy, on the
+//! same arrivals.
+//!
+//! Options: `--scenario FILE` (repeatable; default every
+//! `tests/scenarios/*.toml`), `--strategies a,b` (default all),
+//! `--quick` (each run cut to 3 s of small requests: a smoke test of the
+//! harness), `--out DIR`
+//! (default the workspace's `target/fleet`: one JSON file per scenario).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use balancer_tests::fleet::{
+    plan, report,
+    run::{self, Strategy},
+    scenario::Scenario,
+};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// `bench fleet`'s options.
+#[derive(Parser)]
+#[command(about = "Replays LLM traces on an emulated fleet through each balancing strategy")]
+struct Args {
+    /// A scenario file (repeatable); default: every tests/scenarios/*.toml.
+    #[arg(long = "scenario", value_name = "FILE")]
+    scenarios: Vec<PathBuf>,
+    /// Strategies to compare, in order (the first is the ratios' base).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "round-robin,least-request,random"
+    )]
+    strategies: Vec<String>,
+    /// Cut each run to 3 s of small requests: checks the harness, measures
+    /// nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON results go (default: the workspace's target/fleet).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn scenario_files(args: &Args) -> Result<Vec<PathBuf>> {
+    if !args.scenarios.is_empty() {
+        return Ok(args.scenarios.clone());
+    }
+    let dir = balancer_tests::scenarios_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no scenario in {}", dir.display());
+    }
+    Ok(files)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let strategies: Vec<Strategy> = args
+        .strategies
+        .iter()
+        .map(|s| Strategy::parse(s))
+        .collect::<Result<_>>()?;
+    let files = scenario_files(&args)?;
+    // Every file is checked before anything runs.
+    let mut scenarios = Vec::new();
+    for f in &files {
+        let mut s = Scenario::load(f)?;
+        if args.quick {
+            s = s.quick();
+        }
+        scenarios.push(s);
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("fleet")
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "bench fleet: {} scenarios x {} strategies{}\n",
+        scenarios.len(),
+        strategies.len(),
+        if args.quick {
+            " (quick: 3 s each, not a measurement)"
+        } else {
+            ""
+        }
+    );
+    for s in &scenarios {
+        let plan = plan::plan(s)?;
+        let mut all = Vec::new();
+        for st in &strategies {
+            let bar = ProgressBar::new(plan.requests.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} {elapsed}")
+                    .context("style")?,
+            );
+            bar.set_message(format!("{} / {}", s.name, st.name()));
+            let r = rt.block_on(run::run(s, &plan, *st, &bar))?;
+            bar.finish_and_clear();
+            all.push(report::figures(s, &plan, &r));
+        }
+        println!("{}", report::table(s, &plan, &all));
+        for f in &all {
+            let cores = f.cpu_s / f.makespan_s.max(1e-9);
+            println!(
+                "  {}: bench process used {:.1} CPU-s, {:.2} of 2 cores; per node: {}",
+                f.strategy,
+                f.cpu_s,
+                cores,
+                f.nodes
+                    .iter()
+                    .map(|n| format!("{} {}", n.node, n.requests))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for e in &f.errors {
+                println!("    error: {e}");
+            }
+        }
+        let file = out.join(format!("{}.json", slug(&s.name)));
+        let json = serde_json::json!({
+            "scenario": s.name,
+            "requests": plan.requests.len(),
+            "duration_s": s.duration_s,
+            "peak_to_average": {"target": s.shape.peak_to_average, "achieved": plan.achieved_par},
+            "compression": plan.compression,
+            "quick": args.quick,
+            "strategies": all,
+        });
+        std::fs::write(&file, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!("  results: {}\n", file.display());
+    }
+    Ok(())
+}
+
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}

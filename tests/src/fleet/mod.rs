@@ -1,0 +1,18 @@
+//! The fleet bench: real LLM traffic replayed open-loop on a fleet of
+//! emulated inference nodes (`balancer emulate`'s engine model), through
+//! each balancing strategy in turn.
+//!
+//! - [`scenario`]: the scenario file (fleet, workload, shape, tiers);
+//! - [`workload`]: the request traces (Azure, Mooncake);
+//! - [`shape`]: compressing a trace into the run and shaping its rate to a
+//!   peak-to-average ratio;
+//! - [`plan`]: the requests every strategy gets, prompts included;
+//! - [`run`]: one strategy's run on a fresh fleet;
+//! - [`report`]: the figures, the table and the JSON.
+
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod shape;
+pub mod workload;

@@ -1,0 +1,94 @@
+//! The fleet bench's harness, run quick on every shipped scenario: the plan
+//! is the same for every strategy, every request is answered with exactly
+//! the tokens it asked for, and round-robin spreads requests evenly.
+
+use std::path::PathBuf;
+
+use balancer_tests::fleet::{
+    plan, report,
+    run::{self, Strategy},
+    scenario::Scenario,
+};
+use indicatif::ProgressBar;
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = balancer_tests::scenarios_dir();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no scenario in {}", dir.display());
+    v
+}
+
+#[test]
+fn every_scenario_loads_and_plans_its_target_ratio() {
+    for f in scenarios() {
+        let s = Scenario::load(&f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+        let p = plan::plan(&s).unwrap();
+        assert_eq!(p.requests.len(), s.requests(), "{}", f.display());
+        // Arrivals are drawn from the trace, so the ratio is near the
+        // target, not on it; the bench prints both.
+        let r = p.achieved_par / s.shape.peak_to_average;
+        assert!(
+            (0.6..1.5).contains(&r),
+            "{}: {} for {}",
+            f.display(),
+            p.achieved_par,
+            s.shape.peak_to_average
+        );
+        assert!(p.requests.windows(2).all(|w| w[0].at_s <= w[1].at_s));
+        assert!(
+            p.requests
+                .iter()
+                .all(|q| q.at_s >= 0.0 && q.at_s <= s.duration_s)
+        );
+    }
+}
+
+#[test]
+fn quick_runs_answer_every_request_in_full() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = &scenarios()[0];
+    let s = Scenario::load(f).unwrap().quick();
+    let p = plan::plan(&s).unwrap();
+    assert!(p.requests.len() >= 20, "{}", p.requests.len());
+    for (name, st) in Strategy::ALL {
+        let r = rt
+            .block_on(run::run(&s, &p, st, &ProgressBar::hidden()))
+            .unwrap();
+        for o in &r.outcomes {
+            assert_eq!(o.error, None, "{name}: request {}", o.index);
+            assert_eq!(
+                o.tokens, p.requests[o.index].output_tokens,
+                "{name}: request {}",
+                o.index
+            );
+            assert!(o.ttft_s.unwrap() <= o.e2e_s.unwrap());
+        }
+        let fig = report::figures(&s, &p, &r);
+        assert_eq!(fig.failed, 0);
+        assert!(
+            fig.busy_gpu_s > 0.0 && fig.busy_gpu_s <= fig.provisioned_gpu_s,
+            "{fig:?}"
+        );
+        let counts: Vec<usize> = fig.nodes.iter().map(|n| n.requests).collect();
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            p.requests.len(),
+            "{name}: {counts:?}"
+        );
+        if st == Strategy::L7(balancer::cache::pick::Pick::RoundRobin) {
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(hi - lo <= 1, "round-robin: {counts:?}");
+        }
+        let table = report::table(&s, &p, &[fig]);
+        assert!(table.contains(name), "{table}");
+    }
+}
