@@ -1,10 +1,11 @@
 //! ICMP "fragmentation needed" and ICMPv6 "packet too big" replies.
 
-use crate::{encap::ipv4_header, l2::*, parse::Packet, stats::*};
+use crate::{encap::ipv4_header, parse::Packet, stats::*};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{Counter, GlobalStats};
 use balancer_ebpf::{
     csum,
+    l2::{read_l2, write_l2},
     net::*,
     packet::{adjust_head, adjust_tail, len, read_at, write_at},
 };
@@ -36,7 +37,13 @@ pub(crate) fn icmp4_too_big(
     if adjust_head(ctx, -((IPV4_HLEN + ICMP_HLEN) as i32)).is_none() {
         return drop(stats, Counter::DropAdjustFailed);
     }
-    if write_l2(ctx, &eth, vlan, eth.src, eth.dst, ETH_P_IP).is_none() {
+    // Back to the client: its MAC becomes the destination.
+    let back = EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        ..eth
+    };
+    if write_l2(ctx, back, vlan, ETH_P_IP).is_none() {
         return drop(stats, Counter::DropInternal);
     }
     let ip = ipv4_header(
@@ -94,7 +101,13 @@ pub(crate) fn icmp6_too_big(
     if adjust_head(ctx, -((IPV6_HLEN + ICMP_HLEN) as i32)).is_none() {
         return drop(stats, Counter::DropAdjustFailed);
     }
-    if write_l2(ctx, &eth, vlan, eth.src, eth.dst, ETH_P_IPV6).is_none() {
+    // Back to the client: its MAC becomes the destination.
+    let back = EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        ..eth
+    };
+    if write_l2(ctx, back, vlan, ETH_P_IPV6).is_none() {
         return drop(stats, Counter::DropInternal);
     }
     let plen = (ICMP_HLEN + ICMP6_QUOTE) as u32;
