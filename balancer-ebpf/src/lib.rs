@@ -3,6 +3,7 @@
 //! - [`net`]: wire-format headers and protocol constants;
 //! - [`packet`]: bounds-checked packet access (the `ptr_at` pattern) and
 //!   header growth/shrink helpers;
+//! - [`l2`]: keeping Ethernet/VLAN across a move of the packet head;
 //! - [`csum`]: Internet checksums;
 //! - [`flowtable`]: the set-associative connection table.
 //!
@@ -13,5 +14,6 @@
 
 pub mod csum;
 pub mod flowtable;
+pub mod l2;
 pub mod net;
 pub mod packet;

@@ -19,8 +19,9 @@ use balancer_common::{
     AddrKey, Counter, DECAP_MAX_SOURCES, FAMILY_V4, FAMILY_V6, GlobalStats, SourcePrefix,
 };
 use balancer_ebpf::{
+    l2::write_l2,
     net::*,
-    packet::{adjust_head, read_at, write_at},
+    packet::{adjust_head, read_at},
 };
 
 #[map]
@@ -140,36 +141,8 @@ fn process(ctx: &XdpContext) -> (u32, Counter) {
     if adjust_head(ctx, outer_len as i32).is_none() {
         return (PASS, Counter::DropAdjustFailed);
     }
-    let written = match vlan {
-        Some(tag) => write_at(
-            ctx,
-            0,
-            EthHdr {
-                dst: eth.dst,
-                src: eth.src,
-                proto: eth.proto,
-            },
-        )
-        .and_then(|_| {
-            write_at(
-                ctx,
-                ETH_HLEN,
-                VlanHdr {
-                    tci: tag.tci,
-                    proto: be16(ethertype),
-                },
-            )
-        }),
-        None => write_at(
-            ctx,
-            0,
-            EthHdr {
-                dst: eth.dst,
-                src: eth.src,
-                proto: be16(ethertype),
-            },
-        ),
-    };
+    // The MACs stay; the tag (if any) or Ethernet now names the inner header.
+    let written = write_l2(ctx, eth, vlan, ethertype);
     match written {
         Some(()) => (PASS, Counter::DecapOk),
         // The head already moved: the frame is garbage now.

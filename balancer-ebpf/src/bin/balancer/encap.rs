@@ -1,10 +1,11 @@
 //! Tunnel encapsulation (IPIP, IP6IP6, 4in6, 6in4) for direct server return.
 
-use crate::{icmp::*, l2::*, maps::*, parse::Packet, stats::*};
+use crate::{icmp::*, maps::*, parse::Packet, stats::*};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{Backend, Counter, FAMILY_V4, FAMILY_V6, GlobalStats};
 use balancer_ebpf::{
     csum,
+    l2::{read_l2, write_l2},
     net::*,
     packet::{adjust_head, write_at},
 };
@@ -49,16 +50,12 @@ pub(crate) fn tunnel(
         IPPROTO_IPV6
     };
     let ethertype = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP };
-    if write_l2(
-        ctx,
-        &eth,
-        vlan,
-        mac_from_bytes(backend.next_hop_mac),
-        eth.dst,
-        ethertype,
-    )
-    .is_none()
-    {
+    let out = EthHdr {
+        dst: mac_from_bytes(backend.next_hop_mac),
+        src: eth.dst,
+        ..eth
+    };
+    if write_l2(ctx, out, vlan, ethertype).is_none() {
         return drop(stats, Counter::DropInternal);
     }
     let l3 = pkt.l3;
