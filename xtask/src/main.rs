@@ -186,7 +186,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Setup { check } => setup::run(check),
         Cmd::Build { release } => {
             setup::ensure()?;
-            let mut args = vec!["build", "--workspace"];
+            // The eBPF crate builds for the BPF target only, through
+            // balancer-user's build script; built for the host it clashes
+            // with std's panic handler.
+            let mut args = vec!["build", "--workspace", "--exclude", "balancer-ebpf"];
             if release {
                 args.push("--release");
             }
