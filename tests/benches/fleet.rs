@@ -5,14 +5,15 @@
 //! Options: `--scenario FILE` (repeatable; default every
 //! `tests/scenarios/*.toml`), `--strategies a,b` (default all),
 //! `--quick` (each run cut to 3 s of small requests: a smoke test of the
-//! harness), `--out DIR`
-//! (default the workspace's `target/fleet`: one JSON file per scenario).
+//! harness), `--out DIR` (default the workspace's `target/fleet`: one JSON
+//! file per scenario), `--check [--check-requests N]` (first measure mean
+//! waits against Erlang C and Pollaczek-Khinchine; alone, only that).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use balancer_tests::fleet::{
-    plan, report,
+    check, plan, report,
     run::{self, Strategy},
     scenario::Scenario,
 };
@@ -37,6 +38,14 @@ struct Args {
     /// nothing.
     #[arg(long)]
     quick: bool,
+    /// First check the instrument: Poisson runs whose mean wait queueing
+    /// theory knows (Erlang C, Pollaczek-Khinchine); exits 1 past 10%.
+    /// Alone, without --scenario, only the checks run.
+    #[arg(long)]
+    check: bool,
+    /// Requests per check run.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    check_requests: u64,
     /// Where the JSON results go (default: the workspace's target/fleet).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -69,7 +78,12 @@ fn main() -> Result<()> {
         .iter()
         .map(|s| Strategy::parse(s))
         .collect::<Result<_>>()?;
-    let files = scenario_files(&args)?;
+    // `--check` alone checks the instrument and nothing else.
+    let files = if args.check && args.scenarios.is_empty() {
+        Vec::new()
+    } else {
+        scenario_files(&args)?
+    };
     // Every file is checked before anything runs.
     let mut scenarios = Vec::new();
     for f in &files {
@@ -100,6 +114,47 @@ fn main() -> Result<()> {
             ""
         }
     );
+    if args.check {
+        let bar = ProgressBar::new_spinner();
+        bar.set_message("checking the instrument against queueing theory");
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let checks = rt.block_on(check::run_checks(args.check_requests as usize, 0.6, &bar))?;
+        bar.finish_and_clear();
+        let mut rows = vec![
+            [
+                "check",
+                "requests",
+                "service (configured)",
+                "mean wait",
+                "theory",
+                "ratio",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for c in &checks {
+            rows.push(vec![
+                c.name.clone(),
+                c.requests.to_string(),
+                format!(
+                    "{:.1} ms ({:.1})",
+                    c.service_s * 1e3,
+                    c.configured_service_s * 1e3
+                ),
+                format!("{:.1} ms", c.measured_s * 1e3),
+                format!("{:.1} ms", c.theory_s * 1e3),
+                format!("{:.3}", c.ratio()),
+            ]);
+        }
+        println!("{}", report::aligned(&rows));
+        if let Some(c) = checks.iter().find(|c| (c.ratio() - 1.0).abs() > 0.10) {
+            bail!(
+                "the instrument is off: {} measured {:.3} of theory",
+                c.name,
+                c.ratio()
+            );
+        }
+    }
     for s in &scenarios {
         let plan = plan::plan(s)?;
         let mut all = Vec::new();

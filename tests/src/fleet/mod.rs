@@ -8,8 +8,10 @@
 //!   peak-to-average ratio;
 //! - [`plan`]: the requests every strategy gets, prompts included;
 //! - [`run`]: one strategy's run on a fresh fleet;
-//! - [`report`]: the figures, the table and the JSON.
+//! - [`report`]: the figures, the table and the JSON;
+//! - [`check`]: runs with known answers (Erlang C, Pollaczek-Khinchine).
 
+pub mod check;
 pub mod plan;
 pub mod report;
 pub mod run;
