@@ -180,8 +180,13 @@ mod tests {
 
     #[test]
     fn emulate_names_the_classes_a_profile_has() {
-        let profile = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/scenarios/profiles/llama-3.1-8b.toml");
+        // The VM suite stages the scenarios away from the checkout.
+        let scenarios = std::env::var_os("BALANCER_SCENARIOS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios")
+            });
+        let profile = scenarios.join("profiles/llama-3.1-8b.toml");
         let err = emulate(EmulateArgs {
             profile,
             class: "tpu".into(),
