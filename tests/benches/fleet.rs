@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Requests per check run.
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     check_requests: u64,
     /// Where the JSON results go (default: the workspace's target/fleet).
     #[arg(long)]
@@ -144,9 +144,19 @@ fn main() -> Result<()> {
                 format!("{:.1} ms", c.measured_s * 1e3),
                 format!("{:.1} ms", c.theory_s * 1e3),
                 format!("{:.3}", c.ratio()),
+                format!("{:.1} ms", c.sample_s * 1e3),
+                format!("{:.3}", c.sample_ratio()),
             ]);
         }
         println!("{}", report::aligned(&rows));
+        for c in &checks {
+            let nodes: Vec<String> = c
+                .nodes
+                .iter()
+                .map(|(n, busy)| format!("{n} requests, busy {:.0}%", 100.0 * busy))
+                .collect();
+            println!("  {}: {}", c.name, nodes.join("; "));
+        }
         if let Some(c) = checks.iter().find(|c| (c.ratio() - 1.0).abs() > 0.10) {
             bail!(
                 "the instrument is off: {} measured {:.3} of theory",

@@ -261,3 +261,36 @@ max_seqs = 256
     let err = Profile::load(std::path::Path::new("/nonexistent/p.toml")).unwrap_err();
     assert!(matches!(err, ProfileError::Read { .. }), "{err}");
 }
+
+/// As above, with the service made of decode steps (one-token prompts,
+/// 20 tokens out: 19 steps of 10 ms), the fleet bench's check.
+#[test]
+fn decode_service_under_poisson_arrivals_waits_as_m_d_1() {
+    let mut c = class();
+    c.max_seqs = 1;
+    c.decode_ms_per_seq = 0.0;
+    c.prefill_tokens_per_s = 1e9;
+    let service = 0.19;
+    let rho = 0.6;
+    let mut e = Engine::new(c);
+    let mut rng = Rng(11);
+    let mut t = 0.0;
+    let arrivals: Vec<(f64, Request)> = (0..40_000)
+        .map(|i| {
+            t += rng.exp(service / rho);
+            (t, req(i, 1, 20))
+        })
+        .collect();
+    let out = replay(&mut e, &arrivals).unwrap();
+    let wait: f64 = out
+        .iter()
+        .map(|o| o.first.unwrap() - o.arrival)
+        .sum::<f64>()
+        / out.len() as f64;
+    let want = rho * service / (2.0 * (1.0 - rho));
+    eprintln!(
+        "decode service: mean wait {wait:.5} s, M/D/1 {want:.5} s, ratio {:.3}",
+        wait / want
+    );
+    assert!((0.9..1.1).contains(&(wait / want)), "{wait} against {want}");
+}
