@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Requests per check run.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    #[arg(long, default_value_t = 12_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     check_requests: u64,
     /// Where the JSON results go (default: the workspace's target/fleet).
     #[arg(long)]
