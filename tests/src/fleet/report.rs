@@ -253,6 +253,25 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
     o
 }
 
+/// How far repeated runs of one strategy lie apart: p99 TTFT and e2e of
+/// each run, and the largest over the smallest.
+pub fn spread(runs: &[Figures]) -> String {
+    let list = |get: fn(&Figures) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(get).collect();
+        let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+        let each: Vec<String> = v.iter().map(|x| format!("{x:.3}")).collect();
+        format!("{} s (max/min {:.2}x)", each.join(", "), hi / lo)
+    };
+    format!(
+        "{} repeated: p99 TTFT {}; p99 e2e {}",
+        runs.first().map_or("", |f| f.strategy.as_str()),
+        list(|f| f.ttft.p99),
+        list(|f| f.e2e.p99)
+    )
+}
+
 /// Rows as columns padded to their widest cell; the first column left.
 pub fn aligned(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
