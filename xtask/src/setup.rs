@@ -36,7 +36,21 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // Baselines of `bench e2e` and `bench proxy`.
     ("haproxy", "/usr/sbin/haproxy"),
     ("nginx", "/usr/sbin/nginx"),
+    // The venv of the `openai` client the API fidelity suite drives.
+    ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
+
+/// The `openai` Python client the API fidelity suite (`tests/tests/
+/// openai_client.rs`) drives, pinned, in a venv under `target/`.
+pub const OPENAI_VERSION: &str = "3.57.0";
+
+/// The venv's interpreter.
+pub fn openai_python() -> PathBuf {
+    util::target_dir()
+        .join("openai-venv")
+        .join("bin")
+        .join("python")
+}
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -80,6 +94,11 @@ const STEPS: &[Step] = &[
         name: "Debian packages",
         present: packages_present,
         install: install_packages,
+    },
+    Step {
+        name: "the openai Python client (API fidelity suite)",
+        present: openai_present,
+        install: install_openai,
     },
 ];
 
@@ -275,4 +294,41 @@ fn install_packages(pb: &ProgressBar) -> Result<()> {
         );
     }
     install(pb).with_context(|| format!("apt-get install {}", missing.join(" ")))
+}
+
+fn openai_present() -> bool {
+    let probe = "import openai; print(openai.__version__)";
+    output(Command::new(openai_python()).args(["-c", probe]))
+        .is_some_and(|v| v.trim() == OPENAI_VERSION)
+}
+
+fn install_openai(pb: &ProgressBar) -> Result<()> {
+    let python = openai_python();
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("the venv path")?
+        .to_path_buf();
+    if !python.exists() {
+        pb.set_message("python3 -m venv");
+        // Debian's interpreter, whatever else is first on PATH.
+        util::run(
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+        )?;
+    }
+    pb.set_message(format!("pip install openai=={OPENAI_VERSION}"));
+    util::run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("openai=={OPENAI_VERSION}")),
+    )
 }
