@@ -40,7 +40,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// First check the instrument: Poisson runs whose mean wait queueing
-    /// theory knows (Erlang C, Pollaczek-Khinchine); exits 1 past 10%.
+    /// theory knows (Erlang C, Pollaczek-Khinchine); exits 1 if the measured
+    /// wait is 10% from the FIFO wait of the sample that ran.
     /// Alone, without --scenario, only the checks run.
     #[arg(long)]
     check: bool,
@@ -165,15 +166,23 @@ fn main() -> Result<()> {
             println!("  {}: {}", c.name, nodes.join("; "));
         }
         let off = |r: f64| (r - 1.0).abs() > 0.10;
-        if let Some(c) = checks
+        for c in checks
             .iter()
-            .find(|c| off(c.ratio()) || off(c.sample_ratio()))
+            .filter(|c| off(c.ratio()) && !off(c.sample_ratio()))
         {
-            bail!(
-                "the instrument is off: {} measured {:.3} of theory, {:.3} of its sample's FIFO wait",
+            println!(
+                "  note: {} sits {:.3} of theory but {:.3} of its own sample's FIFO wait: the sample, not the instrument, is off (queue waits average slowly; more --check-requests narrows it)",
                 c.name,
                 c.ratio(),
                 c.sample_ratio()
+            );
+        }
+        if let Some(c) = checks.iter().find(|c| off(c.sample_ratio())) {
+            bail!(
+                "the instrument is off: {} measured {:.3} of the FIFO wait its own sample implies ({:.3} of theory)",
+                c.name,
+                c.sample_ratio(),
+                c.ratio()
             );
         }
     }
