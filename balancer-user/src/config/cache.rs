@@ -192,20 +192,7 @@ fn route(
             3_600_000,
         )?),
     };
-    let pick = match &r.pick {
-        None => Pick::default(),
-        Some(w) => match Pick::parse(w.get_ref()) {
-            Some(p) => p,
-            None => {
-                let words: Vec<_> = Pick::ALL.iter().map(|(l, _)| *l).collect();
-                return cx.err(
-                    w.span(),
-                    field("pick"),
-                    format!("{:?}: use one of {}", w.get_ref(), words.join(", ")),
-                );
-            }
-        },
-    };
+    let pick = word(&r.pick, &Pick::ALL, cx, field("pick"))?;
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -232,6 +219,30 @@ fn route(
     })
 }
 
+/// A setting spelled as one of `all`'s words (its default when absent);
+/// the error lists the words.
+fn word<T: Copy + Default>(
+    w: &Option<Spanned<String>>,
+    all: &[(&str, T)],
+    cx: &Ctx<'_>,
+    field: String,
+) -> Result<T, ConfigError> {
+    let Some(w) = w else {
+        return Ok(T::default());
+    };
+    match all.iter().find(|(l, _)| *l == w.get_ref()) {
+        Some((_, v)) => Ok(*v),
+        None => {
+            let words: Vec<_> = all.iter().map(|(l, _)| *l).collect();
+            cx.err(
+                w.span(),
+                field,
+                format!("{:?}: use one of {}", w.get_ref(), words.join(", ")),
+            )
+        }
+    }
+}
+
 /// `key_scope` (default `shared`) and `credential_headers` (default
 /// `authorization` and `x-api-key`).
 fn scope(
@@ -239,20 +250,7 @@ fn scope(
     cx: &Ctx<'_>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<(KeyScope, Vec<HeaderName>), ConfigError> {
-    let scope = match &r.key_scope {
-        None => KeyScope::default(),
-        Some(w) => match KeyScope::parse(w.get_ref()) {
-            Some(s) => s,
-            None => {
-                let words: Vec<_> = KeyScope::ALL.iter().map(|(l, _)| *l).collect();
-                return cx.err(
-                    w.span(),
-                    field("key_scope"),
-                    format!("{:?}: use one of {}", w.get_ref(), words.join(", ")),
-                );
-            }
-        },
-    };
+    let scope = word(&r.key_scope, &KeyScope::ALL, cx, field("key_scope"))?;
     let Some(names) = &r.credential_headers else {
         let default = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
         return Ok((scope, default.into()));

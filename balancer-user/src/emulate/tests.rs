@@ -190,36 +190,54 @@ impl Rng {
     }
 }
 
-/// One slot and fixed-work requests under Poisson arrivals is M/D/1: the
-/// mean wait must match Pollaczek-Khinchine, rho S / (2 (1 - rho)).
+/// The mean wait of 40,000 Poisson arrivals of `make(i)` on a one-slot
+/// engine of `c` at utilisation `rho` (service `service` seconds), over
+/// Pollaczek-Khinchine's `rho S / (2 (1 - rho))`. `waited` is how long a
+/// request waited, given its outcome.
+fn m_d_1_ratio(
+    c: &Class,
+    service: f64,
+    rho: f64,
+    seed: u64,
+    make: impl Fn(u64) -> Request,
+    waited: impl Fn(&super::sim::Outcome) -> f64,
+) -> f64 {
+    let mut c = c.clone();
+    c.max_seqs = 1;
+    let mut e = Engine::new(c);
+    let mut rng = Rng(seed);
+    let mut t = 0.0;
+    let arrivals: Vec<(f64, Request)> = (0..40_000)
+        .map(|i| {
+            t += rng.exp(service / rho);
+            (t, make(i))
+        })
+        .collect();
+    let out = replay(&mut e, &arrivals).unwrap();
+    let wait = out.iter().map(&waited).sum::<f64>() / out.len() as f64;
+    let want = rho * service / (2.0 * (1.0 - rho));
+    eprintln!(
+        "rho {rho}: mean wait {wait:.5} s, M/D/1 {want:.5} s, ratio {:.3}",
+        wait / want
+    );
+    wait / want
+}
+
+/// One slot and fixed-work requests under Poisson arrivals is M/D/1.
 #[test]
 fn one_slot_under_poisson_arrivals_waits_as_m_d_1() {
-    let mut c = class();
-    c.max_seqs = 1;
+    let c = class();
     let service = 1000.0 / c.prefill_tokens_per_s;
     for rho in [0.5, 0.8] {
-        let mut e = Engine::new(c.clone());
-        let mut rng = Rng(42);
-        let mut t = 0.0;
-        let arrivals: Vec<(f64, Request)> = (0..40_000)
-            .map(|i| {
-                t += rng.exp(service / rho);
-                (t, req(i, 1000, 0))
-            })
-            .collect();
-        let out = replay(&mut e, &arrivals).unwrap();
-        let wait: f64 = out
-            .iter()
-            .map(|o| o.done - o.arrival - service)
-            .sum::<f64>()
-            / out.len() as f64;
-        let want = rho * service / (2.0 * (1.0 - rho));
-        let ratio = wait / want;
-        eprintln!("rho {rho}: mean wait {wait:.5} s, M/D/1 {want:.5} s, ratio {ratio:.3}");
-        assert!(
-            (0.9..1.1).contains(&ratio),
-            "rho {rho}: wait {wait} against {want}"
+        let r = m_d_1_ratio(
+            &c,
+            service,
+            rho,
+            42,
+            |i| req(i, 1000, 0),
+            |o| o.done - o.arrival - service,
         );
+        assert!((0.9..1.1).contains(&r), "rho {rho}: {r}");
     }
 }
 
@@ -263,34 +281,19 @@ max_seqs = 256
 }
 
 /// As above, with the service made of decode steps (one-token prompts,
-/// 20 tokens out: 19 steps of 10 ms), the fleet bench's check.
+/// 20 tokens out: 19 steps of 10 ms), as in the fleet bench's check.
 #[test]
 fn decode_service_under_poisson_arrivals_waits_as_m_d_1() {
     let mut c = class();
-    c.max_seqs = 1;
     c.decode_ms_per_seq = 0.0;
     c.prefill_tokens_per_s = 1e9;
-    let service = 0.19;
-    let rho = 0.6;
-    let mut e = Engine::new(c);
-    let mut rng = Rng(11);
-    let mut t = 0.0;
-    let arrivals: Vec<(f64, Request)> = (0..40_000)
-        .map(|i| {
-            t += rng.exp(service / rho);
-            (t, req(i, 1, 20))
-        })
-        .collect();
-    let out = replay(&mut e, &arrivals).unwrap();
-    let wait: f64 = out
-        .iter()
-        .map(|o| o.first.unwrap() - o.arrival)
-        .sum::<f64>()
-        / out.len() as f64;
-    let want = rho * service / (2.0 * (1.0 - rho));
-    eprintln!(
-        "decode service: mean wait {wait:.5} s, M/D/1 {want:.5} s, ratio {:.3}",
-        wait / want
+    let r = m_d_1_ratio(
+        &c,
+        0.19,
+        0.6,
+        11,
+        |i| req(i, 1, 20),
+        |o| o.first.unwrap_or(o.done) - o.arrival,
     );
-    assert!((0.9..1.1).contains(&(wait / want)), "{wait} against {want}");
+    assert!((0.9..1.1).contains(&r), "{r}");
 }
