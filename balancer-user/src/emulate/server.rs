@@ -13,7 +13,8 @@
 //!   strings, or token arrays), computed as one prefill-only request.
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (vLLM's names).
 //!
-//! Answers are deterministic functions of model and prompt.
+//! Answers are deterministic functions of model and prompt. A streaming
+//! client that leaves an event unread for 30 s loses its stream.
 
 use std::{convert::Infallible, fmt::Write as _, sync::Arc, time::Duration};
 
@@ -224,7 +225,7 @@ impl Emulator {
                         }
                         let chunk = reply.chunk(Some(&word(reply.seed, n)), None);
                         n += 1;
-                        if tx.send(sse(&chunk)).await.is_err() {
+                        if !send(&tx, sse(&chunk)).await {
                             break;
                         }
                     }
@@ -233,14 +234,14 @@ impl Emulator {
                 }
             }
             me.latencies.e2e.observe(t0.elapsed().as_secs_f64());
-            let _ = tx.send(sse(&reply.chunk(None, Some("length")))).await;
+            let _ = send(&tx, sse(&reply.chunk(None, Some("length")))).await;
             if reply.include_usage {
                 let mut u = reply.chunk(None, None);
                 u["choices"] = json!([]);
                 u["usage"] = reply.usage.clone();
-                let _ = tx.send(sse(&u)).await;
+                let _ = send(&tx, sse(&u)).await;
             }
-            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            let _ = send(&tx, Bytes::from_static(b"data: [DONE]\n\n")).await;
         });
         let body = futures_util::stream::unfold(out, |mut out| async move {
             out.recv()
@@ -382,6 +383,19 @@ impl Reply {
             "choices": [choice],
         })
     }
+}
+
+/// How long a streaming client may leave an event unread before the
+/// stream is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Queues one event for the client; false when it went away or stopped
+/// reading for [`WRITE_TIMEOUT`].
+async fn send(tx: &tokio::sync::mpsc::Sender<Bytes>, b: Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, tx.send(b)).await,
+        Ok(Ok(()))
+    )
 }
 
 fn sse(v: &Value) -> Bytes {
