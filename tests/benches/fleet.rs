@@ -102,7 +102,13 @@ fn main() -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .unwrap_or_else(|| {
+                let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                tests
+                    .parent()
+                    .map_or(tests.clone(), |w| w.to_path_buf())
+                    .join("target")
+            })
             .join("fleet")
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -191,7 +191,7 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{}: {} requests over {:.0} s (trace compressed {:.0}x), peak/average {:.1} (target {:.1})",
+        "{}: {} requests over {:.0} s (trace time x{:.2}), peak/average {:.1} (target {:.1})",
         s.name,
         plan.requests.len(),
         s.duration_s,
