@@ -90,7 +90,8 @@ impl DaemonLock {
 /// Where the lock that guards the pin directory `pin_dir` lives: bpffs holds
 /// no regular files, and its directories are removed and made again on
 /// attach, so the lock sits under [`PIN_LOCKS`], named after the path ('%'
-/// and '/' escaped, so that two paths never share a name).
+/// and '/' escaped, so that two paths never share a name; a path too long
+/// for a file name goes by its BLAKE3 hash).
 pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
     let mut name = String::new();
     for c in pin_dir.to_string_lossy().chars() {
@@ -99,6 +100,14 @@ pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
             '/' => name.push_str("%2F"),
             c => name.push(c),
         }
+    }
+    // A file name holds at most 255 bytes (a netns name alone may take
+    // that many): long paths go by their hash.
+    if name.len() > 200 {
+        name = format!(
+            "blake3-{}",
+            blake3::hash(pin_dir.as_os_str().as_encoded_bytes()).to_hex()
+        );
     }
     name.push_str(".lock");
     Path::new(PIN_LOCKS).join(name)
@@ -195,5 +204,10 @@ mod tests {
         );
         let b = pin_lock_path(Path::new("/sys/fs/bpf/balancer%2Feth0"));
         assert_ne!(a, b);
+        // A netns name of 255 bytes still makes a valid file name.
+        let long = format!("/sys/fs/bpf/balancer/{}/eth0", "n".repeat(255));
+        let l = pin_lock_path(Path::new(&long));
+        assert!(l.file_name().unwrap().len() < 255, "{l:?}");
+        assert_ne!(l, pin_lock_path(Path::new(&long.replace("eth0", "eth1"))));
     }
 }
