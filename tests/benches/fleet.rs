@@ -19,7 +19,7 @@ use balancer_tests::fleet::{
     scenario::Scenario,
 };
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// `bench fleet`'s options.
 #[derive(Parser)]
@@ -32,9 +32,14 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "round-robin,least-request,random"
+        default_value = "round-robin,least-request,random,xdp-static,xdp-telemetry"
     )]
     strategies: Vec<String>,
+    /// Run the strategies at once, each on its own fleet, from one start
+    /// time (the same arrivals at the same instants; the machine's load is
+    /// printed, so a reader can see it never was the bottleneck).
+    #[arg(long)]
+    parallel: bool,
     /// Cut each run to 3 s of small requests: checks the harness, measures
     /// nothing.
     #[arg(long)]
@@ -194,16 +199,17 @@ fn main() -> Result<()> {
     }
     for s in &scenarios {
         let plan = plan::plan(s)?;
-        let mut all = Vec::new();
-        for st in &strategies {
-            let bar = ProgressBar::new(plan.requests.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} {elapsed}")
-                    .context("style")?,
-            );
-            let mut runs = Vec::new();
-            for k in 0..args.repeat {
-                bar.reset();
+        // runs[strategy][repeat]
+        let mut runs: Vec<Vec<run::Run>> = vec![Vec::new(); strategies.len()];
+        let bars = MultiProgress::new();
+        for k in 0..args.repeat {
+            let mut made = Vec::new();
+            for st in &strategies {
+                let bar = bars.add(ProgressBar::new(plan.requests.len() as u64));
+                bar.set_style(
+                    ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len} {elapsed}")
+                        .context("style")?,
+                );
                 bar.set_message(format!(
                     "{} / {} ({}/{})",
                     s.name,
@@ -211,23 +217,56 @@ fn main() -> Result<()> {
                     k + 1,
                     args.repeat
                 ));
-                let r = rt.block_on(run::run(s, &plan, *st, &bar))?;
-                runs.push(report::figures(s, &plan, &r));
+                made.push(bar);
             }
-            bar.finish_and_clear();
-            if runs.len() > 1 {
-                println!("  {}", report::spread(&runs));
+            if args.parallel {
+                let done = rt.block_on(async {
+                    let mut ready = Vec::new();
+                    for st in &strategies {
+                        ready.push(run::prepare(s, *st).await?);
+                    }
+                    let t0 = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+                    let sends = ready
+                        .into_iter()
+                        .zip(&made)
+                        .map(|(p, bar)| p.send(s, &plan, t0, bar));
+                    futures_util::future::join_all(sends)
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<_>>>()
+                })?;
+                for (i, r) in done.into_iter().enumerate() {
+                    runs[i].push(r);
+                }
+            } else {
+                for (i, st) in strategies.iter().enumerate() {
+                    runs[i].push(rt.block_on(run::run(s, &plan, *st, &made[i]))?);
+                }
             }
-            all.push(runs.swap_remove(0));
+            for b in made {
+                b.finish_and_clear();
+            }
+        }
+        let mut all = Vec::new();
+        for r in &runs {
+            let mut figures: Vec<_> = r.iter().map(|r| report::figures(s, &plan, r)).collect();
+            if figures.len() > 1 {
+                println!("  {}", report::spread(&figures));
+            }
+            all.push(figures.swap_remove(0));
         }
         println!("{}", report::table(s, &plan, &all));
+        if args.parallel {
+            println!("  strategies ran at once, on their own fleets, from one start time");
+        }
         for f in &all {
             let cores = f.cpu_s / f.makespan_s.max(1e-9);
             println!(
-                "  {}: bench process used {:.1} CPU-s, {:.2} of 2 cores; per node: {}",
+                "  {}: the machine was busy {:.1} CPU-s during the run, {:.2} of {} cores; per node: {}",
                 f.strategy,
                 f.cpu_s,
                 cores,
+                f.cores,
                 f.nodes
                     .iter()
                     .map(|n| format!("{} {}", n.node, n.requests))

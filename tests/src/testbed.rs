@@ -55,6 +55,10 @@ pub struct Spec {
     pub decap: DecapMode,
     /// How backends emulate inference (their names are set per backend).
     pub emulator: crate::server::EmulatorConfig,
+    /// What each backend runs instead of `testbed serve` (program and
+    /// arguments, one per backend; it must serve HTTP on port 80 of any
+    /// address), e.g. `balancer emulate` with a hardware class.
+    pub backend_commands: Option<Vec<Vec<String>>>,
 }
 
 /// How backends strip the balancer's tunnel header.
@@ -83,6 +87,7 @@ impl Spec {
             server_bin: server_bin.into(),
             decap: DecapMode::Xdp,
             emulator: crate::server::EmulatorConfig::default(),
+            backend_commands: None,
         }
     }
 }
@@ -366,6 +371,25 @@ impl Testbed {
     pub fn start_server(&mut self, i: usize, delay: std::time::Duration) -> Result<()> {
         self.stop_server(i);
         let b = self.backends.get(i).context("no such backend")?.clone();
+        if let Some(cmds) = &self.spec.backend_commands {
+            let argv = cmds.get(i).context("no command for this backend")?;
+            let (program, args) = argv.split_first().context("an empty backend command")?;
+            // Its log goes beside the daemon's, not over the caller's output.
+            std::fs::create_dir_all(self.dir())?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir().join(format!("{}.log", b.name)))?;
+            let child = command_in(&b.ns, program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {program} on {}", b.name))?;
+            self.keep_server(i, child);
+            return Ok(());
+        }
         let emulator = serde_json::to_string(&self.spec.emulator)?;
         let child = command_in(&b.ns, &self.spec.server_bin.to_string_lossy())
             // Any address: the VIP (tunnelled traffic) and the backend's own
@@ -384,11 +408,15 @@ impl Testbed {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting a backend server")?;
+        self.keep_server(i, child);
+        Ok(())
+    }
+
+    fn keep_server(&mut self, i: usize, child: Child) {
         if self.servers.len() <= i {
             self.servers.resize_with(i + 1, || None);
         }
         self.servers[i] = Some(child);
-        Ok(())
     }
 
     /// Stops backend `i`'s server (it stops answering; connections are refused).

@@ -48,8 +48,10 @@ fn every_scenario_loads_and_plans_its_target_ratio() {
     }
 }
 
+/// Every strategy, the L4 ones through the testbed's VIP and XDP.
 #[test]
 fn quick_runs_answer_every_request_in_full() {
+    balancer_tests::require_root();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,5 +92,43 @@ fn quick_runs_answer_every_request_in_full() {
         }
         let table = report::table(&s, &p, &[fig]);
         assert!(table.contains(name), "{table}");
+    }
+}
+
+/// `--parallel`: strategies prepared apart, then sent from one start time,
+/// each on its own fleet; every request of each is answered.
+#[test]
+fn strategies_run_at_once_on_their_own_fleets() {
+    balancer_tests::require_root();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = Scenario::load(&scenarios()[0]).unwrap().quick();
+    let p = plan::plan(&s).unwrap();
+    let picked = ["least-request", "xdp-static"].map(|n| Strategy::parse(n).unwrap());
+    let runs = rt.block_on(async {
+        let mut ready = Vec::new();
+        for st in picked {
+            ready.push(run::prepare(&s, st).await.unwrap());
+        }
+        let t0 = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let bar = ProgressBar::hidden();
+        let sends = ready.into_iter().map(|r| r.send(&s, &p, t0, &bar));
+        futures_util::future::join_all(sends).await
+    });
+    for (st, r) in picked.iter().zip(runs) {
+        let r = r.unwrap();
+        assert_eq!(r.strategy, *st);
+        assert_eq!(r.outcomes.len(), p.requests.len());
+        let names: Vec<&str> = r.nodes.iter().map(|n| n.0.as_str()).collect();
+        for o in &r.outcomes {
+            assert_eq!(o.error, None, "{}: request {}", st.name(), o.index);
+            assert!(names.contains(&o.backend.as_str()), "{}", o.backend);
+        }
+        // Every node's own metrics saw the requests the clients say it answered.
+        let answered: u64 = r.nodes.iter().map(|n| n.2.counters.finished).sum();
+        assert_eq!(answered as usize, p.requests.len(), "{}", st.name());
     }
 }

@@ -249,7 +249,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             };
             run(cargo()
                 .args(["bench", "-p", "balancer-tests", "--bench", name, "--"])
-                .args(&args))
+                .args(args.iter().map(|a| from_here(a))))
         }
         Cmd::Demo { args } => {
             setup::ensure()?;
@@ -264,6 +264,24 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 TestbedAction::Down => run(testbed_bin()?.arg("down")),
             }
         }
+    }
+}
+
+/// `arg` with a relative path in it (`FILE` or `--opt=FILE`) made absolute
+/// when that file exists here: benches run from their package's directory,
+/// not from where the user typed the command.
+fn from_here(arg: &str) -> String {
+    let (opt, value) = match arg.split_once('=') {
+        Some((o, v)) if o.starts_with("--") => (format!("{o}="), v),
+        _ => (String::new(), arg),
+    };
+    let p = std::path::Path::new(value);
+    if value.starts_with('-') || p.is_absolute() || !p.exists() {
+        return arg.to_string();
+    }
+    match std::path::absolute(p) {
+        Ok(abs) => format!("{opt}{}", abs.display()),
+        Err(_) => arg.to_string(),
     }
 }
 
@@ -315,4 +333,29 @@ fn lint() -> Result<()> {
         "-C",
         "panic=abort",
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_here;
+
+    #[test]
+    fn bench_paths_are_made_absolute_only_when_they_exist() {
+        // Tests run in the package's directory, which holds Cargo.toml.
+        let abs = from_here("Cargo.toml");
+        assert!(
+            abs.starts_with('/') && abs.ends_with("xtask/Cargo.toml"),
+            "{abs}"
+        );
+        let opt = from_here("--scenario=Cargo.toml");
+        assert!(opt.starts_with("--scenario=/"), "{opt}");
+        for same in [
+            "--quick",
+            "no-such-file.toml",
+            "/abs/path",
+            "round-robin,random",
+        ] {
+            assert_eq!(from_here(same), same);
+        }
+    }
 }

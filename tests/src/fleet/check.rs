@@ -121,6 +121,7 @@ fn scenario(nodes: u32, slots: u32) -> Scenario {
             profile: Profile {
                 classes: vec![class(slots)],
             },
+            profile_path: None,
             model: "m".into(),
             nodes: vec![("queue".into(), nodes)],
         },

@@ -8,10 +8,12 @@
 //!   peak-to-average ratio;
 //! - [`plan`]: the requests every strategy gets, prompts included;
 //! - [`run`]: one strategy's run on a fresh fleet;
+//! - [`l4`]: the L4 strategies' fleet: a testbed behind the daemon's XDP;
 //! - [`report`]: the figures, the table and the JSON;
 //! - [`check`]: runs with known answers (Erlang C, Pollaczek-Khinchine).
 
 pub mod check;
+pub mod l4;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -81,8 +81,10 @@ pub struct Figures {
     pub provisioned_gpu_s: f64,
     /// First send to last answer, seconds.
     pub makespan_s: f64,
-    /// CPU seconds the bench process used, and as cores of the makespan.
+    /// CPU-seconds the machine was busy during the run (every process).
     pub cpu_s: f64,
+    /// The machine's cores.
+    pub cores: usize,
     /// Per node.
     pub nodes: Vec<NodeFigures>,
     /// The first few errors, for a reader to see what failed.
@@ -169,6 +171,7 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
         provisioned_gpu_s: run.nodes.len() as f64 * run.makespan_s,
         makespan_s: run.makespan_s,
         cpu_s: run.cpu_s,
+        cores: run.cores,
         nodes,
         errors,
     }

@@ -2,11 +2,15 @@
 //! plan's requests sent open-loop, each at its time, streaming.
 //!
 //! Every run starts from a fresh fleet (empty queues and prefix caches), so
-//! strategies do not inherit each other's state. The L7 strategies are the
-//! gateway's own cache route (`balancer::cache::proxy::Route`, configured
-//! through the daemon's TOML parser, as a user would) with `pick` set to
-//! the strategy; streaming requests bypass the cache, so only the pick is
-//! measured.
+//! strategies do not inherit each other's state.
+//! - The L7 strategies are the gateway's own cache route
+//!   (`balancer::cache::proxy::Route`, configured through the daemon's TOML
+//!   parser, as a user would) with `pick` set to the strategy, over nodes in
+//!   this process; streaming requests bypass the cache, so only the pick is
+//!   measured.
+//! - The L4 strategies ([`l4`]) send from client namespaces to the VIP,
+//!   through the daemon's XDP program, to `balancer emulate` processes in
+//!   backend namespaces.
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -30,23 +34,29 @@ use indicatif::ProgressBar;
 use tokio::{net::TcpListener, time::Instant};
 
 use super::{
+    l4::{self, L4Fleet, Weights},
     plan::{Plan, Planned, prompt_text},
     scenario::Scenario,
 };
+use crate::netns;
 
 /// A balancing strategy the bench compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    /// A cache route with this `pick`.
+    /// A cache route with this `pick`, on the gateway's route listener.
     L7(Pick),
+    /// The VIP through the daemon's XDP program, weighted so.
+    L4(Weights),
 }
 
 impl Strategy {
     /// Every strategy, by name.
-    pub const ALL: [(&'static str, Strategy); 3] = [
+    pub const ALL: [(&'static str, Strategy); 5] = [
         ("round-robin", Strategy::L7(Pick::RoundRobin)),
         ("least-request", Strategy::L7(Pick::LeastRequest)),
         ("random", Strategy::L7(Pick::Random)),
+        ("xdp-static", Strategy::L4(Weights::Static)),
+        ("xdp-telemetry", Strategy::L4(Weights::Telemetry)),
     ];
 
     /// The strategy `name` names.
@@ -100,17 +110,23 @@ pub struct Run {
     pub nodes: Vec<(String, String, Gauges)>,
     /// Seconds from the first send to the last answer.
     pub makespan_s: f64,
-    /// CPU seconds this process used during the run.
+    /// CPU-seconds the whole machine was busy during the run (the bench,
+    /// the emulators and the daemon; with strategies run at once, all of
+    /// theirs).
     pub cpu_s: f64,
+    /// The machine's cores.
+    pub cores: usize,
 }
 
 /// How long a request may take before it counts as failed, past the
 /// slowest tier's end-to-end objective.
 pub const GRACE: Duration = Duration::from_secs(60);
 
-/// Starts one emulated node per fleet entry; their addresses, names and
-/// handles.
-async fn start_fleet(s: &Scenario) -> Result<Vec<(SocketAddr, String, String, Arc<Node>)>> {
+/// Nodes running in this process, each with its address, name and class.
+type LocalFleet = Vec<(SocketAddr, String, String, Arc<Node>)>;
+
+/// Starts one emulated node per fleet entry, in this process.
+async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
     let mut out = Vec::new();
     for (class, count) in &s.fleet.nodes {
         let c = s
@@ -158,84 +174,222 @@ async fn start_route(pick: Pick, backends: &[SocketAddr]) -> Result<SocketAddr> 
     Ok(addr)
 }
 
-fn cpu_seconds() -> f64 {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
-    if r != 0 {
+/// Busy CPU-seconds of the whole machine so far (`/proc/stat`): the
+/// emulators and the daemon run in other processes.
+fn machine_cpu() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
         return 0.0;
-    }
-    // SAFETY: filled above.
-    let u = unsafe { u.assume_init() };
-    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
+    };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100.
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
+}
+
+/// Where one strategy's fleet runs.
+enum Backends {
+    /// In this process, behind an in-process route.
+    Local(LocalFleet),
+    /// In a testbed, behind the daemon's XDP program.
+    Testbed(Box<L4Fleet>),
+}
+
+/// A strategy's fleet and gateway, up and idle, waiting for [`Prepared::send`].
+pub struct Prepared {
+    strategy: Strategy,
+    target: SocketAddr,
+    backends: Backends,
+}
+
+/// Starts a fresh fleet and the gateway `strategy` needs in front of it.
+pub async fn prepare(s: &Scenario, strategy: Strategy) -> Result<Prepared> {
+    let (target, backends) = match strategy {
+        Strategy::L7(pick) => {
+            let fleet = start_fleet(s).await?;
+            let addrs: Vec<SocketAddr> = fleet.iter().map(|f| f.0).collect();
+            (start_route(pick, &addrs).await?, Backends::Local(fleet))
+        }
+        Strategy::L4(weights) => {
+            let s = s.clone();
+            let f = tokio::task::spawn_blocking(move || l4::start(&s, weights))
+                .await
+                .context("the testbed's setup panicked")??;
+            (f.target(), Backends::Testbed(Box::new(f)))
+        }
+    };
+    Ok(Prepared {
+        strategy,
+        target,
+        backends,
+    })
 }
 
 /// Runs `plan` through `strategy` on a fresh fleet.
 pub async fn run(s: &Scenario, plan: &Plan, strategy: Strategy, bar: &ProgressBar) -> Result<Run> {
-    let fleet = start_fleet(s).await?;
-    let addrs: Vec<SocketAddr> = fleet.iter().map(|f| f.0).collect();
-    let target = match strategy {
-        Strategy::L7(pick) => start_route(pick, &addrs).await?,
-    };
+    let p = prepare(s, strategy).await?;
+    p.send(s, plan, Instant::now() + Duration::from_millis(200), bar)
+        .await
+}
+
+/// One sender's share of the plan: each request with its path, body and
+/// whether it streams.
+type Share = Vec<(Planned, String, String, bool)>;
+
+impl Prepared {
+    /// Sends `plan` open-loop, request `i` at `t0 + at_s`, and waits for
+    /// every answer (or its deadline).
+    pub async fn send(
+        self,
+        s: &Scenario,
+        plan: &Plan,
+        t0: Instant,
+        bar: &ProgressBar,
+    ) -> Result<Run> {
+        let slowest = s.tiers.iter().map(|t| t.e2e_s).fold(0.0, f64::max);
+        let limit = Duration::from_secs_f64(slowest) + GRACE;
+        let requests = plan.requests.iter().map(|p| {
+            let (path, body, stream) = request(s, p);
+            (p.clone(), path, body, stream)
+        });
+        let cpu0 = machine_cpu();
+        let mut outcomes = match &self.backends {
+            Backends::Local(_) => {
+                // Keep-alive to the route, as a gateway's clients would.
+                send_share(
+                    self.target,
+                    requests.collect(),
+                    1024,
+                    t0,
+                    limit,
+                    bar.clone(),
+                )
+                .await
+            }
+            Backends::Testbed(f) => {
+                // From every client namespace in turn; a connection per
+                // request, so XDP steers each one (kept-alive connections
+                // would pin whole streams of requests to one node).
+                let ns = f.client_namespaces();
+                let mut shares: Vec<Share> = vec![Vec::new(); ns.len()];
+                for (i, r) in requests.enumerate() {
+                    shares[i % ns.len()].push(r);
+                }
+                let mut threads = Vec::new();
+                for (ns, share) in ns.into_iter().zip(shares) {
+                    let (target, bar) = (self.target, bar.clone());
+                    threads.push(tokio::task::spawn_blocking(move || {
+                        netns::run_in(&ns, move || -> Result<Vec<Outcome>> {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()?;
+                            Ok(rt.block_on(send_share(target, share, 0, t0, limit, bar)))
+                        })
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in threads {
+                    all.extend(t.await.context("a client thread panicked")???);
+                }
+                all
+            }
+        };
+        outcomes.sort_by_key(|o| o.index);
+        let cpu1 = machine_cpu();
+        let makespan_s = outcomes
+            .iter()
+            .map(|o| o.sent_s + o.e2e_s.unwrap_or(0.0))
+            .fold(0.0, f64::max);
+        let nodes = match self.backends {
+            Backends::Local(fleet) => fleet
+                .iter()
+                .map(|(_, name, class, node)| (name.clone(), class.clone(), node.gauges()))
+                .collect(),
+            Backends::Testbed(f) => tokio::task::spawn_blocking(move || f.gauges())
+                .await
+                .context("reading the nodes' metrics panicked")??,
+        };
+        Ok(Run {
+            strategy: self.strategy,
+            outcomes,
+            nodes,
+            makespan_s,
+            cpu_s: cpu1 - cpu0,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+}
+
+/// The path, body and streaming of planned request `p`.
+fn request(s: &Scenario, p: &Planned) -> (String, String, bool) {
+    let body = serde_json::json!({
+        "model": s.fleet.model,
+        "prompt": prompt_text(p),
+        "max_tokens": p.output_tokens,
+        "stream": true,
+    });
+    ("/v1/completions".into(), body.to_string(), true)
+}
+
+/// Sends `share` to `target` open-loop and collects the outcomes.
+async fn send_share(
+    target: SocketAddr,
+    share: Share,
+    idle_per_host: usize,
+    t0: Instant,
+    limit: Duration,
+    bar: ProgressBar,
+) -> Vec<Outcome> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
+        .pool_max_idle_per_host(idle_per_host)
         .build(conn);
-    let slowest = s.tiers.iter().map(|t| t.e2e_s).fold(0.0, f64::max);
-    let limit = Duration::from_secs_f64(slowest) + GRACE;
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now() + Duration::from_millis(200);
-    let mut tasks = Vec::with_capacity(plan.requests.len());
-    for p in &plan.requests {
-        let body = serde_json::json!({
-            "model": s.fleet.model,
-            "prompt": prompt_text(p),
-            "max_tokens": p.output_tokens,
-            "stream": true,
-        })
-        .to_string();
+    let mut tasks = Vec::with_capacity(share.len());
+    for (p, path, body, stream) in share {
+        let index = p.index;
         let client = client.clone();
         let at = t0 + Duration::from_secs_f64(p.at_s);
-        let p = p.clone();
         let bar = bar.clone();
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let o = send(&client, target, &p, body, t0, limit).await;
+            let url = format!("http://{target}{path}");
+            let o = send(&client, &url, &p, body, stream, t0, limit).await;
             bar.inc(1);
             o
+        });
+        tasks.push((index, task));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for (index, t) in tasks {
+        out.push(t.await.unwrap_or_else(|e| Outcome {
+            index,
+            sent_s: 0.0,
+            ttft_s: None,
+            e2e_s: None,
+            tokens: 0,
+            backend: String::new(),
+            error: Some(format!("the request task failed: {e}")),
         }));
     }
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        outcomes.push(t.await.context("a request task panicked")?);
-    }
-    let makespan_s = outcomes
-        .iter()
-        .map(|o| o.sent_s + o.e2e_s.unwrap_or(0.0))
-        .fold(0.0, f64::max);
-    let cpu_s = cpu_seconds() - cpu0;
-    let nodes = fleet
-        .iter()
-        .map(|(_, name, class, node)| (name.clone(), class.clone(), node.gauges()))
-        .collect();
-    Ok(Run {
-        strategy,
-        outcomes,
-        nodes,
-        makespan_s,
-        cpu_s,
-    })
+    out
 }
 
 /// Sends one request and reads its stream, within `limit`.
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
-    target: SocketAddr,
+    url: &str,
     p: &Planned,
     body: String,
+    stream: bool,
     t0: Instant,
     limit: Duration,
 ) -> Outcome {
@@ -250,7 +404,7 @@ async fn send(
         error: None,
     };
     let exchange = async {
-        let req = Request::post(format!("http://{target}/v1/completions"))
+        let req = Request::post(url)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
         let resp = client.request(req).await?;
@@ -276,6 +430,12 @@ async fn send(
                 }
                 continue;
             }
+            if !stream {
+                if buf.len() > 16 << 20 {
+                    bail!("an answer over 16 MiB");
+                }
+                continue;
+            }
             let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
                 if buf.len() > 1 << 20 {
                     bail!("an event over 1 MiB");
@@ -298,13 +458,24 @@ async fn send(
         if !status.is_success() {
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&buf));
         }
+        if !stream {
+            // A whole answer: its first byte is its last.
+            let v: serde_json::Value =
+                serde_json::from_slice(&buf).context("an answer that is not JSON")?;
+            o.tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as u32;
+            done = true;
+        }
         if !done {
             bail!("the stream ended without [DONE]");
         }
         Ok::<_, anyhow::Error>(())
     };
     match tokio::time::timeout(limit, exchange).await {
-        Ok(Ok(())) => o.e2e_s = Some(start.elapsed().as_secs_f64()),
+        Ok(Ok(())) => {
+            let e2e = start.elapsed().as_secs_f64();
+            o.e2e_s = Some(e2e);
+            o.ttft_s = o.ttft_s.or(Some(e2e));
+        }
         Ok(Err(e)) => o.error = Some(format!("{e:#}")),
         Err(_) => o.error = Some(format!("no answer within {limit:?}")),
     }

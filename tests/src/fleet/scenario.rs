@@ -64,6 +64,8 @@ pub struct Scenario {
 pub struct Fleet {
     /// The hardware classes.
     pub profile: Profile,
+    /// The file they came from (`balancer emulate --profile`), if any.
+    pub profile_path: Option<PathBuf>,
     /// The model every node serves.
     pub model: String,
     /// (class, count), in file order.
@@ -374,6 +376,7 @@ impl Scenario {
             seed: raw.seed,
             fleet: Fleet {
                 profile,
+                profile_path: Some(profile_path),
                 model: raw.fleet.model,
                 nodes,
             },
