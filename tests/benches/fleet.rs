@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use balancer_tests::fleet::{
-    check, plan, report,
+    check, plan, plot, report,
     run::{self, Strategy},
     scenario::Scenario,
 };
@@ -289,7 +289,12 @@ fn main() -> Result<()> {
         });
         std::fs::write(&file, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", file.display()))?;
-        println!("  results: {}\n", file.display());
+        println!("  results: {}", file.display());
+        let first: Vec<run::Run> = runs.iter().filter_map(|r| r.first().cloned()).collect();
+        for png in plot::write(&out, &slug(&s.name), s, &plan, &first)? {
+            println!("  plot: {}", png.display());
+        }
+        println!();
     }
     Ok(())
 }

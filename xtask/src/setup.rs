@@ -38,7 +38,12 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     // The venv of the `openai` client the API fidelity suite drives.
     ("python3-venv", "/usr/share/doc/python3-venv"),
+    // The font of the fleet bench's PNG plots.
+    ("fonts-dejavu-core", PLOT_FONT),
 ];
+
+/// The font the fleet bench's plots are drawn with (from fonts-dejavu-core).
+pub const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// The `openai` Python client the API fidelity suite (`tests/tests/
 /// openai_client.rs`) drives, pinned, in a venv under `target/`.

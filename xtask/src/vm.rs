@@ -359,6 +359,13 @@ fn layout(
         l.files.push((bin_dir.join(bin), dst.clone()));
         l.env.push((var, dst));
     }
+    // The plots' font: the guest has no /usr/share/fonts.
+    let font = Path::new(crate::setup::PLOT_FONT);
+    if font.is_file() {
+        let dst = guest.join("fonts").join("DejaVuSans.ttf");
+        l.files.push((font.to_path_buf(), dst.clone()));
+        l.env.push(("BALANCER_FONT", dst));
+    }
     for (tree, sub, var) in [
         (shared, "shared", "BALANCER_SHARED_DATA"),
         (scenarios, "scenarios", "BALANCER_SCENARIOS"),

@@ -10,11 +10,13 @@
 //! - [`run`]: one strategy's run on a fresh fleet;
 //! - [`l4`]: the L4 strategies' fleet: a testbed behind the daemon's XDP;
 //! - [`report`]: the figures, the table and the JSON;
+//! - [`plot`]: the PNG plots (latency over time, per-node load);
 //! - [`check`]: runs with known answers (Erlang C, Pollaczek-Khinchine).
 
 pub mod check;
 pub mod l4;
 pub mod plan;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
