@@ -145,7 +145,8 @@ fn emulate(args: EmulateArgs) -> Result<()> {
         tracing::info!(class = %class.name, listen = %args.listen, model = %served.model, "emulating");
         let node = Node::spawn(class);
         node.set_speed(args.speed);
-        server::serve(listener, server::Emulator::new(node, served)).await;
+        let adapters = balancer::emulate::adapters::Adapters::new(profile.lora.clone());
+        server::serve(listener, server::Emulator::with_adapters(node, served, adapters)).await;
         Ok(())
     })
 }

@@ -8,9 +8,12 @@
 //!   prefix caching and preemption, planned step by step without a clock;
 //! - [`sim`]: the engine replayed in virtual time;
 //! - [`node`]: the engine driven by a timer, one task per node;
+//! - [`adapters`]: LoRA adapters, loaded on demand, least recently used
+//!   evicted;
 //! - [`server`]: the OpenAI-compatible API and vLLM's metrics over a node;
 //!   [`stats`]: its latency histograms.
 
+pub mod adapters;
 pub mod engine;
 pub mod node;
 pub mod prefix;
@@ -19,6 +22,8 @@ pub mod server;
 pub mod sim;
 pub mod stats;
 
+#[cfg(test)]
+mod adapter_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

@@ -52,6 +52,9 @@ pub enum ProfileError {
     /// Two classes share a name, or there is none.
     #[error("{0}")]
     Classes(String),
+    /// The `[lora]` table is out of range.
+    #[error("[lora]: {0}")]
+    Lora(String),
 }
 
 /// One hardware class.
@@ -164,6 +167,85 @@ pub struct Profile {
     /// The classes.
     #[serde(rename = "class")]
     pub classes: Vec<Class>,
+    /// The LoRA adapters every node can load.
+    #[serde(default)]
+    pub lora: Lora,
+}
+
+/// LoRA adapters (`[lora]`, with `[[lora.adapter]]` tables).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lora {
+    /// Adapters loaded at once at most (vLLM's `--max-loras`, default 1).
+    #[serde(default = "one")]
+    pub max_loras: u32,
+    /// Load time of an adapter loaded by API that the profile does not name.
+    #[serde(default = "two")]
+    pub default_load_s: f64,
+    /// The adapters, with their load times.
+    #[serde(default, rename = "adapter")]
+    pub adapters: Vec<Adapter>,
+}
+
+/// One adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adapter {
+    /// Its name, as requests give it in `model`.
+    pub name: String,
+    /// Seconds a load takes.
+    pub load_s: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+impl Default for Lora {
+    fn default() -> Self {
+        Self {
+            max_loras: one(),
+            default_load_s: two(),
+            adapters: Vec::new(),
+        }
+    }
+}
+
+impl Lora {
+    /// Checks the bounds and that names are unique.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        let bad = |m: String| Err(ProfileError::Lora(m));
+        if !(1..=1024).contains(&self.max_loras) {
+            return bad(format!("max_loras {} must be 1-1024", self.max_loras));
+        }
+        let secs = |v: f64| v.is_finite() && (0.0..=3600.0).contains(&v);
+        if !secs(self.default_load_s) {
+            return bad(format!(
+                "default_load_s {} must be in [0, 3600]",
+                self.default_load_s
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for a in &self.adapters {
+            if a.name.is_empty() || a.name.len() > 256 {
+                return bad("an adapter name must be 1-256 bytes".into());
+            }
+            if !secs(a.load_s) {
+                return bad(format!(
+                    "adapter {:?}: load_s {} must be in [0, 3600]",
+                    a.name, a.load_s
+                ));
+            }
+            if !seen.insert(a.name.as_str()) {
+                return bad(format!("adapter {:?} is defined twice", a.name));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Profile {
@@ -176,6 +258,7 @@ impl Profile {
         if p.classes.is_empty() {
             return Err(ProfileError::Classes(format!("{path}: no [[class]]")));
         }
+        p.lora.validate()?;
         let mut seen = BTreeSet::new();
         for c in &p.classes {
             c.validate()?;

@@ -11,7 +11,11 @@
 //!   asks), then `data: [DONE]`.
 //! - `POST /v1/embeddings`: one vector per input (a string, a list of
 //!   strings, or token arrays), computed as one prefill-only request.
-//! - `GET /v1/models`, `GET /health`, `GET /metrics` (vLLM's names).
+//! - `GET /v1/models` (the base model and the loaded LoRA adapters),
+//!   `GET /health`, `GET /metrics` (vLLM's names).
+//! - `POST /v1/load_lora_adapter`, `/v1/unload_lora_adapter` (vLLM's). A
+//!   request whose `model` names an adapter waits for its load
+//!   ([`Adapters`]); an unknown model is a 404.
 //!
 //! Answers are deterministic functions of model and prompt. A streaming
 //! client that leaves an event unread for 30 s loses its stream.
@@ -23,7 +27,14 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Frame, body::Incoming};
 use serde_json::{Value, json};
 
-use super::{engine::Event, node::Node, prefix::chain, stats::Latencies};
+use super::{
+    adapters::{AdapterError, Adapters},
+    engine::Event,
+    node::Node,
+    prefix::chain,
+    profile::Lora,
+    stats::Latencies,
+};
 
 /// Largest request body read.
 pub const MAX_BODY: usize = 4 << 20;
@@ -46,6 +57,7 @@ pub struct Emulator {
     node: Arc<Node>,
     served: Served,
     latencies: Latencies,
+    adapters: Arc<Adapters>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -55,12 +67,18 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 impl Emulator {
-    /// An emulator over `node`.
+    /// An emulator over `node`, with no LoRA adapter.
     pub fn new(node: Arc<Node>, served: Served) -> Arc<Self> {
+        Self::with_adapters(node, served, Adapters::new(Lora::default()))
+    }
+
+    /// An emulator over `node` that can load `adapters`.
+    pub fn with_adapters(node: Arc<Node>, served: Served, adapters: Arc<Adapters>) -> Arc<Self> {
         Arc::new(Self {
             node,
             served,
             latencies: Latencies::default(),
+            adapters,
         })
     }
 
@@ -99,10 +117,13 @@ impl Emulator {
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(full(self.metrics()))
                 .unwrap_or_else(|_| Response::new(full(""))),
-            ("GET", "/v1/models") => self.json(
-                StatusCode::OK,
-                &json!({"object": "list", "data": [{"id": self.served.model, "object": "model", "owned_by": "balancer-emulate"}]}),
-            ),
+            ("GET", "/v1/models") => self.models(),
+            ("POST", "/v1/load_lora_adapter" | "/v1/unload_lora_adapter") => {
+                match read_json(req).await {
+                    Ok(v) => self.lora_admin(&path, &v).await,
+                    Err((status, m)) => self.error(status, &m),
+                }
+            }
             ("POST", "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
                 match read_json(req).await {
                     Ok(v) => self.infer(&path, v).await,
@@ -113,13 +134,53 @@ impl Emulator {
         }
     }
 
+    /// The base model and the loaded adapters, as vLLM lists them.
+    fn models(&self) -> Response<Body> {
+        let base = &self.served.model;
+        let mut data = vec![
+            json!({"id": base, "object": "model", "owned_by": "balancer-emulate", "root": base, "parent": null}),
+        ];
+        for a in self.adapters.gauges().loaded {
+            data.push(json!({"id": a, "object": "model", "owned_by": "balancer-emulate", "root": a, "parent": base}));
+        }
+        self.json(StatusCode::OK, &json!({"object": "list", "data": data}))
+    }
+
+    /// vLLM's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`.
+    async fn lora_admin(&self, path: &str, v: &Value) -> Response<Body> {
+        let Some(name) = v.get("lora_name").and_then(Value::as_str) else {
+            return self.error(StatusCode::BAD_REQUEST, "lora_name is missing");
+        };
+        let done = if path == "/v1/load_lora_adapter" {
+            if v.get("lora_path").and_then(Value::as_str).is_none() {
+                return self.error(StatusCode::BAD_REQUEST, "lora_path is missing");
+            }
+            self.adapters.load_by_api(name).await
+        } else {
+            self.adapters.unload(name)
+        };
+        match done {
+            Ok(()) => Response::builder()
+                .header("x-backend", &self.served.name)
+                .body(full(format!("Success: LoRA adapter '{name}' done")))
+                .unwrap_or_else(|_| Response::new(full(""))),
+            Err(e @ AdapterError::NotLoaded(_)) => {
+                self.error(StatusCode::NOT_FOUND, &e.to_string())
+            }
+            Err(e) => self.error(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    }
+
     async fn infer(self: Arc<Self>, path: &str, v: Value) -> Response<Body> {
         let model = v.get("model").and_then(Value::as_str).unwrap_or_default();
         if model != self.served.model {
-            return self.error(
-                StatusCode::NOT_FOUND,
-                &format!("model {model:?} is not served here"),
-            );
+            // An adapter: wait for its load (the wait counts in latency).
+            if let Err(e) = self.adapters.acquire(model).await {
+                return self.json(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": {"message": e.to_string(), "type": "NotFoundError", "code": 404, "param": "model"}}),
+                );
+            }
         }
         let bt = self.node.class().block_tokens as usize;
         if path == "/v1/embeddings" {
@@ -347,12 +408,23 @@ impl Emulator {
             g.prefix_hits as f64,
         );
         one("emulator_busy_seconds_total", "counter", g.busy_secs);
+        let a = self.adapters.gauges();
+        one("emulator_lora_loads_total", "counter", a.loads as f64);
+        one("emulator_lora_load_seconds_total", "counter", a.load_secs);
         self.latencies
             .ttft
             .render(&mut o, "vllm:time_to_first_token_seconds", &lbl);
         self.latencies
             .e2e
             .render(&mut o, "vllm:e2e_request_latency_seconds", &lbl);
+        // vLLM's: the loaded adapters are listed as running.
+        let _ = writeln!(
+            o,
+            "# TYPE vllm:lora_requests_info gauge\nvllm:lora_requests_info{{running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\",max_lora=\"{}\"}} 1",
+            a.loaded.join(","),
+            a.loading.join(","),
+            a.max_loras
+        );
         o
     }
 }

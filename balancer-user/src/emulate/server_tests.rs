@@ -20,7 +20,7 @@ use crate::{
     testutil::margin,
 };
 
-fn class() -> Class {
+pub(super) fn class() -> Class {
     Class {
         name: "t".into(),
         source: "test".into(),
@@ -47,7 +47,7 @@ async fn start() -> SocketAddr {
 
 /// One HTTP/1.0 exchange: the status, the head, and the body's lines, each
 /// with the time since the request was sent.
-async fn call(
+pub(super) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -95,7 +95,7 @@ async fn call(
     .expect("the emulator answers")
 }
 
-fn body_json(lines: &[(Duration, String)]) -> Value {
+pub(super) fn body_json(lines: &[(Duration, String)]) -> Value {
     let text: String = lines
         .iter()
         .map(|(_, l)| l.as_str())
@@ -213,7 +213,7 @@ async fn bad_requests_get_clear_errors() {
             "/v1/completions",
             json!({"model": "other", "prompt": "a"}).to_string(),
             404,
-            "not served",
+            "the model `other` does not exist",
         ),
         (
             "/v1/completions",

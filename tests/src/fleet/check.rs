@@ -120,6 +120,7 @@ fn scenario(nodes: u32, slots: u32) -> Scenario {
         fleet: Fleet {
             profile: Profile {
                 classes: vec![class(slots)],
+                lora: Default::default(),
             },
             profile_path: None,
             model: "m".into(),
