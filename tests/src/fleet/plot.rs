@@ -19,8 +19,11 @@ use super::{plan::Plan, run::Run, scenario::Scenario};
 /// file (the VM suite's guest has it elsewhere).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-/// Time buckets of the latency plot.
-const BUCKETS: usize = 60;
+/// Time buckets of the latency plot: about one per eight requests (so a
+/// bucket's p90 is not just its maximum), 10 to 60.
+fn bucket_count(requests: usize) -> usize {
+    (requests / 8).clamp(10, 60)
+}
 
 /// One colour per strategy, in table order.
 const COLOURS: [RGBColor; 6] = [
@@ -91,16 +94,16 @@ fn quantile(v: &mut [f64], q: f64) -> Option<f64> {
     (n > 0).then(|| v[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
-/// One time bucket: its start second, the TTFT p50 and p99 of requests sent
+/// One time bucket: its start second, the TTFT p50 and p90 of requests sent
 /// in it, and how many of them failed.
 type Bucket = (f64, Option<f64>, Option<f64>, usize);
 
 /// The buckets of `run`, `width` seconds each.
-fn buckets(run: &Run, width: f64) -> Vec<Bucket> {
-    let mut ttft: Vec<Vec<f64>> = vec![Vec::new(); BUCKETS];
-    let mut failed = vec![0; BUCKETS];
+fn buckets(run: &Run, width: f64, n: usize) -> Vec<Bucket> {
+    let mut ttft: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut failed = vec![0; n];
     for o in &run.outcomes {
-        let b = ((o.sent_s / width) as usize).min(BUCKETS - 1);
+        let b = ((o.sent_s / width) as usize).min(n - 1);
         match o.ttft_s {
             Some(t) if o.error.is_none() => ttft[b].push(t),
             _ => failed[b] += 1,
@@ -109,15 +112,16 @@ fn buckets(run: &Run, width: f64) -> Vec<Bucket> {
     ttft.iter_mut()
         .zip(failed)
         .enumerate()
-        .map(|(i, (v, f))| (i as f64 * width, quantile(v, 0.5), quantile(v, 0.99), f))
+        .map(|(i, (v, f))| (i as f64 * width, quantile(v, 0.5), quantile(v, 0.9), f))
         .collect()
 }
 
 fn latency_plot(root: &Area, s: &Scenario, plan: &Plan, runs: &[Run]) -> DrawResult {
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(560);
-    let width = (s.duration_s / BUCKETS as f64).max(1e-3);
-    let series: Vec<_> = runs.iter().map(|r| buckets(r, width)).collect();
+    let n = bucket_count(plan.requests.len());
+    let width = (s.duration_s / n as f64).max(1e-3);
+    let series: Vec<_> = runs.iter().map(|r| buckets(r, width, n)).collect();
     let hi = series
         .iter()
         .flatten()
@@ -148,7 +152,7 @@ fn latency_plot(root: &Area, s: &Scenario, plan: &Plan, runs: &[Run]) -> DrawRes
         };
         chart
             .draw_series(LineSeries::new(line(|x| x.2), c.stroke_width(2)))?
-            .label(format!("{} p99", r.strategy.name()))
+            .label(format!("{} p90", r.strategy.name()))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
             .draw_series(LineSeries::new(line(|x| x.1), c.mix(0.5).stroke_width(1)))?
@@ -168,14 +172,14 @@ fn latency_plot(root: &Area, s: &Scenario, plan: &Plan, runs: &[Run]) -> DrawRes
         .label_font(("sans-serif", 14))
         .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
-    arrivals(&bottom, s, plan, width)
+    arrivals(&bottom, s, plan, width, n)
 }
 
 /// The plan's arrival rate per bucket, under the latency plot.
-fn arrivals(area: &Area, s: &Scenario, plan: &Plan, width: f64) -> DrawResult {
-    let mut count = vec![0usize; BUCKETS];
+fn arrivals(area: &Area, s: &Scenario, plan: &Plan, width: f64, n: usize) -> DrawResult {
+    let mut count = vec![0usize; n];
     for p in &plan.requests {
-        count[((p.at_s / width) as usize).min(BUCKETS - 1)] += 1;
+        count[((p.at_s / width) as usize).min(n - 1)] += 1;
     }
     let rate: Vec<f64> = count.iter().map(|c| *c as f64 / width).collect();
     let hi = rate.iter().copied().fold(0.1, f64::max) * 1.1;
