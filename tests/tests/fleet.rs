@@ -23,6 +23,14 @@ fn scenarios() -> Vec<PathBuf> {
     v
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn every_scenario_loads_and_plans_its_target_ratio() {
     for f in scenarios() {
@@ -52,11 +60,7 @@ fn every_scenario_loads_and_plans_its_target_ratio() {
 #[test]
 fn quick_runs_answer_every_request_in_full() {
     balancer_tests::require_root();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let f = &scenarios()[0];
     let s = Scenario::load(f).unwrap().quick();
     let p = plan::plan(&s).unwrap();
@@ -100,11 +104,7 @@ fn quick_runs_answer_every_request_in_full() {
 #[test]
 fn strategies_run_at_once_on_their_own_fleets() {
     balancer_tests::require_root();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let s = Scenario::load(&scenarios()[0]).unwrap().quick();
     let p = plan::plan(&s).unwrap();
     let picked = ["least-request", "xdp-static"].map(|n| Strategy::parse(n).unwrap());
