@@ -145,19 +145,27 @@ fn latency_plot(root: &Area, s: &Scenario, plan: &Plan, runs: &[Run]) -> DrawRes
         .draw()?;
     for (i, (r, b)) in runs.iter().zip(&series).enumerate() {
         let c = COLOURS[i % COLOURS.len()];
-        let line = |pick: fn(&Bucket) -> Option<f64>| {
-            b.iter()
-                .filter_map(move |x| pick(x).map(|v| (x.0 + width / 2.0, v.max(0.01))))
+        // Segments between neighbouring buckets that both have answers: a
+        // line across empty buckets would draw latencies nobody saw.
+        let line = |pick: fn(&Bucket) -> Option<f64>, style: ShapeStyle| {
+            let at = move |x: &Bucket| pick(x).map(|v| (x.0 + width / 2.0, v.max(0.01)));
+            b.windows(2)
+                .filter_map(move |w| Some(PathElement::new(vec![at(&w[0])?, at(&w[1])?], style)))
                 .collect::<Vec<_>>()
         };
+        let (p90, p50) = (c.stroke_width(2), c.mix(0.5).stroke_width(1));
         chart
-            .draw_series(LineSeries::new(line(|x| x.2), c.stroke_width(2)))?
+            .draw_series(line(|x| x.2, p90))?
             .label(format!("{} p90", r.strategy.name()))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], p90));
+        // A dot per bucket's p90, so a lone bucket still shows.
+        chart.draw_series(b.iter().filter_map(|x| {
+            x.2.map(|v| Circle::new((x.0 + width / 2.0, v.max(0.01)), 3, c.filled()))
+        }))?;
         chart
-            .draw_series(LineSeries::new(line(|x| x.1), c.mix(0.5).stroke_width(1)))?
+            .draw_series(line(|x| x.1, p50))?
             .label(format!("{} p50", r.strategy.name()))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.mix(0.5)));
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], p50));
         // Failed requests: a cross at the top of the plot, per bucket.
         chart.draw_series(
             b.iter()
