@@ -86,11 +86,6 @@ impl Adapters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `name` is an adapter this node knows.
-    pub fn knows(&self, name: &str) -> bool {
-        self.lock().known.contains_key(name)
-    }
-
     /// Returns once adapter `name` is loaded, loading it first if need be.
     pub async fn acquire(self: &Arc<Self>, name: &str) -> Result<(), AdapterError> {
         loop {
