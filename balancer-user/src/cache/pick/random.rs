@@ -1,9 +1,18 @@
 //! Random (`pick = "random"`): a backend drawn with probability in
 //! proportion to its weight, independently for each request.
+//!
+//! The draws come from one splitmix64 stream per process, seeded from the
+//! process's own entropy (so gateways behind one ECMP group do not draw in
+//! step), or by [`reseed`] for experiments that must repeat: with the same
+//! seed and the same order of requests, the same backends are drawn. One
+//! atomic add a pick, as round-robin's turn counter.
 
 use std::{
-    cell::Cell,
-    sync::atomic::{AtomicU64, Ordering},
+    hash::{BuildHasher, Hasher},
+    sync::{
+        Once,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use super::{Member, Selector, bounded_hash::mix};
@@ -12,20 +21,29 @@ use super::{Member, Selector, bounded_hash::mix};
 #[derive(Debug, Default)]
 pub struct Random;
 
-/// Seeds each thread's stream apart from the others'.
-static SEEDS: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-thread_local! {
-    static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
+static STATE: AtomicU64 = AtomicU64::new(0);
+static SEEDED: Once = Once::new();
+
+/// Restarts the stream from `seed` (the fleet bench seeds it from the
+/// scenario, so two runs draw alike).
+pub fn reseed(seed: u64) {
+    SEEDED.call_once(|| {});
+    STATE.store(seed, Ordering::Relaxed);
 }
 
-/// The next value of this thread's splitmix64 stream.
+/// The stream's next value.
 fn next() -> u64 {
-    STATE.with(|s| {
-        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(x);
-        mix(x)
-    })
+    SEEDED.call_once(|| {
+        // std's per-process random hash keys: entropy without a dependency.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        STATE.store(h.finish(), Ordering::Relaxed);
+    });
+    mix(STATE
+        .fetch_add(GOLDEN, Ordering::Relaxed)
+        .wrapping_add(GOLDEN))
 }
 
 impl Selector for Random {

@@ -77,6 +77,29 @@ fn least_request_fills_the_emptiest_backend() {
 }
 
 #[test]
+fn random_repeats_its_draws_from_one_seed() {
+    let members = pool(&[1, 2, 1]);
+    let draw = || -> Vec<SocketAddr> {
+        (0..200)
+            .map(|k| pick(Pick::Random.selector(), k, &members).unwrap().0)
+            .collect()
+    };
+    // Other tests draw too, concurrently: retry until one pair of runs is
+    // not interleaved with theirs (the seed, not luck, must make them equal).
+    let same = (0..50).any(|_| {
+        super::random::reseed(42);
+        let a = draw();
+        super::random::reseed(42);
+        a == draw()
+    });
+    assert!(same, "one seed, two different sequences");
+    super::random::reseed(43);
+    let c = draw();
+    super::random::reseed(42);
+    assert_ne!(c, draw(), "another seed, the same sequence");
+}
+
+#[test]
 fn random_is_not_a_rotation() {
     let members = pool(&[1, 1]);
     let order: Vec<SocketAddr> = (0..64)
