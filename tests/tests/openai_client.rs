@@ -1,12 +1,14 @@
 //! API fidelity: the real `openai` Python client (pinned, installed by
 //! `cargo xtask setup` in `target/openai-venv`) against `balancer emulate`'s
 //! server. Every answer must parse into the client's own types: completions,
-//! chat, both streamed, embeddings of a list (one vector per input), and the
-//! model list.
+//! chat, both streamed, embeddings of a list (one vector per input), the
+//! model list, and speech transcriptions in each response format.
 
 use std::{path::PathBuf, process::Command};
 
 use balancer::emulate::{
+    adapters::Adapters,
+    models::Models,
     node::Node,
     profile::Profile,
     server::{Emulator, Served, serve},
@@ -48,7 +50,17 @@ n = sum(1 for ch in c.completions.create(model="llama-3.1-8b", prompt="x", max_t
 assert n == 3, n
 e = c.embeddings.create(model="llama-3.1-8b", input=["a", "b", "c"])
 assert [d.index for d in e.data] == [0, 1, 2] and all(len(d.embedding) == 8 for d in e.data), e
-assert [m.id for m in c.models.list()] == ["llama-3.1-8b"]
+ids = [m.id for m in c.models.list()]
+assert ids[0] == "llama-3.1-8b" and "whisper-large-v3" in ids, ids
+import io, struct
+wav = b"RIFF" + struct.pack("<I", 36 + 64000) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) \
+    + b"data" + struct.pack("<I", 64000) + bytes(64000)
+t = c.audio.transcriptions.create(model="whisper-large-v3", file=("a.wav", io.BytesIO(wav), "audio/wav"))
+assert t.text and len(t.text.split()) == 4, t
+t = c.audio.transcriptions.create(model="whisper-large-v3", file=("a.wav", io.BytesIO(wav)), response_format="text")
+assert isinstance(t, str) and len(t.split()) == 4, t
+v = c.audio.transcriptions.create(model="whisper-large-v3", file=("a.wav", io.BytesIO(wav)), response_format="verbose_json")
+assert v.duration == 2.0 and v.text, v
 try:
     c.completions.create(model="other", prompt="x")
     raise SystemExit("a wrong model was answered")
@@ -61,11 +73,12 @@ print("ok")
 fn the_openai_client_accepts_every_answer() {
     let python = python();
     let profile = balancer_tests::scenarios_dir().join("profiles/llama-3.1-8b.toml");
-    let class = Profile::load(&profile)
-        .unwrap()
-        .class("h100")
-        .unwrap()
-        .clone();
+    let mut profile = Profile::load(&profile).unwrap();
+    let class = profile.class("h100").unwrap().clone();
+    // Loaded from the start: the client is told not to retry a 503.
+    for m in &mut profile.models {
+        m.cost.iter_mut().for_each(|c| c.load_s = 0.0);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -78,7 +91,13 @@ fn the_openai_client_accepts_every_answer() {
             name: "emu".into(),
             model: "llama-3.1-8b".into(),
         };
-        tokio::spawn(serve(l, Emulator::new(Node::spawn(class), served)));
+        let emu = Emulator::with_models(
+            Node::spawn(class),
+            served,
+            Adapters::new(profile.lora.clone()),
+            Models::new(&profile.models, "h100"),
+        );
+        tokio::spawn(serve(l, emu));
         addr
     });
     let out = Command::new(&python)

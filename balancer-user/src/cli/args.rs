@@ -99,6 +99,10 @@ pub struct EmulateArgs {
     /// Name in answers and the `x-backend` header (default: the class).
     #[arg(long)]
     pub name: Option<String>,
+    /// The profile's non-LLM models to serve, comma-separated (default:
+    /// every one the class has a cost for; "" serves none).
+    #[arg(long)]
+    pub models: Option<String>,
     /// Speed factor: 0.5 runs every step twice as long.
     #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
     pub speed: f64,

@@ -131,6 +131,9 @@ fn emulate(args: EmulateArgs) -> Result<()> {
             names.join(", ")
         )
     })?;
+    let specs = profile
+        .select_models(args.models.as_deref(), &class.name)
+        .with_context(|| format!("--models, with {}", args.profile.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -143,10 +146,12 @@ fn emulate(args: EmulateArgs) -> Result<()> {
             model: args.model,
         };
         tracing::info!(class = %class.name, listen = %args.listen, model = %served.model, "emulating");
+        let models = balancer::emulate::models::Models::new(&specs, &class.name);
         let node = Node::spawn(class);
         node.set_speed(args.speed);
         let adapters = balancer::emulate::adapters::Adapters::new(profile.lora.clone());
-        server::serve(listener, server::Emulator::with_adapters(node, served, adapters)).await;
+        let emu = server::Emulator::with_models(node, served, adapters, models);
+        server::serve(listener, emu).await;
         Ok(())
     })
 }
@@ -194,6 +199,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             model: "m".into(),
             name: None,
+            models: None,
             speed: 1.0,
         })
         .unwrap_err();

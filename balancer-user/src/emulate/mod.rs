@@ -10,11 +10,14 @@
 //! - [`node`]: the engine driven by a timer, one task per node;
 //! - [`adapters`]: LoRA adapters, loaded on demand, least recently used
 //!   evicted;
+//! - [`models`]: non-LLM models (vision, speech, recommendation, time
+//!   series, video), whose cost grows with their input's size;
 //! - [`server`]: the OpenAI-compatible API and vLLM's metrics over a node;
 //!   [`stats`]: its latency histograms.
 
 pub mod adapters;
 pub mod engine;
+pub mod models;
 pub mod node;
 pub mod prefix;
 pub mod profile;
@@ -24,6 +27,8 @@ pub mod stats;
 
 #[cfg(test)]
 mod adapter_tests;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

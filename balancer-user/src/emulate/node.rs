@@ -99,7 +99,8 @@ impl Node {
         self.speed.store(s.to_bits(), Ordering::Relaxed);
     }
 
-    fn speed(&self) -> f64 {
+    /// The speed factor.
+    pub fn speed(&self) -> f64 {
         f64::from_bits(self.speed.load(Ordering::Relaxed))
     }
 

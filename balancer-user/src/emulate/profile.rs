@@ -19,6 +19,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use serde::Deserialize;
 
+use super::models::ModelSpec;
+
 /// Errors reading a profile file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -55,6 +57,9 @@ pub enum ProfileError {
     /// The `[lora]` table is out of range.
     #[error("[lora]: {0}")]
     Lora(String),
+    /// A `[[model]]` table is out of range.
+    #[error("[[model]] {0}")]
+    Model(String),
 }
 
 /// One hardware class.
@@ -82,6 +87,10 @@ pub struct Class {
     /// (vLLM's `max_num_batched_tokens`).
     #[serde(default = "default_step_tokens")]
     pub max_step_tokens: u32,
+    /// Seconds from start until the base model is loaded; until then
+    /// inference and `/health` answer 503.
+    #[serde(default)]
+    pub load_s: f64,
 }
 
 fn default_block_tokens() -> u32 {
@@ -133,6 +142,9 @@ impl Class {
         if !(1..=65_536).contains(&self.max_seqs) {
             return bad("max_seqs", format!("{} must be 1-65536", self.max_seqs));
         }
+        if !(self.load_s.is_finite() && (0.0..=3600.0).contains(&self.load_s)) {
+            return bad("load_s", format!("{} must be in [0, 3600]", self.load_s));
+        }
         if !(1..=1 << 20).contains(&self.max_step_tokens) {
             return bad(
                 "max_step_tokens",
@@ -170,6 +182,9 @@ pub struct Profile {
     /// The LoRA adapters every node can load.
     #[serde(default)]
     pub lora: Lora,
+    /// The non-LLM models, each served by the classes it has a cost for.
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelSpec>,
 }
 
 /// LoRA adapters (`[lora]`, with `[[lora.adapter]]` tables).
@@ -269,6 +284,16 @@ impl Profile {
                 )));
             }
         }
+        let mut names = BTreeSet::new();
+        for m in &p.models {
+            m.validate(&seen)?;
+            if !names.insert(m.name.as_str()) {
+                return Err(ProfileError::Model(format!(
+                    "{:?} is defined twice",
+                    m.name
+                )));
+            }
+        }
         Ok(p)
     }
 
@@ -288,6 +313,40 @@ impl Profile {
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
         Self::parse(&text, &shown)
+    }
+
+    /// The non-LLM models a node of `class` serves: those `list` names
+    /// (comma-separated; empty for none), or all it has a cost for.
+    pub fn select_models(
+        &self,
+        list: Option<&str>,
+        class: &str,
+    ) -> Result<Vec<ModelSpec>, ProfileError> {
+        let Some(list) = list else {
+            return Ok(self
+                .models
+                .iter()
+                .filter(|m| m.cost_on(class).is_some())
+                .cloned()
+                .collect());
+        };
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+            let m = self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+                ProfileError::Model(format!(
+                    "{name:?} is not defined (there are: {})",
+                    known.join(", ")
+                ))
+            })?;
+            if m.cost_on(class).is_none() {
+                return Err(ProfileError::Model(format!(
+                    "{name:?} has no cost for class {class:?}"
+                )));
+            }
+            out.push(m.clone());
+        }
+        Ok(out)
     }
 
     /// The class named `name`.

@@ -23,13 +23,17 @@
 use std::{convert::Infallible, fmt::Write as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Frame, body::Incoming};
 use serde_json::{Value, json};
+
+mod audio;
+mod kserve;
 
 use super::{
     adapters::{AdapterError, Adapters},
     engine::Event,
+    models::{ModelError, Models},
     node::Node,
     prefix::chain,
     profile::Lora,
@@ -58,6 +62,9 @@ pub struct Emulator {
     served: Served,
     latencies: Latencies,
     adapters: Arc<Adapters>,
+    models: Arc<Models>,
+    /// When the base model is loaded.
+    ready_at: tokio::time::Instant,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -74,12 +81,55 @@ impl Emulator {
 
     /// An emulator over `node` that can load `adapters`.
     pub fn with_adapters(node: Arc<Node>, served: Served, adapters: Arc<Adapters>) -> Arc<Self> {
+        Self::with_models(node, served, adapters, Models::none())
+    }
+
+    /// An emulator over `node` that can load `adapters` and serves the
+    /// non-LLM `models` too. The base model loads for its class's `load_s`
+    /// from now.
+    pub fn with_models(
+        node: Arc<Node>,
+        served: Served,
+        adapters: Arc<Adapters>,
+        models: Arc<Models>,
+    ) -> Arc<Self> {
+        let load = Duration::from_secs_f64(node.class().load_s);
         Arc::new(Self {
             node,
             served,
             latencies: Latencies::default(),
             adapters,
+            models,
+            ready_at: tokio::time::Instant::now() + load,
         })
+    }
+
+    /// Seconds until the base model is loaded, if it is not yet.
+    fn loading(&self) -> Option<f64> {
+        let now = tokio::time::Instant::now();
+        (now < self.ready_at).then(|| (self.ready_at - now).as_secs_f64())
+    }
+
+    /// 503 with `Retry-After`, for a model still loading.
+    fn unavailable(&self, e: &ModelError, left_s: f64) -> Response<Body> {
+        let mut r = self.error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("{}", left_s.ceil().max(1.0)))
+        {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+        r
+    }
+
+    /// The answer to a refused model request.
+    fn refused(&self, e: &ModelError) -> Response<Body> {
+        match e {
+            ModelError::Unknown(_) => self.json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": {"message": e.to_string(), "type": "NotFoundError", "code": 404, "param": "model"}}),
+            ),
+            ModelError::Loading { left_s, .. } => self.unavailable(e, *left_s),
+            ModelError::Size { .. } => self.error(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
     }
 
     /// The node.
@@ -111,8 +161,21 @@ impl Emulator {
     /// Answers one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
+        if path.starts_with("/v2/") {
+            return self.kserve(req).await;
+        }
         match (req.method().as_str(), path.as_str()) {
-            ("GET", "/health") => self.json(StatusCode::OK, &json!({})),
+            ("GET", "/health") => match self.loading() {
+                None => self.json(StatusCode::OK, &json!({})),
+                Some(left_s) => self.unavailable(
+                    &ModelError::Loading {
+                        model: self.served.model.clone(),
+                        left_s,
+                    },
+                    left_s,
+                ),
+            },
+            ("POST", "/v1/audio/transcriptions") => self.transcribe(req).await,
             ("GET", "/metrics") => Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(full(self.metrics()))
@@ -142,6 +205,9 @@ impl Emulator {
         ];
         for a in self.adapters.gauges().loaded {
             data.push(json!({"id": a, "object": "model", "owned_by": "balancer-emulate", "root": a, "parent": base}));
+        }
+        for m in self.models.gauges() {
+            data.push(json!({"id": m.name, "object": "model", "owned_by": "balancer-emulate", "root": m.name, "parent": null}));
         }
         self.json(StatusCode::OK, &json!({"object": "list", "data": data}))
     }
@@ -173,6 +239,13 @@ impl Emulator {
 
     async fn infer(self: Arc<Self>, path: &str, v: Value) -> Response<Body> {
         let model = v.get("model").and_then(Value::as_str).unwrap_or_default();
+        if let Some(left_s) = self.loading() {
+            let e = ModelError::Loading {
+                model: self.served.model.clone(),
+                left_s,
+            };
+            return self.unavailable(&e, left_s);
+        }
         if model != self.served.model {
             // An adapter: wait for its load (the wait counts in latency).
             if let Err(e) = self.adapters.acquire(model).await {
@@ -411,6 +484,12 @@ impl Emulator {
         let a = self.adapters.gauges();
         one("emulator_lora_loads_total", "counter", a.loads as f64);
         one("emulator_lora_load_seconds_total", "counter", a.load_secs);
+        let _ = writeln!(
+            o,
+            "# TYPE emulator_model_loaded gauge\nemulator_model_loaded{{{lbl},kind=\"llm\"}} {}",
+            u8::from(self.loading().is_none())
+        );
+        super::models::render(&self.models.gauges(), &mut o);
         self.latencies
             .ttft
             .render(&mut o, "vllm:time_to_first_token_seconds", &lbl);
@@ -498,17 +577,7 @@ fn fnv(b: &[u8]) -> u64 {
 }
 
 async fn read_json(req: Request<Incoming>) -> Result<Value, (StatusCode, String)> {
-    let body = Limited::new(req.into_body(), MAX_BODY).collect();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body).await {
-        Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "request body too slow".into())),
-        Ok(Err(_)) => {
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {MAX_BODY} bytes, or broken"),
-            ));
-        }
-        Ok(Ok(b)) => b.to_bytes(),
-    };
+    let bytes = kserve::read_bytes(req).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }

@@ -31,6 +31,7 @@ pub(super) fn class() -> Class {
         max_seqs: 4,
         block_tokens: 16,
         max_step_tokens: 4096,
+        load_s: 0.0,
     }
 }
 
@@ -53,13 +54,33 @@ pub(super) async fn call(
     path: &str,
     body: &str,
 ) -> (u16, String, Vec<(Duration, String)>) {
+    call_raw(
+        addr,
+        method,
+        path,
+        "Content-Type: application/json",
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// [`call`] with any `headers` (CRLF-separated lines) and body bytes.
+pub(super) async fn call_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, Vec<(Duration, String)>) {
     tokio::time::timeout(margin(), async {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        let mut req = format!(
+            "{method} {path} HTTP/1.0\r\n{headers}\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        s.write_all(&req).await.unwrap();
         let t0 = Instant::now();
         let (mut raw, mut lines) = (Vec::new(), Vec::new());
         let mut buf = [0u8; 4096];
@@ -85,7 +106,10 @@ pub(super) async fn call(
         }
         let h = head_len.expect("a response head");
         if seen < raw.len() {
-            lines.push((t0.elapsed(), String::from_utf8_lossy(&raw[seen..]).to_string()));
+            lines.push((
+                t0.elapsed(),
+                String::from_utf8_lossy(&raw[seen..]).to_string(),
+            ));
         }
         let head = String::from_utf8_lossy(&raw[..h]).to_string();
         let status = head[9..12].parse().unwrap();

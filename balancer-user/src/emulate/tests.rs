@@ -18,6 +18,7 @@ fn class() -> Class {
         max_seqs: 8,
         block_tokens: 16,
         max_step_tokens: 4096,
+        load_s: 0.0,
     }
 }
 

@@ -109,6 +109,7 @@ fn class(slots: u32) -> Class {
         max_seqs: slots,
         block_tokens: 16,
         max_step_tokens: 1 << 20,
+        load_s: 0.0,
     }
 }
 
@@ -121,6 +122,7 @@ fn scenario(nodes: u32, slots: u32) -> Scenario {
             profile: Profile {
                 classes: vec![class(slots)],
                 lora: Default::default(),
+                models: Vec::new(),
             },
             profile_path: None,
             model: "m".into(),
