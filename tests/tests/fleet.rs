@@ -132,3 +132,59 @@ fn strategies_run_at_once_on_their_own_fleets() {
         assert_eq!(answered as usize, p.requests.len(), "{}", st.name());
     }
 }
+
+/// A mixed workload (vision, speech, recommendation, forecasting, video
+/// beside the LLM): every request of every kind is answered, through the
+/// gateway's route and through XDP alike.
+#[test]
+fn a_mixed_workload_is_answered_through_l7_and_l4() {
+    balancer_tests::require_root();
+    let rt = runtime();
+    let f = balancer_tests::scenarios_dir().join("10-mixed-platform.toml");
+    let s = Scenario::load(&f).unwrap().quick();
+    let p = plan::plan(&s).unwrap();
+    let tasks = p.requests.iter().filter(|r| r.task.is_some()).count();
+    assert!(
+        tasks >= 5 && tasks < p.requests.len(),
+        "{tasks} of {}",
+        p.requests.len()
+    );
+    for name in ["least-request", "xdp-static"] {
+        let st = Strategy::parse(name).unwrap();
+        let r = rt
+            .block_on(run::run(&s, &p, st, &ProgressBar::hidden()))
+            .unwrap();
+        let names: Vec<&str> = r.nodes.iter().map(|n| n.0.as_str()).collect();
+        for o in &r.outcomes {
+            let q = &p.requests[o.index];
+            assert_eq!(o.error, None, "{name}: request {} ({:?})", o.index, q.task);
+            assert_eq!(o.tokens, q.output_tokens, "{name}: request {}", o.index);
+            assert!(names.contains(&o.backend.as_str()), "{}", o.backend);
+        }
+        // Only LLM requests count in vLLM's own success counter.
+        let answered: u64 = r.nodes.iter().map(|n| n.2.counters.finished).sum();
+        assert_eq!(answered as usize, p.requests.len() - tasks, "{name}");
+        // Each model's latency has its own row; TTFT is the LLM requests'.
+        let fig = report::figures(&s, &p, &r);
+        let planned = |m: &str| {
+            p.requests
+                .iter()
+                .filter(|q| q.task.as_ref().is_some_and(|t| t.model == m))
+                .count()
+        };
+        for m in &fig.models {
+            assert_eq!(
+                (m.requests, m.failed),
+                (planned(&m.model), 0),
+                "{}",
+                m.model
+            );
+        }
+        assert!(fig.busy_gpu_s > 0.0);
+        let table = report::table(&s, &p, &[fig]);
+        assert!(
+            table.contains("the other models' e2e p50/p99") && table.contains("whisper-large-v3"),
+            "{table}"
+        );
+    }
+}

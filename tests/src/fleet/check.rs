@@ -133,6 +133,7 @@ fn scenario(nodes: u32, slots: u32) -> Scenario {
             mean_rps: 1.0,
             max_prompt_tokens: 1,
             max_output_tokens: 1 << 15,
+            mix: Vec::new(),
         },
         shape: Shape {
             peak_to_average: 1.0,
@@ -162,6 +163,7 @@ fn poisson(n: usize, rate: f64, seed: u64, mut tokens: impl FnMut(&mut Rng) -> u
                 prompt_tokens: 1,
                 output_tokens: tokens(&mut rng),
                 blocks: vec![(1 << 63) | index as u64],
+                task: None,
             }
         })
         .collect();

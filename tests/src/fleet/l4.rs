@@ -55,7 +55,7 @@ pub fn start(s: &Scenario, weights: Weights) -> Result<L4Fleet> {
     for (class, count) in &s.fleet.nodes {
         for i in 0..*count {
             let name = format!("{class}-{}", i + 1);
-            commands.push(emulate_command(&bin, profile, class, &name, &s.fleet.model));
+            commands.push(emulate_command(&bin, profile, class, &name, s));
             nodes.push((name, class.clone()));
         }
     }
@@ -72,9 +72,11 @@ fn emulate_command(
     profile: &Path,
     class: &str,
     name: &str,
-    model: &str,
+    s: &Scenario,
 ) -> Vec<String> {
     let listen = format!("0.0.0.0:{VIP_PORT}");
+    let models: Vec<&str> = s.workload.mix.iter().map(|m| m.model.as_str()).collect();
+    let models = models.join(",");
     [
         &bin.to_string_lossy() as &str,
         "emulate",
@@ -87,7 +89,9 @@ fn emulate_command(
         "--name",
         name,
         "--model",
-        model,
+        &s.fleet.model,
+        "--models",
+        &models,
     ]
     .map(String::from)
     .to_vec()
@@ -123,6 +127,17 @@ impl L4Fleet {
         self.tb.vip()
     }
 
+    /// Waits until every node has loaded its models (see [`wait_ready`]).
+    pub fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let addrs: Vec<SocketAddr> = self
+            .tb
+            .backends
+            .iter()
+            .map(|b| SocketAddr::from((b.addr, VIP_PORT)))
+            .collect();
+        netns::run_in(&self.tb.gateway.ns, move || wait_ready(&addrs, limit))?
+    }
+
     /// The client namespaces.
     pub fn client_namespaces(&self) -> Vec<String> {
         self.tb.clients.iter().map(|c| c.ns.clone()).collect()
@@ -142,14 +157,20 @@ impl L4Fleet {
     }
 }
 
-/// `GET /metrics` over a plain socket, with deadlines and a 4 MiB cap.
+/// `GET /metrics`.
 fn scrape(addr: SocketAddr) -> Result<String> {
+    get(addr, "/metrics")
+}
+
+/// `GET path` over a plain socket, with deadlines and a 4 MiB cap; an
+/// answer other than 200 is an error.
+pub(super) fn get(addr: SocketAddr, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let t = Duration::from_secs(10);
     let mut s = std::net::TcpStream::connect_timeout(&addr, t)?;
     s.set_read_timeout(Some(t))?;
     s.set_write_timeout(Some(t))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut buf = Vec::new();
     s.take(4 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -157,6 +178,24 @@ fn scrape(addr: SocketAddr) -> Result<String> {
         bail!("{}", text.lines().next().unwrap_or("no answer"));
     }
     Ok(text)
+}
+
+/// Waits until every node in `addrs` says it is ready (KServe's
+/// `/v2/health/ready`: every model loaded), within `limit`.
+pub(super) fn wait_ready(addrs: &[SocketAddr], limit: Duration) -> Result<()> {
+    let end = std::time::Instant::now() + limit;
+    for a in addrs {
+        loop {
+            match get(*a, "/v2/health/ready") {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() >= end => {
+                    bail!("node {a} was not ready within {limit:?}: {e:#}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The emulator's metrics back into gauges (unknown lines are skipped).
@@ -171,6 +210,14 @@ pub fn parse_gauges(text: &str) -> Gauges {
             })
             .unwrap_or(0.0)
     };
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter_map(|l| {
+                let (key, v) = l.rsplit_once(' ')?;
+                (key.split('{').next()? == name).then(|| v.trim().parse::<f64>().ok())?
+            })
+            .sum()
+    };
     Gauges {
         waiting: value("vllm:num_requests_waiting") as usize,
         running: value("vllm:num_requests_running") as usize,
@@ -183,7 +230,9 @@ pub fn parse_gauges(text: &str) -> Gauges {
         },
         prefix_queries: value("vllm:prefix_cache_queries_total") as u64,
         prefix_hits: value("vllm:prefix_cache_hits_total") as u64,
-        busy_secs: value("emulator_busy_seconds_total"),
+        // The node's device time: the LLM engine's and every other
+        // model's (one line each).
+        busy_secs: value("emulator_busy_seconds_total") + sum("emulator_model_busy_seconds_total"),
     }
 }
 
@@ -193,11 +242,11 @@ mod tests {
 
     #[test]
     fn gauges_come_back_from_the_emulators_metrics() {
-        let text = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3\nvllm:num_requests_running{model_name=\"m\"} 7\nvllm:prefix_cache_hits_total{model_name=\"m\"} 128\nvllm:prefix_cache_queries_total{model_name=\"m\"} 512\nemulator_busy_seconds_total{model_name=\"m\"} 12.5\nvllm:num_preemptions_total{model_name=\"m\"} 2\ngarbage line\n";
+        let text = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3\nvllm:num_requests_running{model_name=\"m\"} 7\nvllm:prefix_cache_hits_total{model_name=\"m\"} 128\nvllm:prefix_cache_queries_total{model_name=\"m\"} 512\nemulator_busy_seconds_total{model_name=\"m\"} 12.5\nemulator_model_busy_seconds_total{model_name=\"a\"} 1.5\nemulator_model_busy_seconds_total{model_name=\"b\"} 2\nvllm:num_preemptions_total{model_name=\"m\"} 2\ngarbage line\n";
         let g = parse_gauges(text);
         assert_eq!((g.waiting, g.running), (3, 7));
         assert_eq!((g.prefix_hits, g.prefix_queries), (128, 512));
-        assert_eq!(g.busy_secs, 12.5);
+        assert_eq!(g.busy_secs, 16.0);
         assert_eq!(g.counters.preemptions, 2);
         assert_eq!(g.counters.finished, 0);
     }

@@ -7,6 +7,7 @@
 //! - [`shape`]: compressing a trace into the run and shaping its rate to a
 //!   peak-to-average ratio;
 //! - [`plan`]: the requests every strategy gets, prompts included;
+//! - [`request`]: a planned request on the wire (LLM, KServe v2, speech);
 //! - [`run`]: one strategy's run on a fresh fleet;
 //! - [`l4`]: the L4 strategies' fleet: a testbed behind the daemon's XDP;
 //! - [`report`]: the figures, the table and the JSON;
@@ -18,7 +19,11 @@ pub mod l4;
 pub mod plan;
 pub mod plot;
 pub mod report;
+pub mod request;
 pub mod run;
 pub mod scenario;
 pub mod shape;
 pub mod workload;
+
+#[cfg(test)]
+mod scenario_tests;

@@ -10,7 +10,7 @@
 use anyhow::Result;
 
 use super::{
-    scenario::Scenario,
+    scenario::{Mix, Scenario},
     shape,
     workload::{self, MOONCAKE_BLOCK_TOKENS, Row},
 };
@@ -30,6 +30,21 @@ pub struct Planned {
     pub output_tokens: u32,
     /// Block ids of the prompt (trace ids, or ids unique to the request).
     pub blocks: Vec<u64>,
+    /// A non-LLM request instead (then the token counts are 0).
+    pub task: Option<Task>,
+}
+
+/// A request for a non-LLM model of the mix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// The model.
+    pub model: String,
+    /// Speech (`/v1/audio/transcriptions`), else KServe v2.
+    pub speech: bool,
+    /// Input size in the model's unit.
+    pub units: f64,
+    /// Tensor elements (KServe v2; 0 for speech).
+    pub elements: u64,
 }
 
 /// The requests and what the shaping achieved.
@@ -85,6 +100,8 @@ pub fn plan_rows(s: &Scenario, rows: &[Row]) -> Result<Plan> {
     let even = shape::even_out(&times, span, 4 * s.shape.bins);
     let at = shape::warp(&even, 1.0, &rate, s.duration_s);
     let mut rng = Rng::new(s.seed);
+    // Its own stream, so adding a mix leaves the tiers' draws as they were.
+    let mut mix_rng = Rng::new(s.seed ^ 0x6d69_785f_6d69_7821);
     let mut requests = Vec::with_capacity(n);
     for (i, t) in at.iter().enumerate() {
         let r = &rows[i % rows.len()];
@@ -108,13 +125,16 @@ pub fn plan_rows(s: &Scenario, rows: &[Row]) -> Result<Plan> {
                 .map(|j| (1 << 63) | ((i as u64) << 20) | j)
                 .collect(),
         };
+        let task = draw_task(&s.workload.mix, &mut mix_rng);
+        let llm = u32::from(task.is_none());
         requests.push(Planned {
             index: i,
             at_s: *t,
             tier,
-            prompt_tokens: prompt,
-            output_tokens: r.output_tokens.min(s.workload.max_output_tokens),
-            blocks,
+            prompt_tokens: prompt * llm,
+            output_tokens: r.output_tokens.min(s.workload.max_output_tokens) * llm,
+            blocks: if task.is_none() { blocks } else { Vec::new() },
+            task,
         });
     }
     let achieved_par = shape::peak_to_average(&shape::rate_of(&at, s.duration_s, s.shape.bins));
@@ -122,6 +142,28 @@ pub fn plan_rows(s: &Scenario, rows: &[Row]) -> Result<Plan> {
         requests,
         achieved_par,
         compression: span / s.duration_s,
+    })
+}
+
+/// A non-LLM task with the mix's shares, or none (an LLM request); sizes
+/// log-uniform in each entry's range. Two draws a request either way.
+fn draw_task(mix: &[Mix], rng: &mut Rng) -> Option<Task> {
+    let (mut u, v) = (rng.f64(), rng.f64());
+    let m = mix.iter().find(|m| {
+        u -= m.share;
+        u < 0.0
+    })?;
+    let (lo, hi) = m.units;
+    let units = lo * (hi / lo).powf(v);
+    Some(Task {
+        model: m.model.clone(),
+        speech: m.speech,
+        units,
+        elements: if m.speech {
+            0
+        } else {
+            (units * m.elements_per_unit).ceil().max(1.0) as u64
+        },
     })
 }
 
@@ -172,6 +214,7 @@ mod tests {
             prompt_tokens: tokens,
             output_tokens: 1,
             blocks,
+            task: None,
         }
     }
 

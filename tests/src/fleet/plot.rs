@@ -98,14 +98,20 @@ fn quantile(v: &mut [f64], q: f64) -> Option<f64> {
 /// in it, and how many of them failed.
 type Bucket = (f64, Option<f64>, Option<f64>, usize);
 
-/// The buckets of `run`, `width` seconds each.
-fn buckets(run: &Run, width: f64, n: usize) -> Vec<Bucket> {
+/// The buckets of `run`, `width` seconds each: TTFT of the LLM requests,
+/// failures of any.
+fn buckets(run: &Run, plan: &Plan, width: f64, n: usize) -> Vec<Bucket> {
     let mut ttft: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut failed = vec![0; n];
     for o in &run.outcomes {
         let b = ((o.sent_s / width) as usize).min(n - 1);
+        let llm = plan.requests.get(o.index).is_some_and(|p| p.task.is_none());
         match o.ttft_s {
-            Some(t) if o.error.is_none() => ttft[b].push(t),
+            Some(t) if o.error.is_none() => {
+                if llm {
+                    ttft[b].push(t)
+                }
+            }
             _ => failed[b] += 1,
         }
     }
@@ -121,7 +127,7 @@ fn latency_plot(root: &Area, s: &Scenario, plan: &Plan, runs: &[Run]) -> DrawRes
     let (top, bottom) = root.split_vertically(560);
     let n = bucket_count(plan.requests.len());
     let width = (s.duration_s / n as f64).max(1e-3);
-    let series: Vec<_> = runs.iter().map(|r| buckets(r, width, n)).collect();
+    let series: Vec<_> = runs.iter().map(|r| buckets(r, plan, width, n)).collect();
     let hi = series
         .iter()
         .flatten()

@@ -56,15 +56,30 @@ pub struct NodeFigures {
     pub preemptions: u64,
 }
 
+/// One non-LLM model's service (requests of the scenario's mix).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelFigures {
+    /// The model.
+    pub model: String,
+    /// Its requests.
+    pub requests: usize,
+    /// End to end, answered ones.
+    pub e2e: Quantiles,
+    /// Failed or timed out.
+    pub failed: usize,
+}
+
 /// Everything the bench reports for one strategy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
     /// The strategy.
     pub strategy: String,
-    /// Time to first token.
+    /// Time to first token (LLM requests).
     pub ttft: Quantiles,
-    /// End to end.
+    /// End to end (LLM requests).
     pub e2e: Quantiles,
+    /// The non-LLM models of the mix, by name.
+    pub models: Vec<ModelFigures>,
     /// Per tier.
     pub tiers: Vec<TierFigures>,
     /// Output tokens a second of requests that met their tier's objectives.
@@ -94,10 +109,12 @@ pub struct Figures {
 /// Works out a run's figures.
 pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
     let ok = |o: &&super::run::Outcome| o.error.is_none();
+    let llm = |o: &&super::run::Outcome| plan.requests[o.index].task.is_none();
     let ttft = quantiles(
         run.outcomes
             .iter()
             .filter(ok)
+            .filter(llm)
             .filter_map(|o| o.ttft_s)
             .collect(),
     );
@@ -105,9 +122,39 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
         run.outcomes
             .iter()
             .filter(ok)
+            .filter(llm)
             .filter_map(|o| o.e2e_s)
             .collect(),
     );
+    let models = s
+        .workload
+        .mix
+        .iter()
+        .map(|m| {
+            let mine: Vec<_> = run
+                .outcomes
+                .iter()
+                .filter(|o| {
+                    plan.requests[o.index]
+                        .task
+                        .as_ref()
+                        .is_some_and(|t| t.model == m.model)
+                })
+                .collect();
+            ModelFigures {
+                model: m.model.clone(),
+                requests: mine.len(),
+                e2e: quantiles(
+                    mine.iter()
+                        .copied()
+                        .filter(ok)
+                        .filter_map(|o| o.e2e_s)
+                        .collect(),
+                ),
+                failed: mine.iter().filter(|o| o.error.is_some()).count(),
+            }
+        })
+        .collect();
     let mut good_tokens = 0u64;
     let tiers = s
         .tiers
@@ -162,6 +209,7 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
         strategy: run.strategy.name().to_string(),
         ttft,
         e2e,
+        models,
         tiers,
         goodput_tps: good_tokens as f64 / run.makespan_s.max(1e-9),
         shed: 0,
@@ -253,6 +301,29 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
         rows.push(r);
     }
     o.push_str(&aligned(&rows));
+    if all.iter().any(|f| !f.models.is_empty()) {
+        o.push_str(
+            "  TTFT and e2e above are the LLM requests'; the other models' e2e p50/p99, s:\n",
+        );
+        let mut header = vec!["model".to_string(), "requests".into()];
+        header.extend(all.iter().map(|f| f.strategy.clone()));
+        let mut rows = vec![header];
+        for (i, m) in all[0].models.iter().enumerate() {
+            let mut r = vec![m.model.clone(), m.requests.to_string()];
+            for f in all {
+                r.push(f.models.get(i).map_or("-".into(), |x| {
+                    let failed = if x.failed > 0 {
+                        format!(" ({} failed)", x.failed)
+                    } else {
+                        String::new()
+                    };
+                    format!("{}/{}{failed}", secs(x.e2e.p50), secs(x.e2e.p99))
+                }));
+            }
+            rows.push(r);
+        }
+        o.push_str(&aligned(&rows));
+    }
     o
 }
 

@@ -19,6 +19,8 @@ use balancer::{
     cache::{Cache, Settings, pick::Pick, proxy},
     config::Config,
     emulate::{
+        adapters::Adapters,
+        models::Models,
         node::{Gauges, Node},
         server::{self, Emulator, Served},
     },
@@ -35,7 +37,8 @@ use tokio::{net::TcpListener, time::Instant};
 
 use super::{
     l4::{self, L4Fleet, Weights},
-    plan::{Plan, Planned, prompt_text},
+    plan::{Plan, Planned},
+    request::{self, Outgoing},
     scenario::Scenario,
 };
 use crate::netns;
@@ -123,7 +126,7 @@ pub struct Run {
 pub const GRACE: Duration = Duration::from_secs(60);
 
 /// Nodes running in this process, each with its address, name and class.
-type LocalFleet = Vec<(SocketAddr, String, String, Arc<Node>)>;
+type LocalFleet = Vec<(SocketAddr, String, String)>;
 
 /// Starts one emulated node per fleet entry, in this process.
 async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
@@ -140,15 +143,17 @@ async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
             let addr = l.local_addr()?;
             let name = format!("{class}-{}", i + 1);
             let node = Node::spawn(c.clone());
-            let emu = Emulator::new(
-                node.clone(),
+            let emu = Emulator::with_models(
+                node,
                 Served {
                     name: name.clone(),
                     model: s.fleet.model.clone(),
                 },
+                Adapters::new(s.fleet.profile.lora.clone()),
+                Models::new(&s.mixed_models(), class),
             );
             tokio::spawn(server::serve(l, emu));
-            out.push((addr, name, class.clone(), node));
+            out.push((addr, name, class.clone()));
         }
     }
     Ok(out)
@@ -194,6 +199,24 @@ fn machine_cpu() -> f64 {
     (total - idle) / 100.0
 }
 
+/// How long a fresh fleet may take to load its models: the slowest load
+/// of those the scenario uses, and a margin for a loaded machine.
+fn load_limit(s: &Scenario) -> Duration {
+    let slowest = s
+        .fleet
+        .profile
+        .classes
+        .iter()
+        .map(|c| c.load_s)
+        .chain(
+            s.mixed_models()
+                .iter()
+                .flat_map(|m| m.cost.iter().map(|c| c.load_s)),
+        )
+        .fold(0.0, f64::max);
+    Duration::from_secs_f64(slowest) + Duration::from_secs(30)
+}
+
 /// Where one strategy's fleet runs.
 enum Backends {
     /// In this process, behind an in-process route.
@@ -213,15 +236,27 @@ pub struct Prepared {
 pub async fn prepare(s: &Scenario, strategy: Strategy) -> Result<Prepared> {
     let (target, backends) = match strategy {
         Strategy::L7(pick) => {
+            if pick == Pick::Random {
+                // The same draws each run, as the arrivals are the same.
+                balancer::cache::pick::random::reseed(s.seed);
+            }
             let fleet = start_fleet(s).await?;
             let addrs: Vec<SocketAddr> = fleet.iter().map(|f| f.0).collect();
+            let (wait, limit) = (addrs.clone(), load_limit(s));
+            tokio::task::spawn_blocking(move || l4::wait_ready(&wait, limit))
+                .await
+                .context("waiting for the nodes panicked")??;
             (start_route(pick, &addrs).await?, Backends::Local(fleet))
         }
         Strategy::L4(weights) => {
             let s = s.clone();
-            let f = tokio::task::spawn_blocking(move || l4::start(&s, weights))
-                .await
-                .context("the testbed's setup panicked")??;
+            let f = tokio::task::spawn_blocking(move || {
+                let f = l4::start(&s, weights)?;
+                f.wait_ready(load_limit(&s))?;
+                Ok::<_, anyhow::Error>(f)
+            })
+            .await
+            .context("the testbed's setup panicked")??;
             (f.target(), Backends::Testbed(Box::new(f)))
         }
     };
@@ -239,9 +274,8 @@ pub async fn run(s: &Scenario, plan: &Plan, strategy: Strategy, bar: &ProgressBa
         .await
 }
 
-/// One sender's share of the plan: each request with its path, body and
-/// whether it streams.
-type Share = Vec<(Planned, String, String, bool)>;
+/// One sender's share of the plan.
+type Share = Vec<Planned>;
 
 impl Prepared {
     /// Sends `plan` open-loop, request `i` at `t0 + at_s`, and waits for
@@ -255,16 +289,15 @@ impl Prepared {
     ) -> Result<Run> {
         let slowest = s.tiers.iter().map(|t| t.e2e_s).fold(0.0, f64::max);
         let limit = Duration::from_secs_f64(slowest) + GRACE;
-        let requests = plan.requests.iter().map(|p| {
-            let (path, body, stream) = request(s, p);
-            (p.clone(), path, body, stream)
-        });
+        let requests = plan.requests.iter().cloned();
+        let scenario = Arc::new(s.clone());
         let cpu0 = machine_cpu();
         let mut outcomes = match &self.backends {
             Backends::Local(_) => {
                 // Keep-alive to the route, as a gateway's clients would.
                 send_share(
                     self.target,
+                    scenario,
                     requests.collect(),
                     1024,
                     t0,
@@ -284,13 +317,13 @@ impl Prepared {
                 }
                 let mut threads = Vec::new();
                 for (ns, share) in ns.into_iter().zip(shares) {
-                    let (target, bar) = (self.target, bar.clone());
+                    let (target, bar, s) = (self.target, bar.clone(), scenario.clone());
                     threads.push(tokio::task::spawn_blocking(move || {
                         netns::run_in(&ns, move || -> Result<Vec<Outcome>> {
                             let rt = tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
                                 .build()?;
-                            Ok(rt.block_on(send_share(target, share, 0, t0, limit, bar)))
+                            Ok(rt.block_on(send_share(target, s, share, 0, t0, limit, bar)))
                         })
                     }));
                 }
@@ -308,10 +341,19 @@ impl Prepared {
             .map(|o| o.sent_s + o.e2e_s.unwrap_or(0.0))
             .fold(0.0, f64::max);
         let nodes = match self.backends {
-            Backends::Local(fleet) => fleet
-                .iter()
-                .map(|(_, name, class, node)| (name.clone(), class.clone(), node.gauges()))
-                .collect(),
+            // Read as the L4 fleet's are: from each node's /metrics.
+            Backends::Local(fleet) => tokio::task::spawn_blocking(move || {
+                fleet
+                    .iter()
+                    .map(|(addr, name, class)| {
+                        let text = l4::get(*addr, "/metrics")
+                            .with_context(|| format!("reading {name}'s /metrics"))?;
+                        Ok((name.clone(), class.clone(), l4::parse_gauges(&text)))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await
+            .context("reading the nodes' metrics panicked")??,
             Backends::Testbed(f) => tokio::task::spawn_blocking(move || f.gauges())
                 .await
                 .context("reading the nodes' metrics panicked")??,
@@ -327,20 +369,10 @@ impl Prepared {
     }
 }
 
-/// The path, body and streaming of planned request `p`.
-fn request(s: &Scenario, p: &Planned) -> (String, String, bool) {
-    let body = serde_json::json!({
-        "model": s.fleet.model,
-        "prompt": prompt_text(p),
-        "max_tokens": p.output_tokens,
-        "stream": true,
-    });
-    ("/v1/completions".into(), body.to_string(), true)
-}
-
 /// Sends `share` to `target` open-loop and collects the outcomes.
 async fn send_share(
     target: SocketAddr,
+    s: Arc<Scenario>,
     share: Share,
     idle_per_host: usize,
     t0: Instant,
@@ -354,15 +386,15 @@ async fn send_share(
         .pool_max_idle_per_host(idle_per_host)
         .build(conn);
     let mut tasks = Vec::with_capacity(share.len());
-    for (p, path, body, stream) in share {
+    for p in share {
         let index = p.index;
         let client = client.clone();
         let at = t0 + Duration::from_secs_f64(p.at_s);
-        let bar = bar.clone();
+        let (bar, s) = (bar.clone(), s.clone());
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let url = format!("http://{target}{path}");
-            let o = send(&client, &url, &p, body, stream, t0, limit).await;
+            let out = request::outgoing(&s, &p);
+            let o = send(&client, target, &p, out, t0, limit).await;
             bar.inc(1);
             o
         });
@@ -386,13 +418,13 @@ async fn send_share(
 /// Sends one request and reads its stream, within `limit`.
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
-    url: &str,
+    target: SocketAddr,
     p: &Planned,
-    body: String,
-    stream: bool,
+    out: Outgoing,
     t0: Instant,
     limit: Duration,
 ) -> Outcome {
+    let stream = out.stream;
     let start = Instant::now();
     let mut o = Outcome {
         index: p.index,
@@ -404,9 +436,14 @@ async fn send(
         error: None,
     };
     let exchange = async {
-        let req = Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+        let mut req = Request::post(format!("http://{target}{}", out.path))
+            .header("content-type", &out.content_type)
+            // Every request is its own: none may be a cache hit.
+            .header("x-balancer-cache", "bypass");
+        for (k, v) in &out.headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(Full::new(out.body))?;
         let resp = client.request(req).await?;
         o.backend = resp
             .headers()

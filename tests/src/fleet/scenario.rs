@@ -17,6 +17,11 @@
 //! max_prompt_tokens = 8000     # longer prompts are cut
 //! max_output_tokens = 1024     # and longer outputs
 //!
+//! [[workload.mix]]             # optional: non-LLM requests, a share of all
+//! model = "resnet-50"          # a [[model]] of the profile
+//! share = 0.2
+//! units = [0.05, 2.0]          # input size, log-uniform (megapixels here)
+//!
 //! [shape]
 //! peak_to_average = 10.0
 //! curve = "diurnal"            # or "flat", or series = "traces/arrivals/nab-nyc_taxi.csv"
@@ -37,7 +42,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use balancer::emulate::profile::Profile;
+use balancer::emulate::{models::ModelSpec, profile::Profile};
 use serde::Deserialize;
 
 /// A parsed, checked scenario.
@@ -83,7 +88,28 @@ pub struct Workload {
     pub max_prompt_tokens: u32,
     /// Outputs are cut to this many tokens.
     pub max_output_tokens: u32,
+    /// Non-LLM requests mixed in; the rest of the shares are the trace's
+    /// LLM requests.
+    pub mix: Vec<Mix>,
 }
+
+/// Requests for one non-LLM model, a share of all the run sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// The profile's model.
+    pub model: String,
+    /// Speech goes to `/v1/audio/transcriptions`, the rest to KServe v2.
+    pub speech: bool,
+    /// Share of all requests.
+    pub share: f64,
+    /// Input size range, in the model's unit, drawn log-uniform.
+    pub units: (f64, f64),
+    /// Tensor elements per unit (one byte each in the bench's requests).
+    pub elements_per_unit: f64,
+}
+
+/// Bytes of one request body at most: the emulator's cap.
+pub const MAX_BODY: usize = balancer::emulate::server::MAX_BODY;
 
 /// The rate curve's base shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +192,16 @@ struct RawWorkload {
     max_prompt_tokens: u32,
     #[serde(default = "default_output")]
     max_output_tokens: u32,
+    #[serde(default)]
+    mix: Vec<RawMix>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMix {
+    model: String,
+    share: f64,
+    units: [f64; 2],
 }
 
 fn default_prompt() -> u32 {
@@ -218,6 +254,60 @@ fn locate(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
         }
     }
     bail!("{what} {rel:?}: not found beside the scenario nor under the shared data")
+}
+
+/// Checks the mix: known models that every node's class serves, shares
+/// summing to at most 1, sizes the model takes and that fit a body.
+fn mix(raw: &[RawMix], profile: &Profile, nodes: &[(String, u32)]) -> Result<Vec<Mix>> {
+    use balancer::emulate::models::Kind;
+    ensure!(raw.len() <= 16, "workload.mix: at most 16 entries");
+    let mut out: Vec<Mix> = Vec::new();
+    for m in raw {
+        let what = format!("workload.mix {:?}", m.model);
+        let spec = profile
+            .models
+            .iter()
+            .find(|s| s.name == m.model)
+            .with_context(|| format!("{what}: the profile has no [[model]] of that name"))?;
+        ensure!(
+            out.iter().all(|x| x.model != m.model),
+            "{what}: given twice"
+        );
+        for (class, _) in nodes {
+            ensure!(
+                spec.cost_on(class).is_some(),
+                "{what}: class {class:?} of the fleet does not serve it (no cost entry)"
+            );
+        }
+        in_range(&format!("{what} share"), m.share, 1e-6, 1.0)?;
+        let [lo, hi] = m.units;
+        in_range(&format!("{what} units[0]"), lo, 1e-6, spec.max_units)?;
+        in_range(&format!("{what} units[1]"), hi, lo, spec.max_units)?;
+        let speech = spec.kind == Kind::SpeechRecognition;
+        // 16-bit mono at 16 kHz, or a byte an element.
+        let bytes = if speech {
+            hi * 32_000.0
+        } else {
+            hi * spec.elements_per_unit
+        };
+        ensure!(
+            bytes + 4096.0 <= MAX_BODY as f64,
+            "{what}: the largest input makes a {bytes:.0}-byte body; the emulator takes {MAX_BODY}"
+        );
+        out.push(Mix {
+            model: m.model.clone(),
+            speech,
+            share: m.share,
+            units: (lo, hi),
+            elements_per_unit: spec.elements_per_unit,
+        });
+    }
+    let sum: f64 = out.iter().map(|m| m.share).sum();
+    ensure!(
+        sum <= 1.0 + 1e-9,
+        "workload.mix shares sum to {sum}, over 1"
+    );
+    Ok(out)
 }
 
 fn in_range(what: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
@@ -305,6 +395,7 @@ impl Scenario {
             mean_rps: w.mean_rps,
             max_prompt_tokens: w.max_prompt_tokens,
             max_output_tokens: w.max_output_tokens,
+            mix: mix(&w.mix, &profile, &nodes)?,
         };
         let s = &raw.shape;
         in_range("shape.peak_to_average", s.peak_to_average, 1.0, 100.0)?;
@@ -399,6 +490,18 @@ impl Scenario {
         self.workload.max_prompt_tokens = self.workload.max_prompt_tokens.min(1024);
         self.workload.max_output_tokens = self.workload.max_output_tokens.min(16);
         self
+    }
+
+    /// The profile's models the mix uses: the only ones the fleet's nodes
+    /// serve (and wait to load).
+    pub fn mixed_models(&self) -> Vec<ModelSpec> {
+        self.fleet
+            .profile
+            .models
+            .iter()
+            .filter(|m| self.workload.mix.iter().any(|x| x.model == m.name))
+            .cloned()
+            .collect()
     }
 
     /// Requests the run sends: the mean rate over the duration.
