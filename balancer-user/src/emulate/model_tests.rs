@@ -341,6 +341,7 @@ async fn bad_tensor_requests_get_a_clear_400_or_404() {
         ("not JSON", "{".into(), 400, "invalid JSON"),
         ("no inputs", "{}".into(), 400, "inputs must be a list"),
         ("short data", t(json!([2, 2]), json!([1, 2, 3])), 400, "data holds 3 elements, its shape 4"),
+        ("long data", t(json!([2]), json!([[1, 2], [3]])), 400, "more than the 2 elements"),
         ("negative size", t(json!([-1]), json!([1])), 400, "not a whole number"),
         ("huge shape", t(json!([1u64 << 30, 1u64 << 30]), json!([1])), 400, "over 2^40"),
         ("bad type", json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}).to_string(), 400, "not a KServe v2 type"),

@@ -114,7 +114,12 @@ pub(super) fn elements(v: &Value, binary: Option<u64>) -> Result<u64, String> {
             }
             (None, Some(data)) => {
                 let got = leaves(data, n);
-                if got != n {
+                if got > n {
+                    return Err(at(&format!(
+                        "data holds more than the {n} elements of its shape"
+                    )));
+                }
+                if got < n {
                     return Err(at(&format!("data holds {got} elements, its shape {n}")));
                 }
             }
