@@ -8,7 +8,8 @@
 //! harness), `--out DIR` (default the workspace's `target/fleet`: one JSON
 //! file per scenario), `--check [--check-requests N]` (first measure mean
 //! waits against Erlang C and Pollaczek-Khinchine; alone, only that),
-//! `--repeat N` (runs per strategy; prints how far their p99s lie apart).
+//! `--repeat N` (runs per strategy; prints how far their p99s lie apart,
+//! and the table pools their requests).
 
 use std::path::PathBuf;
 
@@ -248,12 +249,21 @@ fn main() -> Result<()> {
             }
         }
         let mut all = Vec::new();
+        let mut each = Vec::new();
         for r in &runs {
-            let mut figures: Vec<_> = r.iter().map(|r| report::figures(s, &plan, r)).collect();
+            let figures: Vec<_> = r.iter().map(|r| report::figures(s, &plan, r)).collect();
             if figures.len() > 1 {
                 println!("  {}", report::spread(&figures));
             }
-            all.push(figures.swap_remove(0));
+            let pooled = report::pool(r).context("a strategy without a run")?;
+            all.push(report::figures(s, &plan, &pooled));
+            each.push(figures);
+        }
+        if args.repeat > 1 {
+            println!(
+                "  the table pools the {} runs' requests: quantiles over all of them",
+                args.repeat
+            );
         }
         println!("{}", report::table(s, &plan, &all));
         if args.parallel {
@@ -286,6 +296,7 @@ fn main() -> Result<()> {
             "compression": plan.compression,
             "quick": args.quick,
             "strategies": all,
+            "runs": if args.repeat > 1 { serde_json::json!(each) } else { serde_json::Value::Null },
         });
         std::fs::write(&file, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", file.display()))?;

@@ -327,6 +327,31 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
     o
 }
 
+/// Repeated runs of one strategy as one: every run's requests in one
+/// sample (so quantiles are over all of them), their times and node
+/// counters summed. `None` for no run.
+pub fn pool(runs: &[Run]) -> Option<Run> {
+    let first = runs.first()?;
+    let mut out = first.clone();
+    for r in &runs[1..] {
+        out.outcomes.extend(r.outcomes.iter().cloned());
+        out.makespan_s += r.makespan_s;
+        out.cpu_s += r.cpu_s;
+        for (name, _, g) in &r.nodes {
+            if let Some((_, _, p)) = out.nodes.iter_mut().find(|n| &n.0 == name) {
+                p.counters.prompt_tokens += g.counters.prompt_tokens;
+                p.counters.generation_tokens += g.counters.generation_tokens;
+                p.counters.finished += g.counters.finished;
+                p.counters.preemptions += g.counters.preemptions;
+                p.prefix_queries += g.prefix_queries;
+                p.prefix_hits += g.prefix_hits;
+                p.busy_secs += g.busy_secs;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// How far repeated runs of one strategy lie apart: p99 TTFT and e2e of
 /// each run, and the largest over the smallest.
 pub fn spread(runs: &[Figures]) -> String {
@@ -385,6 +410,52 @@ mod tests {
         let q = quantiles((1..=100).map(f64::from).collect());
         assert_eq!((q.p50, q.p90, q.p99), (Some(50.0), Some(90.0), Some(99.0)));
         assert_eq!(quantiles(vec![]).p50, None);
+    }
+
+    fn run(ttfts: &[f64], busy: f64) -> Run {
+        use balancer::emulate::node::Gauges;
+        Run {
+            strategy: super::super::run::Strategy::ALL[0].1,
+            outcomes: ttfts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| super::super::run::Outcome {
+                    index: i,
+                    sent_s: 0.0,
+                    ttft_s: Some(*t),
+                    e2e_s: Some(*t),
+                    tokens: 1,
+                    backend: "n".into(),
+                    error: None,
+                })
+                .collect(),
+            nodes: vec![(
+                "n".into(),
+                "l4".into(),
+                Gauges {
+                    busy_secs: busy,
+                    ..Gauges::default()
+                },
+            )],
+            makespan_s: 10.0,
+            cpu_s: 1.0,
+            cores: 2,
+        }
+    }
+
+    #[test]
+    fn pooled_runs_are_one_sample() {
+        let a = run(&[1.0, 2.0], 3.0);
+        let b = run(&[3.0, 4.0], 4.0);
+        let p = pool(&[a, b]).unwrap();
+        let t: Vec<f64> = p.outcomes.iter().filter_map(|o| o.ttft_s).collect();
+        assert_eq!(t, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            (p.makespan_s, p.cpu_s, p.nodes[0].2.busy_secs),
+            (20.0, 2.0, 7.0)
+        );
+        assert_eq!(quantiles(t).p99, Some(4.0));
+        assert!(pool(&[]).is_none());
     }
 
     #[test]
