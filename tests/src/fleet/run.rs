@@ -214,7 +214,7 @@ fn load_limit(s: &Scenario) -> Duration {
                 .flat_map(|m| m.cost.iter().map(|c| c.load_s)),
         )
         .fold(0.0, f64::max);
-    Duration::from_secs_f64(slowest) + Duration::from_secs(30)
+    Duration::from_secs_f64(slowest) + crate::patience(Duration::from_secs(30))
 }
 
 /// Where one strategy's fleet runs.
