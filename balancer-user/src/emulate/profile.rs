@@ -330,9 +330,9 @@ impl Profile {
                 .cloned()
                 .collect());
         };
+        let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
             let m = self.models.iter().find(|m| m.name == name).ok_or_else(|| {
                 ProfileError::Model(format!(
                     "{name:?} is not defined (there are: {})",
