@@ -11,6 +11,8 @@
 //!   one engine that changes them, and the read-only pool view;
 //! - [`control`]: the control loops and their inputs: Prometheus parsing,
 //!   telemetry scraping and health, scoring, autoweight, next-hop MACs;
+//! - [`route`]: what a route decides per request besides caching: its
+//!   priority tier;
 //! - [`cache`]: the inference result cache and its L7 proxy (reads `lb`'s
 //!   pool view, never the engine);
 //! - [`config`]: the daemon's TOML file, parsed into the settings types each
@@ -34,6 +36,8 @@ pub mod dataplane;
 pub mod lb;
 
 pub mod control;
+
+pub mod route;
 
 pub mod cache;
 

@@ -2,7 +2,7 @@
 //! cache's hit path or its bypass path?
 //!
 //! A namespace testbed (one client, `--backends` emulated backends), a daemon
-//! with the testbed VIP and a `[[cache_route]]` on that VIP's live pool. After
+//! with the testbed VIP and a `[[route]]` on that VIP's live pool. After
 //! warming `KEYS` embedding requests (checked to be hits), the same load runs
 //! in two phases, alternating for `--rounds`:
 //!
@@ -518,7 +518,7 @@ fn run() -> Result<()> {
     ))?;
     let weights = vec![1; a.backends];
     let route = format!(
-        "[cache]\nmemory_mb = 64\n\n[[cache_route]]\nname = \"churn\"\nlisten = \"{GW_ADDR}:{ROUTE_PORT}\"\nvip = \"{VIP}:{VIP_PORT}/tcp\"\nbackend_port = {VIP_PORT}\nttl_secs = 3600\n"
+        "[cache]\nmemory_mb = 64\n\n[[route]]\nname = \"churn\"\nlisten = \"{GW_ADDR}:{ROUTE_PORT}\"\nvip = \"{VIP}:{VIP_PORT}/tcp\"\nbackend_port = {VIP_PORT}\nttl_secs = 3600\n"
     );
     let cfg = tb.config(&format!("{}\n{route}", tb.vip_toml(&weights, None)));
     tb.start_daemon(&cfg)?;

@@ -251,7 +251,7 @@ fn main() -> Result<()> {
     let _gw = Gateway::start(
         "bench",
         &format!(
-            "[cache]\nmemory_mb = 256\n\n[[cache_route]]\nname = \"bench\"\nlisten = \"127.0.0.1:{p_ours}\"\nbackends = [\"{}\"]\nttl_secs = 600\n",
+            "[cache]\nmemory_mb = 256\n\n[[route]]\nname = \"bench\"\nlisten = \"127.0.0.1:{p_ours}\"\nbackends = [\"{}\"]\nttl_secs = 600\n",
             backend.addr
         ),
     )?;

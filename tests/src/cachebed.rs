@@ -374,11 +374,11 @@ impl Drop for Gateway {
     }
 }
 
-/// A `[[cache_route]]` table: route `name` on `127.0.0.1:port` in front of
+/// A `[[route]]` table: route `name` on `127.0.0.1:port` in front of
 /// `backend`, with `extra` lines.
 pub fn route_toml(name: &str, port: u16, backend: &Backend, extra: &str) -> String {
     format!(
-        "[[cache_route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{}\"]\n{extra}\n",
+        "[[route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{}\"]\n{extra}\n",
         backend.addr
     )
 }

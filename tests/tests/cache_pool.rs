@@ -77,7 +77,7 @@ fn misses_follow_the_control_planes_weights() {
     .expect("testbed");
     let vip = tb.vip_toml(&[1, 1, 2], None);
     let route = format!(
-        "[[cache_route]]\nname = \"pool\"\nlisten = \"{GW_ADDR}:{ROUTE_PORT}\"\nvip = \"{}:{}/tcp\"\nbackend_port = 80\n",
+        "[[route]]\nname = \"pool\"\nlisten = \"{GW_ADDR}:{ROUTE_PORT}\"\nvip = \"{}:{}/tcp\"\nbackend_port = 80\n",
         balancer_tests::testbed::VIP,
         balancer_tests::testbed::VIP_PORT
     );

@@ -160,6 +160,18 @@ pub struct StatsReply {
     /// The result cache, when the daemon runs one.
     #[serde(default)]
     pub cache: Option<CacheStats>,
+    /// Per route.
+    #[serde(default)]
+    pub routes: Vec<RouteStatsRow>,
+}
+
+/// One route's counters in [`StatsReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStatsRow {
+    /// The route's name.
+    pub route: String,
+    /// Requests so far per priority tier (by its label).
+    pub requests_by_tier: BTreeMap<String, u64>,
 }
 
 /// Body of `POST /v1/cache/invalidate`: a model, and at most one of a key

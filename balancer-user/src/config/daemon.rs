@@ -18,14 +18,14 @@ pub(super) fn parse(raw: &RawConfig, cx: &Ctx<'_>) -> Result<DaemonConfig, Confi
             Ok(()) => Some(s.get_ref().clone()),
             Err(m) => return cx.err(s.span(), "daemon.iface", m),
         },
-        None if !raw.cache_route.is_empty() => None,
+        None if !raw.route.is_empty() || !raw.cache_route.is_empty() => None,
         None => {
             return Err(ConfigError {
                 path: path.to_path_buf(),
                 line: None,
                 col: None,
                 field: "daemon.iface".into(),
-                message: "missing: name the interface to attach to, e.g. iface = \"eth0\" (or configure a [[cache_route]] for a cache-only gateway)"
+                message: "missing: name the interface to attach to, e.g. iface = \"eth0\" (or configure a [[route]] for a proxy-only gateway)"
                     .into(),
             });
         }

@@ -41,8 +41,8 @@
 //! [cache.models]                     # model versions (part of every key)
 //! # "llama-3-8b" = "2024-06"
 //!
-//! [[cache_route]]
-//! name = "openai"
+//! [[route]]                        # an HTTP listener in front of a pool
+//! name = "openai"                    # ([[cache_route]]: its deprecated name)
 //! listen = "127.0.0.1:8080"
 //! backends = ["10.0.1.10:8000"]      # or: vip = "10.0.0.100:80/tcp" and
 //! # backend_port = 8000              #     the VIP's live pool and weights
@@ -57,14 +57,24 @@
 //! # mark_down_after = 3              # failures in a row leave a backend out
 //! # mark_down_ms = 10000             # for this long
 //! # pick = "consistent-hash"         # or "round-robin", "least-request", "random"
+//! # cache = true                     # false: forward every request uncached
+//! # default_tier = "standard"        # and the most a client no key names may claim
+//! # priority_field = false           # pass the tier as vLLM's "priority"
+//!
+//! # [[route.tenant]]                 # a client known by its key
+//! # name = "checkout"
+//! # keys = ["sk-..."]                # bearer token or x-api-key value
+//! # tier = "standard"                # without x-priority (default: default_tier)
+//! # max_tier = "critical"            # the most x-priority may raise it to
 //! ```
 //!
 //! Without `daemon.iface` the daemon runs no data plane: a cache-only
-//! gateway, which needs at least one `[[cache_route]]`.
+//! gateway, which needs at least one `[[route]]`.
 
 mod cache;
 mod daemon;
 mod dataplane;
+mod route;
 #[cfg(test)]
 mod tests;
 mod vips;
@@ -127,6 +137,9 @@ struct RawConfig {
     vip: Vec<RawVip>,
     cache: Option<RawCache>,
     #[serde(default)]
+    route: Vec<RawCacheRoute>,
+    /// The deprecated name of `route`.
+    #[serde(default)]
     cache_route: Vec<RawCacheRoute>,
 }
 
@@ -166,6 +179,20 @@ struct RawCacheRoute {
     mark_down_after: Option<Spanned<u64>>,
     mark_down_ms: Option<Spanned<u64>>,
     pick: Option<Spanned<String>>,
+    cache: Option<bool>,
+    default_tier: Option<Spanned<String>>,
+    priority_field: Option<bool>,
+    #[serde(default)]
+    tenant: Vec<RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    keys: Spanned<Vec<String>>,
+    tier: Option<Spanned<String>>,
+    max_tier: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -269,8 +296,12 @@ pub struct Config {
     pub telemetry: BTreeMap<VipId, PoolTelemetry>,
     /// Cache settings.
     pub cache: crate::cache::Settings,
-    /// Cache routes (none: no proxy).
+    /// Routes (none: no proxy).
     pub cache_routes: Vec<CacheRoute>,
+    /// What the file should change but still works (deprecated names), one
+    /// line each, naming the file and line: the daemon logs them and
+    /// `config check` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// Where a cache route's misses go.
@@ -287,7 +318,7 @@ pub enum CachePool {
     },
 }
 
-/// One `[[cache_route]]`.
+/// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheRoute {
     /// The proxy's settings.
@@ -368,10 +399,12 @@ impl Config {
         let daemon = daemon::parse(&raw, &cx)?;
         let (load, settings) = dataplane::parse(&raw.dataplane, &cx)?;
         let (vips, telemetry) = vips::parse(&raw, &cx, &load)?;
-        let (cache, cache_routes) = cache::parse(&raw, &cx)?;
+        let cache = cache::parse(&raw, &cx)?;
+        let (cache_routes, warnings) = route::parse(&raw, &cx)?;
         Ok(Config {
             cache,
             cache_routes,
+            warnings,
             daemon,
             load,
             initial: Snapshot { settings, vips },

@@ -210,7 +210,7 @@ fn syntax_and_unknown_fields() {
 fn cache_routes() {
     let c = parse(
         "[cache]\nmemory_mb = 64\nredis = \"redis://127.0.0.1:6390\"\n[cache.models]\nm = \"v2\"\n\
-         [[cache_route]]\nname = \"a\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [[route]]\nname = \"a\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n\
          ttl_secs = 5\n",
     )
     .unwrap();
@@ -223,7 +223,7 @@ fn cache_routes() {
         vec!["user".to_string()]
     );
     let vip = parse(
-        "[daemon]\niface = \"eth0\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\nbackend_port = 8000\n",
+        "[daemon]\niface = \"eth0\"\n[[route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\nbackend_port = 8000\n",
     )
     .unwrap();
     assert!(matches!(
@@ -232,32 +232,32 @@ fn cache_routes() {
     ));
     for (src, field, says) in [
         (
-            "[[cache_route]]\nlisten = \"nope\"\nbackends = [\"127.0.0.1:1\"]\n",
-            "cache_route[0].listen",
+            "[[route]]\nlisten = \"nope\"\nbackends = [\"127.0.0.1:1\"]\n",
+            "route[0].listen",
             "address and port",
         ),
         (
-            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\n",
-            "cache_route[0].backends",
+            "[[route]]\nlisten = \"127.0.0.1:1\"\n",
+            "route[0].backends",
             "exactly one",
         ),
         (
-            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"10.0.0.1\"]\n",
-            "cache_route[0].backends",
+            "[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"10.0.0.1\"]\n",
+            "route[0].backends",
             "address:port",
         ),
         (
-            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\n",
-            "cache_route[0].backend_port",
+            "[[route]]\nlisten = \"127.0.0.1:1\"\nvip = \"10.0.0.1:80/tcp\"\n",
+            "route[0].backend_port",
             "missing",
         ),
         (
-            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\nttl_secs = 0\n",
-            "cache_route[0].ttl_secs",
+            "[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\nttl_secs = 0\n",
+            "route[0].ttl_secs",
             "use 1 to",
         ),
         (
-            "[cache]\nredis = \"http://x\"\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+            "[cache]\nredis = \"http://x\"\n[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
             "cache.redis",
             "redis://",
         ),
@@ -267,8 +267,8 @@ fn cache_routes() {
             "caches nothing",
         ),
         (
-            "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
-            "cache_route[1].listen",
+            "[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n",
+            "route[1].listen",
             "used by another",
         ),
     ] {
@@ -276,4 +276,62 @@ fn cache_routes() {
         assert_eq!(e.field, field, "{e}");
         assert!(e.message.contains(says), "{e}");
     }
+}
+
+#[test]
+fn cache_route_is_a_deprecated_alias_of_route() {
+    let table = |t: &str, name: &str, port: u16| {
+        format!(
+            "[[{t}]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.1:9\"]\n"
+        )
+    };
+    let c = parse(&table("route", "a", 1)).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(
+        c.cache_routes[0].route.cache,
+        "the cache stage is on by default"
+    );
+
+    // The old name still works, the same route, with a warning naming the line.
+    let src = format!("{}{}", table("route", "a", 1), table("cache_route", "b", 2));
+    let c = parse(&src).unwrap();
+    let names: Vec<_> = c
+        .cache_routes
+        .iter()
+        .map(|r| r.route.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(c.cache_routes[0].route, {
+        let mut r = c.cache_routes[1].route.clone();
+        r.name = "a".into();
+        r.listen = "127.0.0.1:1".parse().unwrap();
+        r
+    });
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("t.toml:7:") && c.warnings[0].contains("rename it [[route]]"),
+        "{:?}",
+        c.warnings
+    );
+
+    // Names and listeners are unique across both tables; errors name the table.
+    let e = parse(&format!(
+        "{}{}",
+        table("route", "a", 1),
+        table("cache_route", "a", 2)
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "cache_route[0].name", "{e}");
+
+    // cache = false: a route with no cache stage, which a [cache] table alone
+    // cannot use.
+    let off = format!("{}cache = false\n", table("route", "a", 1));
+    assert!(!parse(&off).unwrap().cache_routes[0].route.cache);
+    let e = parse(&format!("[cache]\nmemory_mb = 1\n{off}")).unwrap_err();
+    assert!(
+        e.field == "cache" && e.message.contains("caches nothing"),
+        "{e}"
+    );
+    let e = parse(&format!("{}cache = \"no\"\n", table("route", "a", 1))).unwrap_err();
+    assert_eq!(e.field, "cache", "{e}");
 }

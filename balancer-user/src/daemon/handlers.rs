@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Instant,
 };
 
@@ -18,10 +18,10 @@ use tracing::error;
 use super::state;
 use crate::{
     api::{
-        ApiError, BackendStatsRow, DownBackend, Reply, Request, StatsReply, StatusReply,
-        VipStatsRow, WeightsReply, server::Handler,
+        ApiError, BackendStatsRow, DownBackend, Reply, Request, RouteStatsRow, StatsReply,
+        StatusReply, VipStatsRow, WeightsReply, server::Handler,
     },
-    cache::{Cache, CacheError, InvalidateReply},
+    cache::{Cache, CacheError, InvalidateReply, proxy::Route},
     clock::now_ms,
     config::Config,
     dataplane::{
@@ -29,6 +29,7 @@ use crate::{
         maps::{FlowTable, StatsMaps},
     },
     lb::{BackendSpec, LbError, LoadBalancer, Pools, VipId},
+    route::tier::Tier,
 };
 
 /// The data plane as the daemon holds it: the engine behind its lock for
@@ -75,6 +76,9 @@ pub struct Daemon {
     pub started: Instant,
     /// The last autoweight report.
     pub weights: Mutex<WeightsReply>,
+    /// The routes, once serving (they are made after the daemon: their
+    /// pools read its view).
+    pub routes: OnceLock<Vec<Arc<Route>>>,
 }
 
 /// The HTTP status of an engine error: its kind, not its text, decides.
@@ -137,6 +141,7 @@ impl Daemon {
                 global: Default::default(),
                 vips: Vec::new(),
                 cache,
+                routes: self.route_stats(),
             });
         };
         let internal = |e: crate::dataplane::maps::MapsError| ApiError::internal(e.to_string());
@@ -178,7 +183,26 @@ impl Daemon {
             global,
             vips,
             cache,
+            routes: self.route_stats(),
         })
+    }
+
+    /// Each serving route's counters.
+    fn route_stats(&self) -> Vec<RouteStatsRow> {
+        let Some(routes) = self.routes.get() else {
+            return Vec::new();
+        };
+        routes
+            .iter()
+            .map(|r| RouteStatsRow {
+                route: r.config().name.clone(),
+                requests_by_tier: Tier::ALL
+                    .iter()
+                    .zip(r.tier_counts())
+                    .map(|(t, n)| (t.label().to_string(), n))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Backends whose last scoring found no recognised signal, with the

@@ -279,8 +279,24 @@ pub fn render(s: &StatsReply) -> String {
     if let Some(c) = &s.cache {
         render_cache(c, &mut o);
     }
+    if !s.routes.is_empty() {
+        ROUTE_REQUESTS.header(&mut o);
+        for r in &s.routes {
+            let route = escape(&r.route);
+            for (tier, n) in &r.requests_by_tier {
+                let (name, tier) = (ROUTE_REQUESTS.name, escape(tier));
+                let _ = writeln!(o, "{name}{{route=\"{route}\",tier=\"{tier}\"}} {n}");
+            }
+        }
+    }
     o
 }
+
+/// Requests per route and priority tier.
+const ROUTE_REQUESTS: Family = Family::counter(
+    "balancer_route_requests_total",
+    "Requests through each route by priority tier (critical, standard, sheddable), counted on arrival.",
+);
 
 fn render_cache(c: &CacheStats, o: &mut String) {
     for (f, samples) in CACHE_FAMILIES {
@@ -364,6 +380,7 @@ mod tests {
             global: Default::default(),
             vips: Vec::new(),
             cache: Some(stats),
+            routes: Vec::new(),
         };
         let text = render(&s);
         let e =
@@ -411,6 +428,11 @@ mod tests {
                 backends: vec![backend(1, 1, None), backend(2, 2, Some("health"))],
             }],
             cache: Some(crate::cache::tests::sample_stats()),
+            routes: vec![crate::api::RouteStatsRow {
+                route: "openai".into(),
+                requests_by_tier: [("critical".to_string(), 2), ("sheddable".to_string(), 9)]
+                    .into(),
+            }],
         };
         assert_eq!(render(&s), include_str!("testdata/metrics.prom"));
     }

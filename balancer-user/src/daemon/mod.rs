@@ -30,12 +30,12 @@ pub mod state;
 pub use handlers::{Daemon, Plane};
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Instant,
 };
 
 use anyhow::{Context, Result};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     api::{WeightsReply, server},
@@ -50,6 +50,9 @@ use crate::{
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<()> {
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
     // Before anything else: a second daemon must not adopt the first one's
     // maps or take over its socket. Held until we return.
     let pins = cfg
@@ -132,14 +135,18 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
             apply_ms: 0.0,
             pools: Vec::new(),
         }),
+        routes: OnceLock::new(),
     });
     if let Some(c) = &cache {
         tokio::spawn(c.clone().run_l2());
+        let mut routes = Vec::new();
         for (r, l) in cfg.cache_routes.iter().zip(listeners) {
             let route = Route::new(r.route.clone(), c.clone(), pool_source(&daemon, &r.pool));
-            info!(route = %r.route.name, listen = %r.route.listen, "cache route serving");
-            tokio::spawn(route.serve(l));
+            info!(route = %r.route.name, listen = %r.route.listen, cache = r.route.cache, "route serving");
+            tokio::spawn(route.clone().serve(l));
+            routes.push(route);
         }
+        let _ = daemon.routes.set(routes);
     }
 
     tokio::spawn(server::serve(admin, daemon.clone()));

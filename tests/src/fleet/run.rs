@@ -159,11 +159,13 @@ async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
     Ok(out)
 }
 
-/// A cache route over `backends` with `pick`, configured as a user would.
+/// A route over `backends` with `pick`, configured as a user would. Its
+/// cache stage is off: the L7 strategies differ from the L4 ones in the pick
+/// alone, never by an answer the backends did not compute.
 async fn start_route(pick: Pick, backends: &[SocketAddr]) -> Result<SocketAddr> {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     let toml = format!(
-        "[daemon]\nsocket = \"/nonexistent/fleet.sock\"\n\n[[cache_route]]\nname = \"fleet\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\nmax_request_bytes = 8388608\ntimeout_ms = 600000\nmax_connections = 65536\npick = \"{}\"\n",
+        "[daemon]\nsocket = \"/nonexistent/fleet.sock\"\n\n[[route]]\nname = \"fleet\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\nmax_request_bytes = 8388608\ntimeout_ms = 600000\nmax_connections = 65536\ncache = false\npick = \"{}\"\n",
         list.join(", "),
         pick.label()
     );

@@ -75,6 +75,8 @@ pub enum Bypass {
     NotOptedIn,
     /// The client asked not to use the cache.
     OptedOut,
+    /// The route runs no cache stage (`cache = false`).
+    Off,
 }
 
 impl Bypass {
@@ -88,6 +90,7 @@ impl Bypass {
             Self::NoCredentials => "no-credentials",
             Self::NotOptedIn => "not-opted-in",
             Self::OptedOut => "opted-out",
+            Self::Off => "cache-off",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The cache's HTTP side: one listener per route, each an OpenAI-compatible
 //! (or generic JSON) reverse proxy in front of a pool of backends.
 //!
-//! Per request: read the body (413 over the route's limit), decide
+//! Per request: decide its priority tier ([`crate::route::tier`]; named in
+//! `X-Balancer-Tier`), read the body (413 over the route's limit), decide
 //! cacheability ([`super::key::classify`]), then
 //!
 //! - **bypass**: forward as is and stream the answer back (SSE included);
@@ -46,13 +47,19 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::http;
+use crate::{
+    http,
+    route::tier::{self, Tier, TierCounts},
+};
 
 use self::{
     flight::{Flight, Miss},
-    response::{Body, X_BALANCER_CACHE, X_CACHE, X_CACHE_REASON, hit_response, json_error, set},
+    response::{
+        Body, X_BALANCER_CACHE, X_BALANCER_TIER, X_CACHE, X_CACHE_REASON, hit_response, json_error,
+        set,
+    },
 };
 use super::{
     Cache, CacheError, Counter,
@@ -103,6 +110,11 @@ pub struct RouteConfig {
     pub mark_down: MarkDown,
     /// Which backend gets each request sent on (misses and bypasses).
     pub pick: Pick,
+    /// Whether the cache stage runs: when off, every request is forwarded
+    /// (`X-Cache: BYPASS`, reason `cache-off`).
+    pub cache: bool,
+    /// How each request's priority tier is decided.
+    pub tiers: crate::route::tier::TierPolicy,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -141,6 +153,8 @@ pub struct Route {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The body budget, one permit a byte.
     budget: Arc<Semaphore>,
+    /// Requests per priority tier.
+    tier_counts: TierCounts,
 }
 
 impl Route {
@@ -164,6 +178,7 @@ impl Route {
             budget: Arc::new(Semaphore::new(
                 cfg_budget.min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
+            tier_counts: TierCounts::default(),
         })
     }
 
@@ -238,9 +253,47 @@ impl Route {
         }
     }
 
-    /// Handles one request.
+    /// Handles one request: decides its tier (400 when `x-priority` is
+    /// unreadable), serves it, and names the tier in the answer.
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
+        let tier = match self.cfg.tiers.decide(&parts.headers) {
+            Ok(d) => {
+                if d.capped {
+                    debug!(route = %self.cfg.name, tenant = d.tenant.map(|t| t.name.as_str()),
+                        tier = %d.tier, "x-priority asked above the client's max tier");
+                }
+                d.tier
+            }
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_priority", &e.to_string()),
+        };
+        self.tier_counts.count(tier);
+        let mut r = self.serve_request(parts, body, tier).await;
+        set(r.headers_mut(), X_BALANCER_TIER, tier.label());
+        r
+    }
+
+    /// Requests so far per tier.
+    pub fn tier_counts(&self) -> [u64; 3] {
+        self.tier_counts.snapshot()
+    }
+
+    /// The body a backend is sent: with the tier as vLLM's `priority` when
+    /// the route passes it on.
+    fn for_engine(&self, body: Bytes, tier: Tier) -> Bytes {
+        if !self.cfg.tiers.priority_field {
+            return body;
+        }
+        tier::with_priority(&body, tier).map_or(body, Bytes::from)
+    }
+
+    /// Reads, classifies and answers one request of `tier`.
+    async fn serve_request(
+        self: &Arc<Self>,
+        parts: Parts,
+        body: Incoming,
+        tier: Tier,
+    ) -> Response<Body> {
         // The reservation lasts as long as the body is ours to buffer.
         let (body, _budget) = match self.read_body(&parts, body).await {
             Ok(b) => b,
@@ -250,6 +303,7 @@ impl Route {
             Ok(m) => m,
             Err(why) => {
                 self.cache.counters.bump(Counter::Bypasses);
+                let body = self.for_engine(body, tier);
                 let mut r = self.forward_streaming(&parts, body, None).await;
                 set(r.headers_mut(), X_CACHE, "BYPASS");
                 set(r.headers_mut(), X_CACHE_REASON, why.label());
@@ -260,6 +314,7 @@ impl Route {
             self.cache.count_hit(&e, level);
             return hit_response(&e, &m.key, level);
         }
+        let body = self.for_engine(body, tier);
         self.miss(parts, body, m).await
     }
 
@@ -341,6 +396,9 @@ impl Route {
     /// Whether the request is cacheable, and if so its key (made with the
     /// model's current version and the route's key scope).
     fn classify(&self, parts: &Parts, body: &Bytes) -> Result<Miss, key::Bypass> {
+        if !self.cfg.cache {
+            return Err(key::Bypass::Off);
+        }
         if parts.method != Method::POST {
             return Err(key::Bypass::Method);
         }
@@ -406,3 +464,6 @@ mod testkit;
 
 #[cfg(test)]
 mod key_tests;
+
+#[cfg(test)]
+mod tier_tests;

@@ -33,6 +33,8 @@ const X_CACHE_SOURCE: HeaderName = HeaderName::from_static("x-cache-source");
 pub(super) const X_CACHE_REASON: HeaderName = HeaderName::from_static("x-cache-reason");
 /// The client's opt-in (never forwarded to the backend).
 pub(super) const X_BALANCER_CACHE: &str = "x-balancer-cache";
+/// The priority tier the route gave the request.
+pub(super) const X_BALANCER_TIER: HeaderName = HeaderName::from_static("x-balancer-tier");
 
 /// An error in OpenAI's shape: `{"error": {"message", "type"}}`.
 pub(super) fn json_error(status: StatusCode, kind: &str, msg: &str) -> Response<Body> {

@@ -24,6 +24,8 @@ pub(super) fn config() -> RouteConfig {
         credential_headers: vec![header::AUTHORIZATION],
         mark_down: MarkDown::default(),
         pick: crate::cache::pick::Pick::default(),
+        cache: true,
+        tiers: Default::default(),
     }
 }
 

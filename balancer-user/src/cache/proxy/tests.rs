@@ -123,3 +123,24 @@ async fn the_routes_pick_setting_chooses_the_backend() {
         assert_eq!(got, want, "{pick:?}");
     }
 }
+
+#[tokio::test]
+async fn a_route_without_its_cache_stage_forwards_everything() {
+    let (b, seen) = backend().await;
+    let cfg = RouteConfig {
+        cache: false,
+        ..testkit::config()
+    };
+    let (r, cache) = testkit::serve(cfg, vec![(b, 1)]).await;
+    let chat = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    // A request the cache stage would store goes to the backend each time.
+    for n in 1..=2 {
+        let (status, x, body) = post(r, "/v1/chat/completions", chat).await;
+        assert_eq!(
+            (status, x.as_str(), body),
+            (200, "BYPASS", format!("{{\"n\":{n}}}"))
+        );
+    }
+    assert_eq!(seen.load(Ordering::Relaxed), 2);
+    assert_eq!(cache.stats().entries, 0, "nothing stored");
+}

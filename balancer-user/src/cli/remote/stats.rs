@@ -105,6 +105,7 @@ mod tests {
             global: BTreeMap::new(),
             vips: vec![],
             cache: None,
+            routes: Vec::new(),
         }
     }
 

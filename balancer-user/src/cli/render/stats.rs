@@ -178,6 +178,7 @@ mod tests {
                 }],
             }],
             cache: None,
+            routes: Vec::new(),
         }
     }
 

@@ -1,10 +1,11 @@
-//! A route's limits on slow clients and its key scope: defaults and checks.
+//! A route's limits on slow clients, its key scope, pick and tiers: defaults
+//! and checks.
 
 use std::{path::Path, time::Duration};
 
 use crate::config::Config;
 
-const ROUTE: &str = "[[cache_route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n";
+const ROUTE: &str = "[[route]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n";
 
 #[test]
 fn client_limits_default_and_parse() {
@@ -65,7 +66,7 @@ fn client_limits_are_checked() {
         ),
     ] {
         let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
-        assert_eq!(e.field, format!("cache_route[0].{field}"), "{e}");
+        assert_eq!(e.field, format!("route[0].{field}"), "{e}");
     }
 }
 
@@ -97,4 +98,99 @@ fn pick_defaults_and_parses() {
     let e =
         Config::parse(Path::new("t.toml"), &format!("{ROUTE}pick = \"fastest\"\n")).unwrap_err();
     assert!(e.to_string().contains("least-request"), "{e}");
+}
+
+#[test]
+fn tiers_default_and_parse() {
+    use crate::route::tier::Tier;
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    let t = &c.cache_routes[0].route.tiers;
+    assert_eq!(
+        (t.default, t.tenants.len(), t.priority_field),
+        (Tier::Standard, 0, false)
+    );
+    let src = format!(
+        "{ROUTE}default_tier = \"sheddable\"\npriority_field = true\n\
+         [[route.tenant]]\nname = \"checkout\"\nkeys = [\"sk-a\", \"sk-b\"]\nmax_tier = \"critical\"\n\
+         [[route.tenant]]\nname = \"ops\"\nkeys = [\"sk-c\"]\ntier = \"critical\"\n"
+    );
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    let t = &c.cache_routes[0].route.tiers;
+    assert_eq!((t.default, t.priority_field), (Tier::Sheddable, true));
+    let tenants: Vec<_> = t
+        .tenants
+        .iter()
+        .map(|x| (x.name.as_str(), x.tier, x.max_tier))
+        .collect();
+    assert_eq!(
+        tenants,
+        [
+            ("checkout", Tier::Sheddable, Tier::Critical),
+            ("ops", Tier::Critical, Tier::Critical)
+        ],
+        "a tenant's tier defaults to the route's, its max to its tier"
+    );
+    assert_eq!((t.keys["sk-a"], t.keys["sk-b"], t.keys["sk-c"]), (0, 0, 1));
+}
+
+#[test]
+fn tiers_are_checked() {
+    let tenant = |body: &str| format!("{ROUTE}[[route.tenant]]\n{body}\n");
+    for (src, field, says) in [
+        (
+            format!("{ROUTE}default_tier = \"gold\"\n"),
+            "route[0].default_tier",
+            "use one of critical",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = []"),
+            "route[0].tenant[0].keys",
+            "at least one key",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"\"]"),
+            "route[0].tenant[0].keys",
+            "non-empty",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"sk 1\"]"),
+            "route[0].tenant[0].keys",
+            "without spaces",
+        ),
+        (
+            tenant("name = \"\"\nkeys = [\"k\"]"),
+            "route[0].tenant[0].name",
+            "unique",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"k\"]\ntier = \"critical\"\nmax_tier = \"standard\""),
+            "route[0].tenant[0].tier",
+            "above this tenant's max_tier",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"k\"]\n[[route.tenant]]\nname = \"a\"\nkeys = [\"j\"]"),
+            "route[0].tenant[1].name",
+            "unique",
+        ),
+        (
+            tenant(
+                "name = \"a\"\nkeys = [\"sk-secret\"]\n[[route.tenant]]\nname = \"b\"\nkeys = [\"sk-secret\"]",
+            ),
+            "route[0].tenant[1].keys",
+            "one tenant only",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"k\"]\ntier = \"high\""),
+            "route[0].tenant[0].tier",
+            "use one of",
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &src).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
+        assert!(
+            !e.to_string().contains("sk-secret"),
+            "keys never appear in errors: {e}"
+        );
+    }
 }
