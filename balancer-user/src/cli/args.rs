@@ -106,6 +106,20 @@ pub struct EmulateArgs {
     /// Speed factor: 0.5 runs every step twice as long.
     #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
     pub speed: f64,
+    /// How queued requests are ordered, as vLLM's flag of the same name:
+    /// `fcfs` refuses a request with a non-zero `priority`, `priority` runs
+    /// lower numbers first.
+    #[arg(long, value_enum, default_value_t = SchedulingPolicyArg::Fcfs)]
+    pub scheduling_policy: SchedulingPolicyArg,
+}
+
+/// `--scheduling-policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedulingPolicyArg {
+    /// First come, first served.
+    Fcfs,
+    /// By the request's `priority`, then arrival.
+    Priority,
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {

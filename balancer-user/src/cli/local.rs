@@ -10,7 +10,10 @@ use balancer::{
 };
 
 use super::{
-    args::{ConfigCmd, DetachArgs, EmulateArgs, LocalCmd, Output, RunArgs, XdpModeArg},
+    args::{
+        ConfigCmd, DetachArgs, EmulateArgs, LocalCmd, Output, RunArgs, SchedulingPolicyArg,
+        XdpModeArg,
+    },
     render,
 };
 
@@ -148,6 +151,10 @@ fn emulate(args: EmulateArgs) -> Result<()> {
         tracing::info!(class = %class.name, listen = %args.listen, model = %served.model, "emulating");
         let models = balancer::emulate::models::Models::new(&specs, &class.name);
         let node = Node::spawn(class);
+        node.set_policy(match args.scheduling_policy {
+            SchedulingPolicyArg::Fcfs => balancer::emulate::engine::Policy::Fcfs,
+            SchedulingPolicyArg::Priority => balancer::emulate::engine::Policy::Priority,
+        });
         node.set_speed(args.speed);
         let adapters = balancer::emulate::adapters::Adapters::new(profile.lora.clone());
         let emu = server::Emulator::with_models(node, served, adapters, models);
@@ -201,6 +208,7 @@ mod tests {
             name: None,
             models: None,
             speed: 1.0,
+            scheduling_policy: SchedulingPolicyArg::Fcfs,
         })
         .unwrap_err();
         assert!(

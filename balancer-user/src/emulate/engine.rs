@@ -21,6 +21,12 @@
 //!
 //! Blocks no running sequence holds hold the prefix cache; it shrinks as
 //! sequences take blocks.
+//!
+//! Under [`Policy::Priority`] (vLLM's `--scheduling-policy priority`) the
+//! queue is ordered by each request's `priority` (lower first, arrival
+//! order within one), and a preemption takes the running sequence of the
+//! lowest priority (the most recently admitted among equals) instead of
+//! simply the newest.
 
 use std::collections::VecDeque;
 
@@ -38,6 +44,25 @@ pub struct Request {
     pub max_tokens: u32,
     /// The prompt's full blocks, chained ([`super::prefix::chain`]).
     pub blocks: Vec<u64>,
+    /// vLLM's `priority`: lower runs first under [`Policy::Priority`].
+    pub priority: i64,
+}
+
+/// How queued requests are ordered, as vLLM's `--scheduling-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// First come, first served; a request with a non-zero priority is
+    /// refused, as vLLM refuses it.
+    #[default]
+    Fcfs,
+    /// By priority, then arrival.
+    Priority,
+}
+
+impl Policy {
+    /// Every policy by its vLLM name.
+    pub const ALL: [(&'static str, Policy); 2] =
+        [("fcfs", Policy::Fcfs), ("priority", Policy::Priority)];
 }
 
 /// What happened to a request at the end of a step.
@@ -80,6 +105,11 @@ pub enum SubmitError {
     /// An empty prompt.
     #[error("the prompt is empty")]
     Empty,
+    /// A priority under first-come-first-served scheduling.
+    #[error(
+        "got priority {0} but priority scheduling is not enabled (--scheduling-policy priority)"
+    )]
+    PriorityOff(i64),
 }
 
 /// Running totals, as vLLM's counters report them.
@@ -122,6 +152,7 @@ impl Seq {
 #[derive(Debug)]
 pub struct Engine {
     class: Class,
+    policy: Policy,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     used_blocks: u32,
@@ -134,6 +165,7 @@ impl Engine {
     pub fn new(class: Class) -> Self {
         Self {
             class,
+            policy: Policy::Fcfs,
             waiting: VecDeque::new(),
             running: Vec::new(),
             used_blocks: 0,
@@ -147,10 +179,18 @@ impl Engine {
         &self.class
     }
 
+    /// Sets the scheduling policy (for requests queued from now on).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// Queues a request.
     pub fn submit(&mut self, req: Request) -> Result<(), SubmitError> {
         if req.prompt_tokens == 0 {
             return Err(SubmitError::Empty);
+        }
+        if self.policy == Policy::Fcfs && req.priority != 0 {
+            return Err(SubmitError::PriorityOff(req.priority));
         }
         let tokens = req.prompt_tokens as u64 + req.max_tokens as u64;
         if self.blocks_for(tokens) > self.class.kv_blocks() as u64 {
@@ -159,14 +199,36 @@ impl Engine {
                 kv_tokens: self.class.kv_tokens,
             });
         }
-        self.waiting.push_back(Seq {
+        let s = Seq {
             req,
             generated: 0,
             target: 0,
             computed: 0,
             held: 0,
-        });
+        };
+        // Behind every request of the same or a more urgent priority.
+        let at = match self.policy {
+            Policy::Fcfs => self.waiting.len(),
+            Policy::Priority => self
+                .waiting
+                .iter()
+                .position(|w| w.req.priority > s.req.priority)
+                .unwrap_or(self.waiting.len()),
+        };
+        self.waiting.insert(at, s);
         Ok(())
+    }
+
+    /// The running sequence a preemption takes: the newest, or under
+    /// [`Policy::Priority`] the newest of the least urgent.
+    fn victim(&self) -> usize {
+        let last = self.running.len().saturating_sub(1);
+        match self.policy {
+            Policy::Fcfs => last,
+            Policy::Priority => (0..self.running.len())
+                .max_by_key(|&i| (self.running[i].req.priority, i))
+                .unwrap_or(last),
+        }
     }
 
     fn blocks_for(&self, tokens: u64) -> u64 {
@@ -241,15 +303,21 @@ impl Engine {
             }
             let need = (s.context() + 1).div_ceil(bt);
             if need > s.held {
+                let mut lost = false;
                 while self.free_blocks() == 0 {
-                    let last = self.running.len() - 1;
-                    self.preempt(last, events);
-                    if last == i {
+                    let v = self.victim();
+                    self.preempt(v, events);
+                    if v == i {
+                        lost = true;
                         break;
                     }
+                    if v < i {
+                        i -= 1;
+                    }
                 }
-                if i >= self.running.len() {
-                    break;
+                // Sequence i gave up its own blocks: the one now at i is next.
+                if lost {
+                    continue;
                 }
                 self.used_blocks += 1;
                 self.running[i].held += 1;
@@ -273,7 +341,16 @@ impl Engine {
         s.target = 0;
         self.counters.preemptions += 1;
         events.push(Event::Preempted(s.req.id));
-        self.waiting.push_front(s);
+        // Ahead of everything as urgent or less: it was admitted before them.
+        let at = match self.policy {
+            Policy::Fcfs => 0,
+            Policy::Priority => self
+                .waiting
+                .iter()
+                .position(|w| w.req.priority >= s.req.priority)
+                .unwrap_or(self.waiting.len()),
+        };
+        self.waiting.insert(at, s);
     }
 
     /// Step 2a: the next chunk of prefills already under way.

@@ -5,7 +5,8 @@
 //! - [`prefix`]: prompts as chained block hashes and the node's LRU of
 //!   computed blocks;
 //! - [`engine`]: continuous batching with a KV budget, chunked prefill,
-//!   prefix caching and preemption, planned step by step without a clock;
+//!   prefix caching and preemption, planned step by step without a clock,
+//!   first come first served or by priority;
 //! - [`sim`]: the engine replayed in virtual time;
 //! - [`node`]: the engine driven by a timer, one task per node;
 //! - [`adapters`]: LoRA adapters, loaded on demand, least recently used
@@ -29,6 +30,8 @@ pub mod stats;
 mod adapter_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod priority_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

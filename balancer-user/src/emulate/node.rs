@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use super::{
-    engine::{Counters, Engine, Event, Request, SubmitError},
+    engine::{Counters, Engine, Event, Policy, Request, SubmitError},
     profile::Class,
 };
 
@@ -104,19 +104,25 @@ impl Node {
         f64::from_bits(self.speed.load(Ordering::Relaxed))
     }
 
+    /// Sets the engine's scheduling policy.
+    pub fn set_policy(&self, policy: Policy) {
+        self.lock().engine.set_policy(policy);
+    }
+
     /// The node's class.
     pub fn class(&self) -> Class {
         self.lock().engine.class().clone()
     }
 
     /// Queues a request; its events arrive on the returned channel, the last
-    /// one [`Event::Done`]. `prompt_tokens`, `max_tokens` and `blocks` are as
-    /// in [`Request`]; the id is the node's.
+    /// one [`Event::Done`]. `prompt_tokens`, `max_tokens`, `blocks` and
+    /// `priority` are as in [`Request`]; the id is the node's.
     pub fn submit(
         &self,
         prompt_tokens: u32,
         max_tokens: u32,
         blocks: Vec<u64>,
+        priority: i64,
     ) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -127,6 +133,7 @@ impl Node {
                 prompt_tokens,
                 max_tokens,
                 blocks,
+                priority,
             })?;
             g.channels.insert(id, tx);
         }

@@ -44,6 +44,14 @@ use super::{
 pub const MAX_BODY: usize = 4 << 20;
 /// How long a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// vLLM's `priority` body field: an integer, 0 when absent.
+fn priority(v: &Value) -> Result<i64, &'static str> {
+    match v.get("priority") {
+        None | Some(Value::Null) => Ok(0),
+        Some(p) => p.as_i64().ok_or("priority must be an integer"),
+    }
+}
+
 /// Largest `max_tokens` accepted.
 pub const MAX_TOKENS: u64 = 32_768;
 
@@ -285,8 +293,12 @@ impl Emulator {
             let field = if chat { "messages" } else { "prompt" };
             return self.error(StatusCode::BAD_REQUEST, &format!("{field} is missing"));
         };
+        let priority = match priority(&v) {
+            Ok(p) => p,
+            Err(msg) => return self.error(StatusCode::BAD_REQUEST, msg),
+        };
         let (tokens, blocks) = tokenize(&prompt, bt);
-        let rx = match self.node.submit(tokens, max, blocks) {
+        let rx = match self.node.submit(tokens, max, blocks, priority) {
             Ok(rx) => rx,
             Err(e) => return self.error(StatusCode::BAD_REQUEST, &e.to_string()),
         };
@@ -413,8 +425,12 @@ impl Emulator {
         let counted: Vec<(u32, Vec<u64>)> = inputs.iter().map(|s| tokenize(s, bt)).collect();
         let tokens: u32 = counted.iter().map(|(t, _)| *t).sum();
         let blocks = counted.into_iter().flat_map(|(_, b)| b).collect();
+        let priority = match priority(v) {
+            Ok(p) => p,
+            Err(msg) => return self.error(StatusCode::BAD_REQUEST, msg),
+        };
         let t0 = tokio::time::Instant::now();
-        let mut rx = match self.node.submit(tokens.max(1), 0, blocks) {
+        let mut rx = match self.node.submit(tokens.max(1), 0, blocks, priority) {
             Ok(rx) => rx,
             Err(e) => return self.error(StatusCode::BAD_REQUEST, &e.to_string()),
         };

@@ -275,6 +275,24 @@ async fn bad_requests_get_clear_errors() {
             400,
             "input must be",
         ),
+        (
+            "/v1/completions",
+            json!({"model": "m", "prompt": "a", "priority": "high"}).to_string(),
+            400,
+            "priority must be an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "m", "prompt": "a", "priority": 1}).to_string(),
+            400,
+            "priority scheduling is not enabled",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "m", "input": "a", "priority": 2}).to_string(),
+            400,
+            "priority scheduling is not enabled",
+        ),
         ("/v1/nothing", "{}".to_string(), 404, "no route"),
     ];
     for (path, body, want, text) in cases {

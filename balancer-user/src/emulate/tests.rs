@@ -28,6 +28,7 @@ fn req(id: u64, prompt: u32, max: u32) -> Request {
         prompt_tokens: prompt,
         max_tokens: max,
         blocks: chain((0..prompt / 16).map(|b| id * 1000 + b as u64)),
+        priority: 0,
     }
 }
 
@@ -90,6 +91,7 @@ fn cached_prefix_blocks_are_not_computed_again() {
         prompt_tokens: 64 * 16,
         max_tokens: 1,
         blocks: chain(shared.iter().copied().chain(tail..tail + 4)),
+        priority: 0,
     };
     let out = replay(&mut e, &[(0.0, mk(1, 1000)), (1.0, mk(2, 2000))]).unwrap();
     // 60 of 64 blocks were cached: 4 blocks computed, not 64.
