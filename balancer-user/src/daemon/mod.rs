@@ -20,6 +20,8 @@
 //! Stopping the daemon leaves the data plane running; `balancer detach`
 //! removes it.
 
+#[cfg(test)]
+mod dashboard_tests;
 mod handlers;
 pub mod lock;
 mod loops;
