@@ -23,6 +23,7 @@ pub mod request;
 pub mod run;
 pub mod scenario;
 pub mod shape;
+pub mod via;
 pub mod workload;
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ use balancer::{
         server::{self, Emulator, Served},
     },
 };
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::{
@@ -40,6 +39,7 @@ use super::{
     plan::{Plan, Planned},
     request::{self, Outgoing},
     scenario::Scenario,
+    via::{self, Via},
 };
 use crate::netns;
 
@@ -301,7 +301,7 @@ impl Prepared {
                     self.target,
                     scenario,
                     requests.collect(),
-                    1024,
+                    false,
                     t0,
                     limit,
                     bar.clone(),
@@ -311,11 +311,15 @@ impl Prepared {
             Backends::Testbed(f) => {
                 // From every client namespace in turn; a connection per
                 // request, so XDP steers each one (kept-alive connections
-                // would pin whole streams of requests to one node).
+                // would pin whole streams of requests to one node), from a
+                // source port the plan fixes (see `via`).
                 let ns = f.client_namespaces();
                 let mut shares: Vec<Share> = vec![Vec::new(); ns.len()];
                 for (i, r) in requests.enumerate() {
                     shares[i % ns.len()].push(r);
+                }
+                for s in &shares {
+                    via::check_share(s.len())?;
                 }
                 let mut threads = Vec::new();
                 for (ns, share) in ns.into_iter().zip(shares) {
@@ -325,7 +329,7 @@ impl Prepared {
                             let rt = tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
                                 .build()?;
-                            Ok(rt.block_on(send_share(target, s, share, 0, t0, limit, bar)))
+                            Ok(rt.block_on(send_share(target, s, share, true, t0, limit, bar)))
                         })
                     }));
                 }
@@ -371,32 +375,40 @@ impl Prepared {
     }
 }
 
-/// Sends `share` to `target` open-loop and collects the outcomes.
+/// Sends `share` to `target` open-loop and collects the outcomes: over
+/// kept-alive connections, or with `fixed_ports` a connection per request
+/// from its own source port ([`Via`]).
 async fn send_share(
     target: SocketAddr,
     s: Arc<Scenario>,
     share: Share,
-    idle_per_host: usize,
+    fixed_ports: bool,
     t0: Instant,
     limit: Duration,
     bar: ProgressBar,
 ) -> Vec<Outcome> {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(idle_per_host)
-        .build(conn);
+    let via = if fixed_ports {
+        Via::FixedPorts
+    } else {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        Via::Pool(
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1024)
+                .build(conn),
+        )
+    };
     let mut tasks = Vec::with_capacity(share.len());
     for p in share {
         let index = p.index;
-        let client = client.clone();
+        let via = via.clone();
         let at = t0 + Duration::from_secs_f64(p.at_s);
         let (bar, s) = (bar.clone(), s.clone());
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let out = request::outgoing(&s, &p);
-            let o = send(&client, target, &p, out, t0, limit).await;
+            let o = send(&via, target, &p, out, t0, limit).await;
             bar.inc(1);
             o
         });
@@ -419,7 +431,7 @@ async fn send_share(
 
 /// Sends one request and reads its stream, within `limit`.
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    via: &Via,
     target: SocketAddr,
     p: &Planned,
     out: Outgoing,
@@ -446,7 +458,7 @@ async fn send(
             req = req.header(*k, v);
         }
         let req = req.body(Full::new(out.body))?;
-        let resp = client.request(req).await?;
+        let resp = via.request(target, p.index, req).await?;
         o.backend = resp
             .headers()
             .get("x-backend")
