@@ -161,6 +161,16 @@ pub enum DaemonCmd {
     /// The inference result cache.
     #[command(subcommand, display_order = 8)]
     Cache(CacheCmd),
+    /// The L7 routes (listed after `cache`, whose name sorts first).
+    #[command(subcommand, display_order = 8)]
+    Route(RouteCmd),
+}
+
+/// `balancer route …`.
+#[derive(Subcommand)]
+pub enum RouteCmd {
+    /// Requests per route and priority tier.
+    Stats,
 }
 
 /// `balancer cache …`.
@@ -384,7 +394,7 @@ mod tests {
         let names: Vec<_> = subs.into_iter().map(|(_, n)| n).collect();
         let want = [
             "run", "detach", "vip", "backend", "status", "stats", "weights", "agent", "cache",
-            "config", "emulate",
+            "route", "config", "emulate",
         ];
         assert_eq!(names, want);
     }

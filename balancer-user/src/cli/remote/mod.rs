@@ -10,7 +10,7 @@ use balancer::{
 use serde::Serialize;
 
 use super::{
-    args::{BackendCmd, CacheCmd, DaemonCmd, Output, VipCmd},
+    args::{BackendCmd, CacheCmd, DaemonCmd, Output, RouteCmd, VipCmd},
     render,
 };
 
@@ -35,6 +35,10 @@ pub fn run(cmd: DaemonCmd, client: Client, output: Output) -> Result<()> {
                 show(output, &w, |w| render::weights::weights(w, explain))
             }
             DaemonCmd::Cache(c) => cache(c, &client, output).await,
+            DaemonCmd::Route(RouteCmd::Stats) => {
+                let s = client.stats().await?;
+                show(output, &s.routes, |r| render::routes::stats(r))
+            }
         }
     })
 }

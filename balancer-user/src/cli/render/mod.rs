@@ -17,6 +17,7 @@ macro_rules! outln {
 pub mod backends;
 pub mod cache;
 pub mod config;
+pub mod routes;
 pub mod stats;
 pub mod status;
 pub mod table;
