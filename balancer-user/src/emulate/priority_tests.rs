@@ -8,18 +8,12 @@ use super::{
     sim::replay,
 };
 
+/// The engine tests' class with one batch slot, so the order requests
+/// start in is the queue's order.
 fn class() -> Class {
     Class {
-        name: "t".into(),
-        source: "test".into(),
-        prefill_tokens_per_s: 10_000.0,
-        decode_ms_base: 10.0,
-        decode_ms_per_seq: 1.0,
-        kv_tokens: 16 * 1024,
         max_seqs: 1,
-        block_tokens: 16,
-        max_step_tokens: 4096,
-        load_s: 0.0,
+        ..super::tests::class()
     }
 }
 

@@ -7,7 +7,8 @@ use super::{
     sim::replay,
 };
 
-fn class() -> Class {
+/// A small test class (also the priority tests').
+pub(super) fn class() -> Class {
     Class {
         name: "t".into(),
         source: "test".into(),
