@@ -314,6 +314,23 @@ fn cache_route_is_a_deprecated_alias_of_route() {
         c.warnings
     );
 
+    // Unnamed routes are numbered across both tables.
+    let unnamed = |t: &str, port: u16| {
+        format!("[[{t}]]\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.1:9\"]\n")
+    };
+    let c = parse(&format!(
+        "{}{}",
+        unnamed("route", 1),
+        unnamed("cache_route", 2)
+    ))
+    .unwrap();
+    let names: Vec<_> = c
+        .cache_routes
+        .iter()
+        .map(|r| r.route.name.as_str())
+        .collect();
+    assert_eq!(names, ["route0", "route1"]);
+
     // Names and listeners are unique across both tables; errors name the table.
     let e = parse(&format!(
         "{}{}",

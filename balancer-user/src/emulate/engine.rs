@@ -59,12 +59,6 @@ pub enum Policy {
     Priority,
 }
 
-impl Policy {
-    /// Every policy by its vLLM name.
-    pub const ALL: [(&'static str, Policy); 2] =
-        [("fcfs", Policy::Fcfs), ("priority", Policy::Priority)];
-}
-
 /// What happened to a request at the end of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -220,12 +214,18 @@ impl Engine {
     }
 
     /// The running sequence a preemption takes: the newest, or under
-    /// [`Policy::Priority`] the newest of the least urgent.
+    /// [`Policy::Priority`] the newest of the least urgent among those not
+    /// finished (one that just decoded its last token waits for `retire`
+    /// at the end of the step and must not be sent back to the queue).
     fn victim(&self) -> usize {
         let last = self.running.len().saturating_sub(1);
         match self.policy {
             Policy::Fcfs => last,
             Policy::Priority => (0..self.running.len())
+                .filter(|&i| {
+                    let s = &self.running[i];
+                    s.prefilling() || s.generated < s.req.max_tokens
+                })
                 .max_by_key(|&i| (self.running[i].req.priority, i))
                 .unwrap_or(last),
         }
@@ -290,7 +290,7 @@ impl Engine {
     }
 
     /// Step 1: one token for every sequence past its prefill, preempting
-    /// the newest sequences when a token needs a block and none is free.
+    /// ([`Engine::victim`]) when a token needs a block and none is free.
     fn decode(&mut self, budget: &mut u32, events: &mut Vec<Event>) -> u32 {
         let bt = self.class.block_tokens;
         let mut decoded = 0;

@@ -127,3 +127,33 @@ fn preemption_takes_the_least_urgent_not_the_newest() {
         "{prio:?}"
     );
 }
+
+#[test]
+fn a_sequence_that_just_finished_is_never_preempted() {
+    // A (least urgent) is admitted first and decodes its last token in the
+    // step where B, behind it in the batch, needs a block and none is free.
+    // A's blocks are freed at the end of that step; sending A back to the
+    // queue would make it generate a token more than it asked for.
+    let mut c = class();
+    c.max_seqs = 8;
+    c.kv_tokens = 64; // four blocks
+    let mut e = Engine::new(c);
+    e.set_policy(Policy::Priority);
+    e.submit(req(1, 9, 16, 3)).unwrap();
+    e.step().unwrap();
+    e.submit(req(2, 0, 31, 5)).unwrap();
+    let mut preempted = Vec::new();
+    while let Some(s) = e.step() {
+        preempted.extend(s.events.iter().filter_map(|ev| match ev {
+            Event::Preempted(id) => Some(*id),
+            _ => None,
+        }));
+    }
+    assert!(!preempted.contains(&1), "{preempted:?}");
+    assert_eq!(
+        e.counters().generation_tokens,
+        3 + 5,
+        "every token exactly once"
+    );
+    assert_eq!(e.counters().finished, 2);
+}

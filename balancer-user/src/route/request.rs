@@ -54,6 +54,8 @@ pub fn parse(body: &[u8]) -> Option<Shape> {
         text(obj.get(k), &mut s);
     }
     match obj.get("input") {
+        // One input given as token ids.
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => text(obj.get("input"), &mut s),
         Some(Value::Array(a)) => {
             s.inputs = a.len().max(1) as u32;
             for x in a {
@@ -68,7 +70,7 @@ pub fn parse(body: &[u8]) -> Option<Shape> {
     }
     let limit = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
-        .find_map(|k| obj.get(*k))
+        .find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
         .or_else(|| obj.get("parameters")?.get("max_new_tokens"));
     s.max_tokens = limit
         .and_then(Value::as_u64)
@@ -178,6 +180,13 @@ mod tests {
         for (what, body, want) in cases {
             assert_eq!(&parse(body.as_bytes()), want, "{what}");
         }
+    }
+
+    #[test]
+    fn token_ids_are_one_input_and_null_limits_are_skipped() {
+        let s =
+            parse(br#"{"input":[1,2,3],"max_completion_tokens":null,"max_tokens":64}"#).unwrap();
+        assert_eq!((s.inputs, s.prompt_bytes, s.max_tokens), (1, 12, Some(64)));
     }
 
     #[test]

@@ -24,12 +24,12 @@ pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
-    /// Best effort: waits and is shed first.
+    /// Best effort: shed first (when the route sheds).
     Sheddable,
     /// The default.
     #[default]
     Standard,
-    /// Never shed while a lower tier is admitted or queued.
+    /// Never shed.
     Critical,
 }
 
@@ -147,7 +147,8 @@ pub struct Decision<'a> {
 
 impl TierPolicy {
     /// The tenant a request's credentials name: the token of
-    /// `authorization: Bearer …`, else `x-api-key`.
+    /// `authorization: Bearer …`, else `x-api-key` (always these two, not
+    /// the route's `credential_headers`, which are the cache key's).
     pub fn tenant(&self, headers: &HeaderMap) -> Option<&Tenant> {
         if self.keys.is_empty() {
             return None;
@@ -173,7 +174,14 @@ impl TierPolicy {
             None => None,
             Some(v) => Some(
                 v.to_str()
-                    .map_err(|_| BadTier(String::from_utf8_lossy(v.as_bytes()).into_owned()))?
+                    .map_err(|_| {
+                        BadTier(
+                            String::from_utf8_lossy(v.as_bytes())
+                                .chars()
+                                .take(64)
+                                .collect(),
+                        )
+                    })?
                     .parse::<Tier>()?,
             ),
         };

@@ -318,9 +318,7 @@ impl Prepared {
                 for (i, r) in requests.enumerate() {
                     shares[i % ns.len()].push(r);
                 }
-                for s in &shares {
-                    via::check_share(s.len())?;
-                }
+                via::check_plan(shares.iter().map(Vec::len).sum())?;
                 let mut threads = Vec::new();
                 for (ns, share) in ns.into_iter().zip(shares) {
                     let (target, bar, s) = (self.target, bar.clone(), scenario.clone());

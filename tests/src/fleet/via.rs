@@ -30,29 +30,32 @@ const CONNECT: Duration = Duration::from_secs(5);
 pub enum Via {
     /// Kept-alive connections from hyper's pool.
     Pool(Client<HttpConnector, Full<Bytes>>),
-    /// A connection per request, from [`source_port`] of its index.
+    /// A connection per request, from [`source_port`] of its plan index.
     FixedPorts,
 }
 
-/// The source port of the request with plan index `index`.
+/// The source port of the request with plan index `index` (below
+/// [`PORTS`], which [`check_plan`] makes sure of).
 pub fn source_port(index: usize) -> u16 {
     FIRST_PORT + (index % PORTS) as u16
 }
 
-/// Fails when one client namespace would send more requests than it has
-/// fixed ports (a port used twice could still be in TIME_WAIT).
-pub fn check_share(requests: usize) -> Result<()> {
+/// Fails when a plan has more requests than there are fixed ports: two
+/// requests on one port, the first's connection still in TIME_WAIT, would
+/// fail the second.
+pub fn check_plan(requests: usize) -> Result<()> {
     if requests > PORTS {
         bail!(
-            "{requests} requests from one client namespace: the L4 strategies give each request its own source port, and there are {PORTS}"
+            "{requests} requests: the L4 strategies give each request its own source port, and there are {PORTS}"
         );
     }
     Ok(())
 }
 
 impl Via {
-    /// Sends `req` (its URI absolute, naming `target`) and returns the
-    /// response head; the body streams as it is read.
+    /// Sends `req` (its URI absolute, naming `target`), the request with
+    /// plan index `index`, and returns the response head; the body streams
+    /// as it is read.
     pub async fn request(
         &self,
         target: SocketAddr,
@@ -75,6 +78,10 @@ impl Via {
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // Runs until the response is read; dropping `tx` closes it then.
         tokio::spawn(conn);
+        // On a connection of its own the request line carries the path
+        // (origin form, as clients send it) and `Host` names the target.
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = path.parse()?;
         let host = header::HeaderValue::from_str(&target.to_string())?;
         req.headers_mut().insert(header::HOST, host);
         Ok(tx.send_request(req).await?)
@@ -86,14 +93,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_request_of_a_share_has_its_own_port() {
+    fn every_request_of_a_plan_has_its_own_port() {
         let ports: std::collections::BTreeSet<u16> = (0..PORTS).map(source_port).collect();
         assert_eq!(ports.len(), PORTS);
         assert!(ports.iter().all(|p| *p >= FIRST_PORT));
         assert_eq!(source_port(7), source_port(7), "the same in every run");
-        assert!(check_share(PORTS).is_ok());
+        assert!(check_plan(PORTS).is_ok());
         assert!(
-            check_share(PORTS + 1)
+            check_plan(PORTS + 1)
                 .unwrap_err()
                 .to_string()
                 .contains("source port")

@@ -96,6 +96,14 @@ impl Route {
         }
     }
 
+    /// The key that picks a bypassing request's backend: its path and
+    /// body as the client sent them (before the tier is written into it,
+    /// so one request goes to one backend whatever its tier).
+    pub(super) fn bypass_key(&self, parts: &Parts, body: &[u8]) -> Key {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        key::key(&self.cfg.name, target, "", "", b"", body)
+    }
+
     /// Forwards without the cache, streaming the response back. `k` picks
     /// the backend when the request has a key (otherwise its path and body
     /// do).
@@ -105,10 +113,7 @@ impl Route {
         body: Bytes,
         k: Option<Key>,
     ) -> Response<Body> {
-        let hash = k.map(|k| k.short()).unwrap_or_else(|| {
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            key::key(&self.cfg.name, target, "", "", b"", &body).short()
-        });
+        let hash = k.unwrap_or_else(|| self.bypass_key(parts, &body)).short();
         match self.send(parts, body, hash, false).await {
             Ok((resp, guard)) => {
                 let (p, b) = resp.into_parts();
