@@ -12,7 +12,7 @@
 //! - [`control`]: the control loops and their inputs: Prometheus parsing,
 //!   telemetry scraping and health, scoring, autoweight, next-hop MACs;
 //! - [`route`]: what a route decides per request besides caching: its
-//!   priority tier;
+//!   priority tier, and shedding when its pool saturates;
 //! - [`cache`]: the inference result cache and its L7 proxy (reads `lb`'s
 //!   pool view, never the engine);
 //! - [`config`]: the daemon's TOML file, parsed into the settings types each

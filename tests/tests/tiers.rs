@@ -3,11 +3,15 @@
 //!
 //! | test | shows |
 //! |---|---|
+//! | `a_saturated_route_sheds_sheddable_with_429_and_retry_after_but_never_critical` | with `max_in_flight = 1` and one request in flight, a sheddable request gets 429 with `Retry-After` (1-60 s) and reaches no backend, a critical one is served, and `route stats` counts the shed one |
 //! | `tiers_are_decided_counted_and_shown` | `X-Balancer-Tier` per request (default, capped claim, tenant raise, lowering, integers), 400 for an unreadable `x-priority`, the counts in `balancer route stats` (table and JSON) and in `/metrics`, and the deprecation warning a `[[cache_route]]` gets in the daemon's log |
 
 use std::net::SocketAddr;
 
-use balancer_tests::cachebed::{Backend, Gateway, free_port, http, route_toml};
+use balancer_tests::{
+    cachebed::{Backend, Gateway, free_port, http, route_toml},
+    patience,
+};
 
 /// Header names and values, as a table row gives them.
 type Headers<'a> = &'a [(&'a str, &'a str)];
@@ -107,12 +111,20 @@ fn tiers_are_decided_counted_and_shown() {
         "{json}"
     );
     let table = g.cli(&["route", "stats"]).unwrap();
-    let line = table
+    let rows: Vec<Vec<&str>> = table
         .lines()
-        .find(|l| l.starts_with("chat"))
-        .unwrap_or_default();
-    let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cells, ["chat", "1", "2", "3", "6"], "{table}");
+        .filter(|l| l.starts_with("chat "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["chat", "critical", "1", "0"],
+            ["chat", "standard", "2", "0"],
+            ["chat", "sheddable", "3", "0"]
+        ],
+        "{table}"
+    );
 
     let text = rt
         .block_on(http(
@@ -128,4 +140,69 @@ fn tiers_are_decided_counted_and_shown() {
         text.contains("balancer_route_requests_total{route=\"chat\",tier=\"sheddable\"} 3"),
         "{text}"
     );
+}
+
+#[test]
+fn a_saturated_route_sheds_sheddable_with_429_and_retry_after_but_never_critical() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // 400 tokens at 25 ms: a request stays in flight for ten seconds.
+    let b = Backend::start("slow", &["m"], 25.0).unwrap();
+    let port = free_port().unwrap();
+    let extra = "max_in_flight = 1\n\
+        [[route.tenant]]\nname = \"ops\"\nkeys = [\"sk-ops\"]\ntier = \"critical\"\n";
+    let g = Gateway::start("shed", &route_toml("chat", port, &b, extra)).unwrap();
+    let route = SocketAddr::from(([127, 0, 0, 1], port));
+    let long = r#"{"model":"m","prompt":"hi","max_tokens":400,"temperature":1}"#;
+    let short = r#"{"model":"m","prompt":"hi","max_tokens":1,"temperature":1}"#;
+    rt.block_on(async {
+        // One standard request fills the pool (one backend, one slot).
+        let first = tokio::spawn(http(route, "POST", "/v1/completions", long, &[]));
+        let deadline = std::time::Instant::now() + patience(std::time::Duration::from_secs(10));
+        while b.calls().await.unwrap() < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backend never got the first request"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let shed = http(
+            route,
+            "POST",
+            "/v1/completions",
+            short,
+            &[("x-priority", "sheddable")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(shed.status, 429, "{}", shed.body);
+        let retry: u32 = shed.header("retry-after").parse().unwrap_or(0);
+        assert!(
+            (1..=60).contains(&retry),
+            "Retry-After {:?}",
+            shed.header("retry-after")
+        );
+        assert!(shed.body.contains("\"shed\""), "{}", shed.body);
+        // Critical goes on while the pool is full.
+        let critical = http(
+            route,
+            "POST",
+            "/v1/completions",
+            short,
+            &[("x-api-key", "sk-ops")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (critical.status, critical.header("x-balancer-tier")),
+            (200, "critical")
+        );
+        first.abort();
+    });
+    let json = g.cli(&["route", "stats", "--output", "json"]).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows[0]["shed_by_tier"]["sheddable"], 1, "{json}");
+    assert_eq!(rows[0]["shed_by_tier"]["critical"], 0, "{json}");
 }

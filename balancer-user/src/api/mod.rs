@@ -172,6 +172,9 @@ pub struct RouteStatsRow {
     pub route: String,
     /// Requests so far per priority tier (by its label).
     pub requests_by_tier: BTreeMap<String, u64>,
+    /// Of them, those shed (429) per tier.
+    #[serde(default)]
+    pub shed_by_tier: BTreeMap<String, u64>,
 }
 
 /// Body of `POST /v1/cache/invalidate`: a model, and at most one of a key

@@ -61,6 +61,11 @@
 //! # default_tier = "standard"        # and the most a client no key names may claim
 //! # priority_field = false           # pass the tier as vLLM's "priority"
 //!
+//! # max_in_flight = 64               # a backend's capacity: shed lower tiers past it
+//! # [route.shed]                     # saturation where shedding starts and is total
+//! # sheddable = [0.8, 1.0]
+//! # standard = [1.0, 1.5]            # critical is never shed
+//!
 //! # [[route.tenant]]                 # a client known by its key
 //! # name = "checkout"
 //! # keys = ["sk-..."]                # bearer token or x-api-key value
@@ -184,13 +189,24 @@ struct RawCacheRoute {
     priority_field: Option<bool>,
     #[serde(default)]
     tenant: Vec<RawTenant>,
+    max_in_flight: Option<Spanned<u64>>,
+    shed: Option<Spanned<RawShed>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShed {
+    sheddable: Option<[f64; 2]>,
+    standard: Option<[f64; 2]>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     name: Spanned<String>,
-    keys: Spanned<Vec<String>>,
+    /// Any value, checked by hand: a type error from serde would quote the
+    /// value, a secret, in the message.
+    keys: Spanned<toml::Value>,
     tier: Option<Spanned<String>>,
     max_tier: Option<Spanned<String>>,
 }
@@ -319,7 +335,7 @@ pub enum CachePool {
 }
 
 /// One `[[route]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheRoute {
     /// The proxy's settings.
     pub route: crate::cache::proxy::RouteConfig,

@@ -13,7 +13,10 @@ use crate::{
         proxy::{MarkDown, RouteConfig},
     },
     lb::VipId,
-    route::tier::{Tenant, Tier, TierPolicy},
+    route::{
+        admission::{Curve, Shedding},
+        tier::{Tenant, Tier, TierPolicy},
+    },
 };
 
 use super::{CachePool, CacheRoute, ConfigError, Ctx, RawCacheRoute, RawConfig, RawTenant};
@@ -72,7 +75,8 @@ fn route(
         .name
         .as_ref()
         .map(|n| n.get_ref().clone())
-        .unwrap_or_else(|| format!("route{i}"));
+        // Numbered across both tables, so unnamed routes of each differ.
+        .unwrap_or_else(|| format!("route{}", before.len()));
     if name.is_empty() || before.iter().any(|x| x.route.name == name) {
         let span = r.name.as_ref().map(|n| n.span()).unwrap_or(r.listen.span());
         return cx.err(
@@ -151,6 +155,7 @@ fn route(
     };
     let pick = word(&r.pick, &Pick::ALL, cx, field("pick"))?;
     let tiers = tiers(r, cx, &field)?;
+    let shedding = shedding(r, cx, &field)?;
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -174,6 +179,7 @@ fn route(
             pick,
             cache: r.cache.unwrap_or(true),
             tiers,
+            shedding,
         },
         pool,
     })
@@ -220,24 +226,93 @@ fn tiers(
     for (j, t) in r.tenant.iter().enumerate() {
         let f = |k: &str| field(&format!("tenant[{j}].{k}"));
         policy.tenants.push(tenant(t, default, &policy, cx, &f)?);
-        for k in t.keys.get_ref() {
-            if k.is_empty() || k.contains(char::is_whitespace) {
+        // Messages never echo a key: they may reach a log.
+        let keys: Option<Vec<&str>> = match t.keys.get_ref() {
+            toml::Value::Array(a) => a.iter().map(toml::Value::as_str).collect(),
+            _ => None,
+        };
+        let Some(keys) = keys else {
+            return cx.err(
+                t.keys.span(),
+                f("keys"),
+                "a list of strings, such as [\"sk-...\"]",
+            );
+        };
+        for k in &keys {
+            // What a header value can carry, so that a key can match.
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) {
                 return cx.err(
                     t.keys.span(),
                     f("keys"),
-                    "keys are non-empty words without spaces",
+                    "keys are non-empty words of visible ASCII, without spaces",
                 );
             }
-            if policy.keys.insert(k.clone(), j).is_some() {
-                // Never echo the key itself: the message may reach a log.
+            if policy.keys.insert(k.to_string(), j).is_some() {
                 return cx.err(t.keys.span(), f("keys"), "a key names one tenant only");
             }
         }
-        if t.keys.get_ref().is_empty() {
+        if keys.is_empty() {
             return cx.err(t.keys.span(), f("keys"), "list at least one key");
         }
     }
     Ok(policy)
+}
+
+/// `max_in_flight` and `[…shed]`: curves within 0-100 with start below
+/// full, and standard's starting no lower than sheddable's ends, so a tier
+/// is shed only once every tier below it is.
+fn shedding(
+    r: &RawCacheRoute,
+    cx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<Shedding>, ConfigError> {
+    let Some(m) = &r.max_in_flight else {
+        if let Some(s) = &r.shed {
+            return cx.err(
+                s.span(),
+                field("shed"),
+                "shedding needs max_in_flight (a backend's capacity) on the route",
+            );
+        }
+        return Ok(None);
+    };
+    if !(1..=1_000_000).contains(m.get_ref()) {
+        return cx.err(m.span(), field("max_in_flight"), "use 1 to 1000000");
+    }
+    let mut s = Shedding::new(*m.get_ref() as u32);
+    let Some(raw) = &r.shed else {
+        return Ok(Some(s));
+    };
+    let span = raw.span();
+    let curve = |v: [f64; 2], name: &str| {
+        let [start, full] = v;
+        if !(start.is_finite() && full.is_finite() && 0.0 <= start && start < full && full <= 100.0)
+        {
+            return cx.err(
+                span.clone(),
+                field(&format!("shed.{name}")),
+                format!("[{start}, {full}]: give [start, full] saturations with 0 <= start < full <= 100"),
+            );
+        }
+        Ok(Curve { start, full })
+    };
+    if let Some(v) = raw.get_ref().sheddable {
+        s.sheddable = curve(v, "sheddable")?;
+    }
+    if let Some(v) = raw.get_ref().standard {
+        s.standard = curve(v, "standard")?;
+    }
+    if s.standard.start < s.sheddable.full {
+        return cx.err(
+            span,
+            field("shed.standard"),
+            format!(
+                "standard starts being shed at {} but sheddable is shed fully only at {}: start standard there or later",
+                s.standard.start, s.sheddable.full
+            ),
+        );
+    }
+    Ok(Some(s))
 }
 
 /// One tenant, checked against those before it.
@@ -265,12 +340,28 @@ fn tenant(
         None => tier,
     };
     if tier > max_tier {
-        let span = t.tier.as_ref().map_or(t.name.span(), |s| s.span());
-        return cx.err(
-            span,
-            f("tier"),
-            format!("{tier} is above this tenant's max_tier ({max_tier})"),
-        );
+        // Name what the user wrote: the tier, or a max_tier below the
+        // route's default_tier that the tenant's tier came from.
+        return match (&t.tier, &t.max_tier) {
+            (Some(s), _) => cx.err(
+                s.span(),
+                f("tier"),
+                format!("{tier} is above this tenant's max_tier ({max_tier})"),
+            ),
+            (None, Some(m)) => cx.err(
+                m.span(),
+                f("max_tier"),
+                format!(
+                    "{max_tier} is below the tier this tenant's requests get by default ({tier}, the route's default_tier): set tier too"
+                ),
+            ),
+            // Not reached (max_tier defaults to tier), but never a panic.
+            (None, None) => cx.err(
+                t.name.span(),
+                f("tier"),
+                format!("{tier} is above this tenant's max_tier ({max_tier})"),
+            ),
+        };
     }
     Ok(Tenant {
         name: name.clone(),

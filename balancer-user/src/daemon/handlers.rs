@@ -194,13 +194,20 @@ impl Daemon {
         };
         routes
             .iter()
-            .map(|r| RouteStatsRow {
-                route: r.config().name.clone(),
-                requests_by_tier: Tier::ALL
-                    .iter()
-                    .zip(r.tier_counts())
-                    .map(|(t, n)| (t.label().to_string(), n))
-                    .collect(),
+            .map(|r| {
+                let (requests, shed) = r.tier_counts();
+                let by_tier = |counts: [u64; 3]| {
+                    Tier::ALL
+                        .iter()
+                        .zip(counts)
+                        .map(|(t, n)| (t.label().to_string(), n))
+                        .collect()
+                };
+                RouteStatsRow {
+                    route: r.config().name.clone(),
+                    requests_by_tier: by_tier(requests),
+                    shed_by_tier: by_tier(shed),
+                }
             })
             .collect()
     }

@@ -1,7 +1,7 @@
 //! The daemon's own Prometheus endpoint: per-VIP and per-backend counters read
 //! from the per-CPU maps, the global pass/drop/path counters, and weights.
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::{
-    api::{BackendStatsRow, StatsReply, VipStatsRow},
+    api::{BackendStatsRow, RouteStatsRow, StatsReply, VipStatsRow},
     cache::{CacheStats, Counter},
     http,
 };
@@ -279,12 +279,19 @@ pub fn render(s: &StatsReply) -> String {
     if let Some(c) = &s.cache {
         render_cache(c, &mut o);
     }
-    if !s.routes.is_empty() {
-        ROUTE_REQUESTS.header(&mut o);
+    let families: [(&Family, PerTier); 2] = [
+        (&ROUTE_REQUESTS, |r| &r.requests_by_tier),
+        (&ROUTE_SHED, |r| &r.shed_by_tier),
+    ];
+    for (f, get) in families {
+        if s.routes.is_empty() {
+            break;
+        }
+        f.header(&mut o);
         for r in &s.routes {
             let route = escape(&r.route);
-            for (tier, n) in &r.requests_by_tier {
-                let (name, tier) = (ROUTE_REQUESTS.name, escape(tier));
+            for (tier, n) in get(r) {
+                let (name, tier) = (f.name, escape(tier));
                 let _ = writeln!(o, "{name}{{route=\"{route}\",tier=\"{tier}\"}} {n}");
             }
         }
@@ -292,10 +299,19 @@ pub fn render(s: &StatsReply) -> String {
     o
 }
 
+/// One of a route's per-tier counts.
+type PerTier = fn(&RouteStatsRow) -> &BTreeMap<String, u64>;
+
 /// Requests per route and priority tier.
 const ROUTE_REQUESTS: Family = Family::counter(
     "balancer_route_requests_total",
     "Requests through each route by priority tier (critical, standard, sheddable), counted on arrival.",
+);
+
+/// Requests shed per route and tier.
+const ROUTE_SHED: Family = Family::counter(
+    "balancer_route_shed_total",
+    "Requests each route shed (429 with Retry-After) by priority tier, its pool saturated.",
 );
 
 fn render_cache(c: &CacheStats, o: &mut String) {
@@ -428,10 +444,11 @@ mod tests {
                 backends: vec![backend(1, 1, None), backend(2, 2, Some("health"))],
             }],
             cache: Some(crate::cache::tests::sample_stats()),
-            routes: vec![crate::api::RouteStatsRow {
+            routes: vec![RouteStatsRow {
                 route: "openai".into(),
                 requests_by_tier: [("critical".to_string(), 2), ("sheddable".to_string(), 9)]
                     .into(),
+                shed_by_tier: [("critical".to_string(), 0), ("sheddable".to_string(), 4)].into(),
             }],
         };
         assert_eq!(render(&s), include_str!("testdata/metrics.prom"));

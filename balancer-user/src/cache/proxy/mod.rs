@@ -2,7 +2,8 @@
 //! (or generic JSON) reverse proxy in front of a pool of backends.
 //!
 //! Per request: decide its priority tier ([`crate::route::tier`]; named in
-//! `X-Balancer-Tier`), read the body (413 over the route's limit), decide
+//! `X-Balancer-Tier`), shed it with 429 and `Retry-After` when the pool is
+//! saturated and its tier yields ([`crate::route::admission`]), read the body (413 over the route's limit), decide
 //! cacheability ([`super::key::classify`]), then
 //!
 //! - **bypass**: forward as is and stream the answer back (SSE included);
@@ -51,7 +52,10 @@ use tracing::{debug, warn};
 
 use crate::{
     http,
-    route::tier::{self, Tier, TierCounts},
+    route::{
+        admission::{self, Admission, Verdict},
+        tier::{self, Tier, TierCounts},
+    },
 };
 
 use self::{
@@ -68,7 +72,7 @@ use super::{
 };
 
 /// A route's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Name (part of every key: routes never share entries).
     pub name: String,
@@ -115,6 +119,8 @@ pub struct RouteConfig {
     pub cache: bool,
     /// How each request's priority tier is decided.
     pub tiers: crate::route::tier::TierPolicy,
+    /// When lower tiers are shed (`None`: never).
+    pub shedding: Option<crate::route::admission::Shedding>,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -155,6 +161,10 @@ pub struct Route {
     budget: Arc<Semaphore>,
     /// Requests per priority tier.
     tier_counts: TierCounts,
+    /// Of them, those shed.
+    shed_counts: TierCounts,
+    /// Shedding's state.
+    admission: Admission,
 }
 
 impl Route {
@@ -167,6 +177,7 @@ impl Route {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);
         let cfg_budget = cfg.body_budget_bytes;
+        let cfg_shedding = cfg.shedding;
         Arc::new(Self {
             cfg,
             cache,
@@ -179,6 +190,8 @@ impl Route {
                 cfg_budget.min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
             tier_counts: TierCounts::default(),
+            shed_counts: TierCounts::default(),
+            admission: Admission::new(cfg_shedding),
         })
     }
 
@@ -268,14 +281,54 @@ impl Route {
             Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_priority", &e.to_string()),
         };
         self.tier_counts.count(tier);
-        let mut r = self.serve_request(parts, body, tier).await;
+        let mut r = match self.admit(tier) {
+            Verdict::Admit => self.serve_request(parts, body, tier).await,
+            Verdict::Shed { retry_after_s } => {
+                self.shed_counts.count(tier);
+                self.shed(tier, retry_after_s)
+            }
+        };
         set(r.headers_mut(), X_BALANCER_TIER, tier.label());
         r
     }
 
-    /// Requests so far per tier.
-    pub fn tier_counts(&self) -> [u64; 3] {
-        self.tier_counts.snapshot()
+    /// Requests so far per tier, and of them those shed.
+    pub fn tier_counts(&self) -> ([u64; 3], [u64; 3]) {
+        (self.tier_counts.snapshot(), self.shed_counts.snapshot())
+    }
+
+    /// Whether a request of `tier` goes on, from the pool's requests in
+    /// flight against its capacity.
+    fn admit(&self, tier: Tier) -> Verdict {
+        if self.cfg.shedding.is_none() {
+            return Verdict::Admit;
+        }
+        let members = self.members();
+        let live = members.iter().filter(|m| m.weight > 0);
+        let in_flight: u64 = live
+            .clone()
+            .map(|m| m.in_flight.load(Ordering::Relaxed))
+            .sum();
+        self.admission
+            .decide(tier, in_flight, live.count(), admission::draw())
+    }
+
+    /// The 429 of a shed request.
+    fn shed(&self, tier: Tier, retry_after_s: u32) -> Response<Body> {
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "shed",
+            &format!(
+                "route {:?} is saturated and sheds {tier} requests; retry after {retry_after_s} s",
+                self.cfg.name
+            ),
+        );
+        set(
+            r.headers_mut(),
+            header::RETRY_AFTER,
+            &retry_after_s.to_string(),
+        );
+        r
     }
 
     /// The body a backend is sent: with the tier as vLLM's `priority` when
@@ -303,8 +356,9 @@ impl Route {
             Ok(m) => m,
             Err(why) => {
                 self.cache.counters.bump(Counter::Bypasses);
+                let k = self.bypass_key(&parts, &body);
                 let body = self.for_engine(body, tier);
-                let mut r = self.forward_streaming(&parts, body, None).await;
+                let mut r = self.forward_streaming(&parts, body, Some(k)).await;
                 set(r.headers_mut(), X_CACHE, "BYPASS");
                 set(r.headers_mut(), X_CACHE_REASON, why.label());
                 return r;

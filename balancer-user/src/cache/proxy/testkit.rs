@@ -26,6 +26,7 @@ pub(super) fn config() -> RouteConfig {
         pick: crate::cache::pick::Pick::default(),
         cache: true,
         tiers: Default::default(),
+        shedding: None,
     }
 }
 

@@ -2,7 +2,10 @@
 //! is told it as vLLM's `priority` when the route says so, and a bad
 //! `x-priority` is refused.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use http_body_util::BodyExt;
 
@@ -115,4 +118,123 @@ async fn without_priority_field_the_body_is_untouched() {
     let (r, _) = testkit::serve(cfg, vec![(b, 1)]).await;
     let (status, t, p) = send(r, &[("x-priority", "sheddable")]).await;
     assert_eq!((status, t.as_str(), p), (200, "sheddable", (-5).into()));
+}
+
+/// A backend that holds every request until `release` gets permits, and
+/// counts those it holds.
+async fn holding() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (held, release) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
+    let (h, r) = (held.clone(), release.clone());
+    tokio::spawn(http::serve(l, http::Settings::new("hold"), move |req| {
+        let (h, r) = (h.clone(), r.clone());
+        async move {
+            let _ = req.into_body().collect().await;
+            h.fetch_add(1, Ordering::Relaxed);
+            let _ = r.acquire().await;
+            Response::new(Full::new(Bytes::from_static(b"{}")))
+        }
+    }));
+    (addr, held, release)
+}
+
+#[tokio::test]
+async fn a_saturated_pool_sheds_sheddable_with_retry_after_and_never_critical() {
+    let (b, held, release) = holding().await;
+    let cfg = RouteConfig {
+        tiers: tiers(false),
+        shedding: Some(crate::route::admission::Shedding::new(1)),
+        ..testkit::config()
+    };
+    let (r, _) = testkit::serve(cfg, vec![(b, 1)]).await;
+    // One standard request fills the pool's one slot.
+    let first = tokio::spawn(send(r, &[]));
+    let deadline = tokio::time::Instant::now() + crate::testutil::margin();
+    while held.load(Ordering::Relaxed) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Sheddable is shed outright at 100%, with a Retry-After of 1-60 s.
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::post(format!("http://{r}/v1/chat/completions"))
+        .header("x-priority", "sheddable")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[]}"#,
+        )))
+        .unwrap();
+    let shed = client.request(req).await.unwrap();
+    assert_eq!(shed.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u32 = shed.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(shed.headers()["x-balancer-tier"], "sheddable");
+    // Critical goes on, at any saturation.
+    let critical = tokio::spawn(send(
+        r,
+        &[("x-api-key", "sk-1"), ("x-priority", "critical")],
+    ));
+    while held.load(Ordering::Relaxed) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "critical never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.add_permits(16);
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(critical.await.unwrap().1, "critical");
+}
+
+/// A backend that answers with its name.
+async fn named(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(http::serve(
+        l,
+        http::Settings::new(name),
+        move |req| async move {
+            let _ = req.into_body().collect().await;
+            Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+        },
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn a_request_goes_to_one_backend_whatever_its_tier() {
+    // The tier written into the body must not move the key-affine pick.
+    let pool = vec![(named("a").await, 1), (named("b").await, 1)];
+    let cfg = RouteConfig {
+        tiers: tiers(true),
+        ..testkit::config()
+    };
+    let (r, _) = testkit::serve(cfg, pool).await;
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let answer = |prompt: usize, headers: Headers<'static>| {
+        let client = client.clone();
+        async move {
+            let body = format!(r#"{{"model":"m","temperature":1,"prompt":"p{prompt}"}}"#);
+            let mut req = Request::post(format!("http://{r}/v1/completions"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = client
+                .request(req.body(Full::new(Bytes::from(body))).unwrap())
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    for prompt in 0..8 {
+        let low = answer(prompt, &[("x-priority", "sheddable")]).await;
+        let high = answer(prompt, &[("x-api-key", "sk-1"), ("x-priority", "critical")]).await;
+        assert_eq!(low, high, "prompt {prompt}");
+    }
 }

@@ -4,28 +4,36 @@ use balancer::{api::RouteStatsRow, route::tier::Tier};
 
 use super::table::{Align, render};
 
-/// Requests per route and tier, one row a route.
+/// Requests and shed requests per route and tier, one row a tier.
 pub fn stats(rows: &[RouteStatsRow]) -> String {
     if rows.is_empty() {
         return "no routes (the daemon's configuration has no [[route]])\n".into();
     }
-    let mut headers = vec![("route", Align::Left)];
-    headers.extend(Tier::ALL.iter().map(|t| (t.label(), Align::Right)));
-    headers.push(("total", Align::Right));
+    let headers = [
+        ("route", Align::Left),
+        ("tier", Align::Left),
+        ("requests", Align::Right),
+        ("shed", Align::Right),
+    ];
+    let get = |m: &std::collections::BTreeMap<String, u64>, t: Tier| {
+        m.get(t.label()).copied().unwrap_or(0).to_string()
+    };
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
-            let counts: Vec<u64> = Tier::ALL
-                .iter()
-                .map(|t| r.requests_by_tier.get(t.label()).copied().unwrap_or(0))
-                .collect();
-            let mut row = vec![r.route.clone()];
-            row.extend(counts.iter().map(u64::to_string));
-            row.push(counts.iter().sum::<u64>().to_string());
-            row
+        .flat_map(|r| {
+            Tier::ALL.iter().map(move |t| {
+                vec![
+                    r.route.clone(),
+                    t.label().to_string(),
+                    get(&r.requests_by_tier, *t),
+                    get(&r.shed_by_tier, *t),
+                ]
+            })
         })
         .collect();
-    let mut out = String::from("requests by priority tier, since the daemon started\n");
+    let mut out = String::from(
+        "requests by priority tier since the daemon started, and of them those shed (429)\n",
+    );
     out.push_str(&render(&headers, &body));
     out
 }
@@ -35,17 +43,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_aligned_row_a_route() {
-        let row = |name: &str, c: u64, sh: u64| RouteStatsRow {
-            route: name.into(),
-            requests_by_tier: [("critical".to_string(), c), ("sheddable".to_string(), sh)].into(),
+    fn one_aligned_row_a_route_and_tier() {
+        let row = RouteStatsRow {
+            route: "openai".into(),
+            requests_by_tier: [
+                ("critical".to_string(), 12),
+                ("sheddable".to_string(), 3400),
+            ]
+            .into(),
+            shed_by_tier: [("sheddable".to_string(), 700)].into(),
         };
         assert_eq!(
-            stats(&[row("openai", 12, 3400), row("embeddings-long-name", 0, 5)]),
-            "requests by priority tier, since the daemon started\n\
-             route                 critical  standard  sheddable  total\n\
-             openai                      12         0       3400   3412\n\
-             embeddings-long-name         0         0          5      5\n"
+            stats(&[row]),
+            "requests by priority tier since the daemon started, and of them those shed (429)\n\
+             route   tier       requests  shed\n\
+             openai  critical         12     0\n\
+             openai  standard          0     0\n\
+             openai  sheddable      3400   700\n"
         );
         assert!(stats(&[]).starts_with("no routes"));
     }

@@ -184,6 +184,26 @@ fn tiers_are_checked() {
             "route[0].tenant[0].tier",
             "use one of",
         ),
+        (
+            tenant("name = \"a\"\nkeys = \"sk-secret\""),
+            "route[0].tenant[0].keys",
+            "a list of strings",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"sk-secret\", 7]"),
+            "route[0].tenant[0].keys",
+            "a list of strings",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"sk-\u{e9}\"]"),
+            "route[0].tenant[0].keys",
+            "visible ASCII",
+        ),
+        (
+            tenant("name = \"a\"\nkeys = [\"k\"]\nmax_tier = \"sheddable\""),
+            "route[0].tenant[0].max_tier",
+            "below the tier this tenant's requests get by default",
+        ),
     ] {
         let e = Config::parse(Path::new("t.toml"), &src).unwrap_err();
         assert_eq!(e.field, field, "{e}");
@@ -192,5 +212,66 @@ fn tiers_are_checked() {
             !e.to_string().contains("sk-secret"),
             "keys never appear in errors: {e}"
         );
+    }
+}
+
+#[test]
+fn shedding_defaults_and_is_checked() {
+    use crate::route::admission::{Curve, Shedding};
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    assert_eq!(
+        c.cache_routes[0].route.shedding, None,
+        "off unless max_in_flight is set"
+    );
+    let c = Config::parse(Path::new("t.toml"), &format!("{ROUTE}max_in_flight = 8\n")).unwrap();
+    assert_eq!(c.cache_routes[0].route.shedding, Some(Shedding::new(8)));
+    let src = format!(
+        "{ROUTE}max_in_flight = 8\n[route.shed]\nsheddable = [0.5, 0.9]\nstandard = [0.9, 2.0]\n"
+    );
+    let s = Config::parse(Path::new("t.toml"), &src)
+        .unwrap()
+        .cache_routes[0]
+        .route
+        .shedding
+        .unwrap();
+    assert_eq!(
+        (s.sheddable, s.standard),
+        (
+            Curve {
+                start: 0.5,
+                full: 0.9
+            },
+            Curve {
+                start: 0.9,
+                full: 2.0
+            }
+        )
+    );
+    for (extra, field, says) in [
+        (
+            "[route.shed]\nsheddable = [0.5, 0.9]\n",
+            "route[0].shed",
+            "needs max_in_flight",
+        ),
+        ("max_in_flight = 0\n", "route[0].max_in_flight", "use 1 to"),
+        (
+            "max_in_flight = 4\n[route.shed]\nsheddable = [0.9, 0.5]\n",
+            "route[0].shed.sheddable",
+            "start < full",
+        ),
+        (
+            "max_in_flight = 4\n[route.shed]\nstandard = [-1.0, 2.0]\n",
+            "route[0].shed.standard",
+            "0 <= start",
+        ),
+        (
+            "max_in_flight = 4\n[route.shed]\nsheddable = [0.8, 1.2]\nstandard = [1.0, 1.5]\n",
+            "route[0].shed.standard",
+            "start standard there or later",
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
     }
 }
