@@ -3,8 +3,9 @@
 //!
 //! Per request: decide its priority tier ([`crate::route::tier`]; named in
 //! `X-Balancer-Tier`), shed it with 429 and `Retry-After` when the pool is
-//! saturated and its tier yields ([`crate::route::admission`]), read the body (413 over the route's limit), decide
-//! cacheability ([`super::key::classify`]), then
+//! saturated and its tier yields ([`crate::route::admission`]), read the
+//! body (413 over the route's limit), decide cacheability
+//! ([`super::key::classify`]), then
 //!
 //! - **bypass**: forward as is and stream the answer back (SSE included);
 //! - **hit** (L1, then L2): answer from the entry, `X-Cache: HIT` and `Age`;
