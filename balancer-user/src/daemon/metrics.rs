@@ -279,14 +279,8 @@ pub fn render(s: &StatsReply) -> String {
     if let Some(c) = &s.cache {
         render_cache(c, &mut o);
     }
-    let families: [(&Family, PerTier); 2] = [
-        (&ROUTE_REQUESTS, |r| &r.requests_by_tier),
-        (&ROUTE_SHED, |r| &r.shed_by_tier),
-    ];
-    for (f, get) in families {
-        if s.routes.is_empty() {
-            break;
-        }
+    // A daemon without routes has no route families at all.
+    for (f, get) in ROUTE_FAMILIES.iter().filter(|_| !s.routes.is_empty()) {
         f.header(&mut o);
         for r in &s.routes {
             let route = escape(&r.route);
@@ -302,17 +296,24 @@ pub fn render(s: &StatsReply) -> String {
 /// One of a route's per-tier counts.
 type PerTier = fn(&RouteStatsRow) -> &BTreeMap<String, u64>;
 
-/// Requests per route and priority tier.
-const ROUTE_REQUESTS: Family = Family::counter(
-    "balancer_route_requests_total",
-    "Requests through each route by priority tier (critical, standard, sheddable), counted on arrival.",
-);
-
-/// Requests shed per route and tier.
-const ROUTE_SHED: Family = Family::counter(
-    "balancer_route_shed_total",
-    "Requests each route shed (429 with Retry-After) by priority tier, its pool saturated.",
-);
+/// The route families: requests per route and priority tier, and of them
+/// those shed.
+const ROUTE_FAMILIES: &[(Family, PerTier)] = &[
+    (
+        Family::counter(
+            "balancer_route_requests_total",
+            "Requests through each route by priority tier (critical, standard, sheddable), counted on arrival.",
+        ),
+        |r| &r.requests_by_tier,
+    ),
+    (
+        Family::counter(
+            "balancer_route_shed_total",
+            "Requests each route shed (429 with Retry-After) by priority tier, its pool saturated.",
+        ),
+        |r| &r.shed_by_tier,
+    ),
+];
 
 fn render_cache(c: &CacheStats, o: &mut String) {
     for (f, samples) in CACHE_FAMILIES {
