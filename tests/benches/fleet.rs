@@ -33,7 +33,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "round-robin,least-request,random,xdp-static,xdp-telemetry"
+        default_value = "round-robin,least-request,random,aware,xdp-static,xdp-telemetry"
     )]
     strategies: Vec<String>,
     /// Run the strategies at once, each on its own fleet, from one start

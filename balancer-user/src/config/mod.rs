@@ -56,7 +56,8 @@
 //! # credential_headers = ["authorization", "x-api-key"]
 //! # mark_down_after = 3              # failures in a row leave a backend out
 //! # mark_down_ms = 10000             # for this long
-//! # pick = "consistent-hash"         # or "round-robin", "least-request", "random"
+//! # pick = "consistent-hash"         # or "round-robin", "least-request", "random", "aware"
+//! # models_refresh_ms = 5000         # aware: how often to ask backends' /v1/models
 //! # cache = true                     # false: forward every request uncached
 //! # default_tier = "standard"        # and the most a client no key names may claim
 //! # priority_field = false           # pass the tier as vLLM's "priority"
@@ -183,6 +184,7 @@ struct RawCacheRoute {
     credential_headers: Option<Spanned<Vec<String>>>,
     mark_down_after: Option<Spanned<u64>>,
     mark_down_ms: Option<Spanned<u64>>,
+    models_refresh_ms: Option<Spanned<u64>>,
     pick: Option<Spanned<String>>,
     cache: Option<bool>,
     default_tier: Option<Spanned<String>>,

@@ -154,6 +154,13 @@ fn route(
         )?),
     };
     let pick = word(&r.pick, &Pick::ALL, cx, field("pick"))?;
+    let models_refresh = ranged(
+        &r.models_refresh_ms,
+        "models_refresh_ms",
+        5_000,
+        100,
+        600_000,
+    )?;
     let tiers = tiers(r, cx, &field)?;
     let shedding = shedding(r, cx, &field)?;
     Ok(CacheRoute {
@@ -177,6 +184,7 @@ fn route(
             credential_headers,
             mark_down,
             pick,
+            models_refresh: Duration::from_millis(models_refresh),
             cache: r.cache.unwrap_or(true),
             tiers,
             shedding,

@@ -9,6 +9,8 @@
 //! HTTP serving or the cache.
 
 pub mod admission;
+pub mod cost;
+pub mod prefix;
 pub mod request;
 pub mod tier;
 pub mod tokens;

@@ -24,7 +24,15 @@ pub struct Shape {
     pub images: u32,
     /// Inputs of an embeddings request (1 for anything else).
     pub inputs: u32,
+    /// Whether it asks for a streamed answer (`"stream": true`).
+    pub stream: bool,
+    /// The prompt text in order, its first [`MAX_TEXT`] bytes: what prefix
+    /// matching hashes.
+    pub text: Vec<u8>,
 }
+
+/// Most prompt bytes a shape keeps (the prefix index hashes no more).
+pub const MAX_TEXT: usize = super::prefix::BLOCK_BYTES * super::prefix::MAX_BLOCKS;
 
 /// The shape of `body` (`None` when it is not a JSON object: the gateway
 /// forwards such bodies and knows nothing of their cost).
@@ -38,6 +46,7 @@ pub fn parse(body: &[u8]) -> Option<Shape> {
             .unwrap_or_default()
             .to_string(),
         inputs: 1,
+        stream: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
         ..Shape::default()
     };
     let known = ["messages", "prompt", "input", "inputs"];
@@ -83,7 +92,11 @@ pub fn parse(body: &[u8]) -> Option<Shape> {
 /// …}`, `image_url`, `image`, `input_image`).
 fn text(v: Option<&Value>, s: &mut Shape) {
     match v {
-        Some(Value::String(t)) => s.prompt_bytes += t.len() as u64,
+        Some(Value::String(t)) => {
+            s.prompt_bytes += t.len() as u64;
+            let room = MAX_TEXT.saturating_sub(s.text.len());
+            s.text.extend_from_slice(&t.as_bytes()[..t.len().min(room)]);
+        }
         // A token id counts as about one token's text.
         Some(Value::Number(_)) => s.prompt_bytes += 4,
         Some(Value::Array(a)) => a.iter().for_each(|x| text(Some(x), s)),
@@ -117,6 +130,7 @@ mod tests {
                     max_tokens: Some(64),
                     images: 1,
                     inputs: 1,
+                    ..Shape::default()
                 }),
             ),
             (
@@ -128,6 +142,7 @@ mod tests {
                     max_tokens: Some(3),
                     images: 0,
                     inputs: 1,
+                    ..Shape::default()
                 }),
             ),
             (
@@ -139,6 +154,7 @@ mod tests {
                     max_tokens: None,
                     images: 0,
                     inputs: 2,
+                    ..Shape::default()
                 }),
             ),
             (
@@ -150,6 +166,7 @@ mod tests {
                     max_tokens: Some(20),
                     images: 0,
                     inputs: 1,
+                    ..Shape::default()
                 }),
             ),
             (
@@ -161,6 +178,7 @@ mod tests {
                     max_tokens: Some(5),
                     images: 0,
                     inputs: 1,
+                    ..Shape::default()
                 }),
             ),
             (
@@ -172,13 +190,18 @@ mod tests {
                     max_tokens: None,
                     images: 0,
                     inputs: 1,
+                    ..Shape::default()
                 }),
             ),
             ("not JSON", "hello", None),
             ("not an object", "[1,2]", None),
         ];
         for (what, body, want) in cases {
-            assert_eq!(&parse(body.as_bytes()), want, "{what}");
+            let got = parse(body.as_bytes()).map(|s| Shape {
+                text: Vec::new(),
+                ..s
+            });
+            assert_eq!(&got, want, "{what}");
         }
     }
 
@@ -187,6 +210,21 @@ mod tests {
         let s =
             parse(br#"{"input":[1,2,3],"max_completion_tokens":null,"max_tokens":64}"#).unwrap();
         assert_eq!((s.inputs, s.prompt_bytes, s.max_tokens), (1, 12, Some(64)));
+    }
+
+    #[test]
+    fn the_prompt_text_is_kept_in_order_and_capped() {
+        let s = parse(br#"{"stream":true,"messages":[{"content":"ab"},{"content":[{"type":"text","text":"cd"}]}]}"#)
+            .unwrap();
+        assert_eq!((s.text.as_slice(), s.stream), (&b"abcd"[..], true));
+        let long = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(MAX_TEXT + 10));
+        let s = parse(long.as_bytes()).unwrap();
+        assert_eq!(s.text.len(), MAX_TEXT);
+        assert_eq!(
+            s.prompt_bytes,
+            MAX_TEXT as u64 + 10,
+            "the bytes still count"
+        );
     }
 
     #[test]

@@ -370,6 +370,7 @@ mod tests {
                 makespan_s: 10.0,
                 cpu_s: 0.1,
                 cores: 2,
+                prediction: None,
             })
             .collect()
     }

@@ -104,6 +104,8 @@ pub struct Figures {
     pub nodes: Vec<NodeFigures>,
     /// The first few errors, for a reader to see what failed.
     pub errors: Vec<String>,
+    /// The gateway's cost model against what happened, when it predicted.
+    pub prediction: Option<super::run::PredictionError>,
 }
 
 /// Works out a run's figures.
@@ -222,6 +224,7 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
         cores: run.cores,
         nodes,
         errors,
+        prediction: run.prediction,
     }
 }
 
@@ -324,6 +327,19 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
         }
         o.push_str(&aligned(&rows));
     }
+    for f in all {
+        if let Some(p) = &f.prediction {
+            let _ = writeln!(
+                o,
+                "  {}'s cost model: TTFT MAPE {:.1}% over {} predictions, end to end {:.1}% over {}",
+                f.strategy,
+                100.0 * p.ttft_mape,
+                p.ttft_n,
+                100.0 * p.e2e_mape,
+                p.e2e_n
+            );
+        }
+    }
     o
 }
 
@@ -337,6 +353,10 @@ pub fn pool(runs: &[Run]) -> Option<Run> {
         out.outcomes.extend(r.outcomes.iter().cloned());
         out.makespan_s += r.makespan_s;
         out.cpu_s += r.cpu_s;
+        out.prediction = match (out.prediction, r.prediction) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
+        };
         for (name, _, g) in &r.nodes {
             if let Some((_, _, p)) = out.nodes.iter_mut().find(|n| &n.0 == name) {
                 p.counters.prompt_tokens += g.counters.prompt_tokens;
@@ -440,6 +460,7 @@ mod tests {
             makespan_s: 10.0,
             cpu_s: 1.0,
             cores: 2,
+            prediction: None,
         }
     }
 

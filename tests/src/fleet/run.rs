@@ -20,7 +20,7 @@ use balancer::{
     config::Config,
     emulate::{
         adapters::Adapters,
-        models::Models,
+        models::{ModelSpec, Models},
         node::{Gauges, Node},
         server::{self, Emulator, Served},
     },
@@ -54,10 +54,11 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, by name.
-    pub const ALL: [(&'static str, Strategy); 5] = [
+    pub const ALL: [(&'static str, Strategy); 6] = [
         ("round-robin", Strategy::L7(Pick::RoundRobin)),
         ("least-request", Strategy::L7(Pick::LeastRequest)),
         ("random", Strategy::L7(Pick::Random)),
+        ("aware", Strategy::L7(Pick::Aware)),
         ("xdp-static", Strategy::L4(Weights::Static)),
         ("xdp-telemetry", Strategy::L4(Weights::Telemetry)),
     ];
@@ -119,6 +120,51 @@ pub struct Run {
     pub cpu_s: f64,
     /// The machine's cores.
     pub cores: usize,
+    /// The gateway's cost model against what happened (L7 routes).
+    pub prediction: Option<PredictionError>,
+}
+
+/// How far a route's cost model predicted from what it then observed.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct PredictionError {
+    /// Time-to-first-token predictions compared.
+    pub ttft_n: u64,
+    /// Their mean absolute percentage error, a fraction.
+    pub ttft_mape: f64,
+    /// End-to-end predictions compared.
+    pub e2e_n: u64,
+    /// Their MAPE.
+    pub e2e_mape: f64,
+}
+
+impl PredictionError {
+    /// The route's figures (`None` before any prediction was compared).
+    fn of(route: &proxy::Route) -> Option<Self> {
+        let [(tn, tm), (en, em)] = route.prediction_error();
+        (tn + en > 0).then(|| Self {
+            ttft_n: tn,
+            ttft_mape: tm.unwrap_or(0.0),
+            e2e_n: en,
+            e2e_mape: em.unwrap_or(0.0),
+        })
+    }
+
+    /// Two runs' figures as one, each MAPE weighted by its count.
+    pub fn merge(self, o: Self) -> Self {
+        let mean = |a: f64, n: u64, b: f64, m: u64| {
+            if n + m == 0 {
+                0.0
+            } else {
+                (a * n as f64 + b * m as f64) / (n + m) as f64
+            }
+        };
+        Self {
+            ttft_n: self.ttft_n + o.ttft_n,
+            ttft_mape: mean(self.ttft_mape, self.ttft_n, o.ttft_mape, o.ttft_n),
+            e2e_n: self.e2e_n + o.e2e_n,
+            e2e_mape: mean(self.e2e_mape, self.e2e_n, o.e2e_mape, o.e2e_n),
+        }
+    }
 }
 
 /// How long a request may take before it counts as failed, past the
@@ -126,14 +172,22 @@ pub struct Run {
 pub const GRACE: Duration = Duration::from_secs(60);
 
 /// Nodes running in this process, each with its address, name and class.
-type LocalFleet = Vec<(SocketAddr, String, String)>;
+pub type LocalFleet = Vec<(SocketAddr, String, String)>;
 
 /// Starts one emulated node per fleet entry, in this process.
 async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
+    start_nodes(&s.fleet, &s.mixed_models()).await
+}
+
+/// Starts `fleet`'s nodes in this process, each serving its model and the
+/// non-LLM `mixed` ones, named `{class}-{n}`.
+pub async fn start_nodes(
+    fleet: &super::scenario::Fleet,
+    mixed: &[ModelSpec],
+) -> Result<LocalFleet> {
     let mut out = Vec::new();
-    for (class, count) in &s.fleet.nodes {
-        let c = s
-            .fleet
+    for (class, count) in &fleet.nodes {
+        let c = fleet
             .profile
             .class(class)
             .with_context(|| format!("no class {class}"))?
@@ -147,10 +201,10 @@ async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
                 node,
                 Served {
                     name: name.clone(),
-                    model: s.fleet.model.clone(),
+                    model: fleet.model.clone(),
                 },
-                Adapters::new(s.fleet.profile.lora.clone()),
-                Models::new(&s.mixed_models(), class),
+                Adapters::new(fleet.profile.lora.clone()),
+                Models::new(mixed, class),
             );
             tokio::spawn(server::serve(l, emu));
             out.push((addr, name, class.clone()));
@@ -162,7 +216,10 @@ async fn start_fleet(s: &Scenario) -> Result<LocalFleet> {
 /// A route over `backends` with `pick`, configured as a user would. Its
 /// cache stage is off: the L7 strategies differ from the L4 ones in the pick
 /// alone, never by an answer the backends did not compute.
-async fn start_route(pick: Pick, backends: &[SocketAddr]) -> Result<SocketAddr> {
+async fn start_route(
+    pick: Pick,
+    backends: &[SocketAddr],
+) -> Result<(SocketAddr, Arc<proxy::Route>)> {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     let toml = format!(
         "[daemon]\nsocket = \"/nonexistent/fleet.sock\"\n\n[[route]]\nname = \"fleet\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\nmax_request_bytes = 8388608\ntimeout_ms = 600000\nmax_connections = 65536\ncache = false\npick = \"{}\"\n",
@@ -177,8 +234,9 @@ async fn start_route(pick: Pick, backends: &[SocketAddr]) -> Result<SocketAddr> 
     let cache = Cache::new(Settings::default())?;
     let pool: Vec<(SocketAddr, u32)> = backends.iter().map(|a| (*a, 1)).collect();
     let source: proxy::PoolSource = Arc::new(move || pool.clone());
-    tokio::spawn(proxy::Route::new(r, cache, source).serve(l));
-    Ok(addr)
+    let route = proxy::Route::new(r, cache, source);
+    tokio::spawn(route.clone().serve(l));
+    Ok((addr, route))
 }
 
 /// Busy CPU-seconds of the whole machine so far (`/proc/stat`): the
@@ -222,9 +280,19 @@ fn load_limit(s: &Scenario) -> Duration {
 /// Where one strategy's fleet runs.
 enum Backends {
     /// In this process, behind an in-process route.
-    Local(LocalFleet),
+    Local(LocalFleet, Arc<proxy::Route>),
     /// In a testbed, behind the daemon's XDP program.
     Testbed(Box<L4Fleet>),
+}
+
+impl Backends {
+    /// The in-process route in front of a local fleet.
+    fn route(&self) -> Option<&Arc<proxy::Route>> {
+        match self {
+            Backends::Local(_, r) => Some(r),
+            Backends::Testbed(_) => None,
+        }
+    }
 }
 
 /// A strategy's fleet and gateway, up and idle, waiting for [`Prepared::send`].
@@ -248,7 +316,8 @@ pub async fn prepare(s: &Scenario, strategy: Strategy) -> Result<Prepared> {
             tokio::task::spawn_blocking(move || l4::wait_ready(&wait, limit))
                 .await
                 .context("waiting for the nodes panicked")??;
-            (start_route(pick, &addrs).await?, Backends::Local(fleet))
+            let (target, route) = start_route(pick, &addrs).await?;
+            (target, Backends::Local(fleet, route))
         }
         Strategy::L4(weights) => {
             let s = s.clone();
@@ -295,7 +364,7 @@ impl Prepared {
         let scenario = Arc::new(s.clone());
         let cpu0 = machine_cpu();
         let mut outcomes = match &self.backends {
-            Backends::Local(_) => {
+            Backends::Local(..) => {
                 // Keep-alive to the route, as a gateway's clients would.
                 send_share(
                     self.target,
@@ -344,9 +413,10 @@ impl Prepared {
             .iter()
             .map(|o| o.sent_s + o.e2e_s.unwrap_or(0.0))
             .fold(0.0, f64::max);
+        let prediction = self.backends.route().and_then(|r| PredictionError::of(r));
         let nodes = match self.backends {
             // Read as the L4 fleet's are: from each node's /metrics.
-            Backends::Local(fleet) => tokio::task::spawn_blocking(move || {
+            Backends::Local(fleet, _) => tokio::task::spawn_blocking(move || {
                 fleet
                     .iter()
                     .map(|(addr, name, class)| {
@@ -369,6 +439,7 @@ impl Prepared {
             makespan_s,
             cpu_s: cpu1 - cpu0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prediction,
         })
     }
 }

@@ -13,7 +13,7 @@
 
 use std::{net::SocketAddr, sync::atomic::Ordering};
 
-use super::{Member, Selector};
+use super::{Ask, Member, Selector};
 
 /// The load bound's slack factor: a backend may carry 25% over its share.
 pub const BALANCE: f64 = 1.25;
@@ -45,7 +45,8 @@ fn score(key: u64, m: &Member) -> f64 {
 pub struct BoundedHash;
 
 impl Selector for BoundedHash {
-    fn select<'a>(&self, key: u64, members: &'a [Member]) -> Option<&'a Member> {
+    fn select<'a>(&self, ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member> {
+        let key = ask.key;
         let total_w: f64 = members.iter().map(|m| m.weight as f64).sum();
         let load: u64 = members
             .iter()

@@ -8,14 +8,14 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Member, Selector};
+use super::{Ask, Member, Selector};
 
 /// Fewest outstanding requests, weighted.
 #[derive(Debug, Default)]
 pub struct LeastRequest;
 
 impl Selector for LeastRequest {
-    fn select<'a>(&self, _key: u64, members: &'a [Member]) -> Option<&'a Member> {
+    fn select<'a>(&self, _ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member> {
         let load = |m: &Member| {
             let w = m.weight as f64;
             (

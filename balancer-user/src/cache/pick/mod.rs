@@ -5,11 +5,15 @@
 //!   goes to the same backend, within a load bound;
 //! - [`round_robin`]: each backend in turn, in proportion to its weight;
 //! - [`least_request`]: the fewest requests in flight for its weight;
-//! - [`random`]: weighted at random.
+//! - [`random`]: weighted at random;
+//! - [`aware`]: the earliest predicted first token (or completion, for a
+//!   heavy request) by the route's cost model, sticky to the backend
+//!   holding the request's prompt prefix until that backend saturates.
 //!
 //! Every selector skips backends of weight 0 and sees the same pool, so the
 //! fleet bench can compare them on one workload.
 
+pub mod aware;
 pub mod bounded_hash;
 pub mod least_request;
 pub mod random;
@@ -34,6 +38,32 @@ pub struct Member {
     pub in_flight: Arc<AtomicU64>,
     /// Requests sent to it so far (round-robin's turn).
     pub picked: Arc<AtomicU64>,
+    /// What the route's cost model learned of it.
+    pub cost: Arc<crate::route::cost::Backend>,
+    /// The models and adapters it listed last (`None`: unknown).
+    pub models: Option<Arc<std::collections::BTreeSet<String>>>,
+}
+
+/// What a selector knows of the request it places.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The request's key hash (its cache key, or its path and body).
+    pub key: u64,
+    /// Its cost, when the route parsed it (`pick = "aware"`).
+    pub work: Option<&'a crate::route::cost::Work>,
+    /// A cacheable miss: equal keys should meet at one backend.
+    pub affine: bool,
+}
+
+impl Ask<'_> {
+    /// A request known by its key alone.
+    pub fn key(key: u64) -> Self {
+        Self {
+            key,
+            work: None,
+            affine: false,
+        }
+    }
 }
 
 /// Counts a request in flight until dropped.
@@ -48,9 +78,9 @@ impl Drop for InFlight {
 
 /// A selection algorithm.
 pub trait Selector: Send + Sync {
-    /// The member for a request whose key hashes to `key`, among those of
-    /// weight above 0; `None` when there is none.
-    fn select<'a>(&self, key: u64, members: &'a [Member]) -> Option<&'a Member>;
+    /// The member for the request `ask`, among those of weight above 0;
+    /// `None` when there is none.
+    fn select<'a>(&self, ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member>;
 }
 
 /// A route's `pick` setting.
@@ -65,15 +95,18 @@ pub enum Pick {
     LeastRequest,
     /// [`random::Random`].
     Random,
+    /// [`aware::Aware`].
+    Aware,
 }
 
 impl Pick {
     /// Every setting, with its configuration word.
-    pub const ALL: [(&'static str, Self); 4] = [
+    pub const ALL: [(&'static str, Self); 5] = [
         ("consistent-hash", Self::ConsistentHash),
         ("round-robin", Self::RoundRobin),
         ("least-request", Self::LeastRequest),
         ("random", Self::Random),
+        ("aware", Self::Aware),
     ];
 
     /// The configuration word.
@@ -96,6 +129,7 @@ impl Pick {
             Self::RoundRobin => &round_robin::RoundRobin,
             Self::LeastRequest => &least_request::LeastRequest,
             Self::Random => &random::Random,
+            Self::Aware => &aware::Aware,
         }
     }
 }
@@ -107,13 +141,23 @@ pub fn pick(
     key: u64,
     members: &[Member],
 ) -> Option<(SocketAddr, InFlight)> {
+    pick_for(selector, &Ask::key(key), members).map(|(m, g)| (m.addr, g))
+}
+
+/// Picks the member for `ask` with `selector` and counts the request
+/// against it; `None` when no backend has weight.
+pub fn pick_for<'a>(
+    selector: &dyn Selector,
+    ask: &Ask<'_>,
+    members: &'a [Member],
+) -> Option<(&'a Member, InFlight)> {
     if members.iter().all(|m| m.weight == 0) {
         return None;
     }
-    let chosen = selector.select(key, members)?;
+    let chosen = selector.select(ask, members)?;
     chosen.in_flight.fetch_add(1, Ordering::Relaxed);
     chosen.picked.fetch_add(1, Ordering::Relaxed);
-    Some((chosen.addr, InFlight(chosen.in_flight.clone())))
+    Some((chosen, InFlight(chosen.in_flight.clone())))
 }
 
 /// A pool of `weights` at 10.0.0.1, 10.0.0.2, ... for the selectors' tests.
@@ -127,6 +171,8 @@ pub(crate) fn pool(weights: &[u32]) -> Vec<Member> {
             weight: *w,
             in_flight: Arc::default(),
             picked: Arc::default(),
+            cost: Arc::default(),
+            models: None,
         })
         .collect()
 }

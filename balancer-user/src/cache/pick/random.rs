@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use super::{Member, Selector, bounded_hash::mix};
+use super::{Ask, Member, Selector, bounded_hash::mix};
 
 /// Weighted random choice.
 #[derive(Debug, Default)]
@@ -92,7 +92,7 @@ pub(super) fn choose(r: u64, members: &[Member]) -> Option<&Member> {
 }
 
 impl Selector for Random {
-    fn select<'a>(&self, _key: u64, members: &'a [Member]) -> Option<&'a Member> {
+    fn select<'a>(&self, _ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member> {
         choose(next(), members)
     }
 }

@@ -9,14 +9,14 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Member, Selector};
+use super::{Ask, Member, Selector};
 
 /// Weighted round-robin.
 #[derive(Debug, Default)]
 pub struct RoundRobin;
 
 impl Selector for RoundRobin {
-    fn select<'a>(&self, _key: u64, members: &'a [Member]) -> Option<&'a Member> {
+    fn select<'a>(&self, _ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member> {
         members.iter().filter(|m| m.weight > 0).min_by(|a, b| {
             let turn = |m: &Member| (m.picked.load(Ordering::Relaxed) + 1) as f64 / m.weight as f64;
             turn(a).total_cmp(&turn(b))

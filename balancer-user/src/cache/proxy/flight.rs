@@ -83,6 +83,8 @@ pub(super) struct Miss {
     pub(super) prompt: String,
     /// The model version the key was made with.
     pub(super) version: String,
+    /// Its cost, when the route places by cost.
+    pub(super) work: Option<crate::route::cost::Work>,
 }
 
 /// Removes a key's flight when dropped.
@@ -121,7 +123,7 @@ impl Route {
         match outcome {
             Some(outcome) if !leader && outcome.personal() => {
                 // Another client's cookie or refusal is not ours: ask alone.
-                let mut r = self.forward_streaming(&parts, body, Some(k)).await;
+                let mut r = self.forward_streaming(&parts, body, Some(k), None).await;
                 set(r.headers_mut(), X_CACHE, "MISS");
                 r
             }
@@ -196,7 +198,7 @@ impl Route {
                         r
                     }
                     // Someone else streams the original: fetch our own copy.
-                    None => self.forward_streaming(&parts, body, Some(k)).await,
+                    None => self.forward_streaming(&parts, body, Some(k), None).await,
                 };
                 set(r.headers_mut(), X_CACHE, "MISS");
                 r
@@ -211,7 +213,9 @@ impl Route {
     async fn fetch(&self, parts: &Parts, body: Bytes, m: Miss) -> Outcome {
         let t0 = Instant::now();
         let exchange = async {
-            let (resp, guard) = (self.send(parts, body, m.key.short(), true).await)
+            let (resp, guard) = (self
+                .send(parts, body, m.key.short(), true, m.work.as_ref())
+                .await)
                 .map_err(|(s, msg)| Outcome::Failed(s, msg))?;
             let (p, b) = resp.into_parts();
             Ok::<_, Outcome>((self.read_capped(p, b).await?, guard))

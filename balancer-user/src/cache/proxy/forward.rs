@@ -13,11 +13,22 @@ use super::{
     Route,
     response::{Body, X_BALANCER_CACHE, copy_headers, json_error},
 };
-use crate::cache::{
-    Counter,
-    key::{self, Key},
-    pick,
+use crate::{
+    cache::{
+        Counter,
+        key::{self, Key},
+        pick,
+    },
+    route::cost::{Dispatch, Work},
 };
+
+/// A request sent: counted in flight, and followed by the cost model when
+/// it has a cost, until dropped.
+pub(super) struct Sent {
+    _in_flight: pick::InFlight,
+    /// The cost model's follower.
+    pub(super) dispatch: Option<Dispatch>,
+}
 
 impl Route {
     /// Counts a backend that failed or timed out.
@@ -30,22 +41,34 @@ impl Route {
     /// (a miss: the request is cacheable, so repeatable), a backend that
     /// cannot be connected to is left out and the key's next choice tried
     /// once, so a dead backend in a static pool does not fail its share of
-    /// keys.
+    /// keys. `work` is the request's cost, when the route places by cost.
     pub(super) async fn send(
         &self,
         parts: &Parts,
         body: Bytes,
         hash: u64,
         retry: bool,
-    ) -> Result<(Response<Incoming>, pick::InFlight), (StatusCode, String)> {
+        work: Option<&Work>,
+    ) -> Result<(Response<Incoming>, Sent), (StatusCode, String)> {
         let mut members = self.members();
         let mut retry = retry;
+        let ask = pick::Ask {
+            key: hash,
+            work,
+            // A miss (the only retried request) is cacheable.
+            affine: retry,
+        };
         loop {
-            let Some((addr, guard)) = pick::pick(self.cfg.pick.selector(), hash, &members) else {
+            let Some((m, guard)) = pick::pick_for(self.cfg.pick.selector(), &ask, &members) else {
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cache route {:?} has no backend with weight", self.cfg.name),
                 ));
+            };
+            let addr = m.addr;
+            let mut sent_as = Sent {
+                dispatch: work.map(|w| self.dispatch(m, w)),
+                _in_flight: guard,
             };
             let sent = self.send_to(addr, parts, body.clone()).await;
             // A bad request path is the client's fault, not the backend's.
@@ -53,7 +76,12 @@ impl Route {
                 self.record(addr, sent.is_ok());
             }
             match sent {
-                Ok(r) => return Ok((r, guard)),
+                Ok(r) => {
+                    if let Some(d) = &mut sent_as.dispatch {
+                        d.answered(r.status().is_success());
+                    }
+                    return Ok((r, sent_as));
+                }
                 Err(Failure::Connect(e)) if retry && members.len() > 1 => {
                     debug!(route = %self.cfg.name, backend = %addr, error = %e, "connect failed; trying the next choice");
                     self.backend_error();
@@ -106,20 +134,31 @@ impl Route {
 
     /// Forwards without the cache, streaming the response back. `k` picks
     /// the backend when the request has a key (otherwise its path and body
-    /// do).
+    /// do); `work` is its cost, when the route places by cost.
     pub(super) async fn forward_streaming(
         &self,
         parts: &Parts,
         body: Bytes,
         k: Option<Key>,
+        work: Option<&Work>,
     ) -> Response<Body> {
         let hash = k.unwrap_or_else(|| self.bypass_key(parts, &body)).short();
-        match self.send(parts, body, hash, false).await {
-            Ok((resp, guard)) => {
+        match self.send(parts, body, hash, false, work).await {
+            Ok((resp, mut sent)) => {
                 let (p, b) = resp.into_parts();
-                // The in-flight count lasts as long as the body streams.
+                // The in-flight count lasts as long as the body streams, and
+                // the cost model sees each chunk (the first is the first
+                // token).
                 let stream = BodyStream::new(b).map(move |f| {
-                    let _ = &guard;
+                    // The whole `sent`, not only the field used: a closure
+                    // capturing `sent.dispatch` alone would drop the
+                    // in-flight count here and now.
+                    let sent = &mut sent;
+                    if let (Ok(frame), Some(d)) = (&f, &mut sent.dispatch)
+                        && let Some(data) = frame.data_ref()
+                    {
+                        d.chunk(data);
+                    }
                     f
                 });
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());

@@ -23,6 +23,8 @@
 mod flight;
 mod forward;
 mod health;
+mod locality;
+mod placement;
 mod response;
 
 pub use health::MarkDown;
@@ -115,6 +117,9 @@ pub struct RouteConfig {
     pub mark_down: MarkDown,
     /// Which backend gets each request sent on (misses and bypasses).
     pub pick: Pick,
+    /// How often `pick = "aware"` asks the backends which models they
+    /// serve (`GET /v1/models`).
+    pub models_refresh: Duration,
     /// Whether the cache stage runs: when off, every request is forwarded
     /// (`X-Cache: BYPASS`, reason `cache-off`).
     pub cache: bool,
@@ -145,6 +150,7 @@ struct Tracked {
     in_flight: Arc<AtomicU64>,
     picked: Arc<AtomicU64>,
     passive: health::Passive,
+    cost: Arc<crate::route::cost::Backend>,
 }
 
 /// One route's proxy.
@@ -166,6 +172,10 @@ pub struct Route {
     shed_counts: TierCounts,
     /// Shedding's state.
     admission: Admission,
+    /// The cost model's.
+    placement: placement::Placement,
+    /// The models each backend serves (`pick = "aware"`).
+    locality: locality::Locality,
 }
 
 impl Route {
@@ -193,6 +203,8 @@ impl Route {
             tier_counts: TierCounts::default(),
             shed_counts: TierCounts::default(),
             admission: Admission::new(cfg_shedding),
+            placement: placement::Placement::default(),
+            locality: locality::Locality::default(),
         })
     }
 
@@ -206,6 +218,9 @@ impl Route {
         let mut settings = http::Settings::new(format!("cache route {}", self.cfg.name)).nodelay();
         settings.header_timeout = self.cfg.header_timeout;
         settings.max_connections = self.cfg.max_connections;
+        if self.cfg.pick == Pick::Aware {
+            tokio::spawn(self.clone().watch_models());
+        }
         http::serve(listener, settings, move |req| {
             let route = self.clone();
             async move { route.handle(req).await }
@@ -218,6 +233,7 @@ impl Route {
     fn members(&self) -> Vec<Member> {
         let pool = (self.pool)();
         let now = self.clock_ms();
+        let served = self.locality.served.load();
         let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         // Forget backends that left the pool once nothing is in flight there.
         known.retain(|a, t| {
@@ -232,6 +248,8 @@ impl Route {
                     weight,
                     in_flight: t.in_flight.clone(),
                     picked: t.picked.clone(),
+                    cost: t.cost.clone(),
+                    models: served.get(&addr).cloned(),
                 };
                 (m, t.passive.is_down(now))
             })
@@ -353,13 +371,16 @@ impl Route {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let m = match self.classify(&parts, &body) {
+        let work = self.work(&body);
+        let mut m = match self.classify(&parts, &body) {
             Ok(m) => m,
             Err(why) => {
                 self.cache.counters.bump(Counter::Bypasses);
                 let k = self.bypass_key(&parts, &body);
                 let body = self.for_engine(body, tier);
-                let mut r = self.forward_streaming(&parts, body, Some(k)).await;
+                let mut r = self
+                    .forward_streaming(&parts, body, Some(k), work.as_ref())
+                    .await;
                 set(r.headers_mut(), X_CACHE, "BYPASS");
                 set(r.headers_mut(), X_CACHE_REASON, why.label());
                 return r;
@@ -370,6 +391,7 @@ impl Route {
             return hit_response(&e, &m.key, level);
         }
         let body = self.for_engine(body, tier);
+        m.work = work;
         self.miss(parts, body, m).await
     }
 
@@ -496,6 +518,7 @@ impl Route {
             model: c.model,
             prompt: c.prompt,
             version,
+            work: None,
         })
     }
 }

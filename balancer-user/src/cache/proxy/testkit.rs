@@ -24,6 +24,7 @@ pub(super) fn config() -> RouteConfig {
         credential_headers: vec![header::AUTHORIZATION],
         mark_down: MarkDown::default(),
         pick: crate::cache::pick::Pick::default(),
+        models_refresh: Duration::from_secs(5),
         cache: true,
         tiers: Default::default(),
         shedding: None,

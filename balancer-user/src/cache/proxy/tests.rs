@@ -144,3 +144,62 @@ async fn a_route_without_its_cache_stage_forwards_everything() {
     assert_eq!(seen.load(Ordering::Relaxed), 2);
     assert_eq!(cache.stats().entries, 0, "nothing stored");
 }
+
+#[tokio::test]
+async fn a_streamed_answer_counts_in_flight_until_its_body_ends() {
+    // A backend that sends one chunk and then holds its stream open.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = l.local_addr().unwrap();
+    tokio::spawn(http::serve(l, http::Settings::new("held"), |_req| async {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                b"data: {}\n\n",
+            )))
+        });
+        let held = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        Response::new(http_body_util::StreamBody::new(held))
+    }));
+    for pick in [Pick::LeastRequest, Pick::Aware] {
+        let cfg = RouteConfig {
+            cache: false,
+            pick,
+            ..testkit::config()
+        };
+        let l = bind(&cfg).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let pool: PoolSource = Arc::new(move || vec![(b, 1)]);
+        let route = Route::new(
+            cfg,
+            Cache::new(crate::cache::Settings::default()).unwrap(),
+            pool,
+        );
+        tokio::spawn(route.clone().serve(l));
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let req = Request::post(format!("http://{addr}/v1/completions"))
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"m","prompt":"hi","stream":true}"#,
+            )))
+            .unwrap();
+        let r = client.request(req).await.unwrap();
+        let mut body = r.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        let in_flight = |route: &Route| -> u64 {
+            route
+                .members()
+                .iter()
+                .map(|m| m.in_flight.load(Ordering::Relaxed))
+                .sum()
+        };
+        assert_eq!(in_flight(&route), 1, "{pick:?}: the stream is still going");
+        drop(body);
+        let deadline = tokio::time::Instant::now() + crate::testutil::margin();
+        while in_flight(&route) != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{pick:?}: never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Request-aware (`pick = "aware"`): each backend's predicted cost for this
+//! request, from the route's cost model ([`crate::route::cost`]).
+//!
+//! Candidates are the backends that list the request's model or adapter
+//! (`/v1/models`, polled by the route), when any does: locality first. A
+//! model no backend lists yet may go anywhere (the engine loads it).
+//!
+//! Among them, in order:
+//! 1. **Sticky until saturated**: the backend holding the longest prefix
+//!    of the prompt wins while it is not saturated: the uncached prefill
+//!    waiting there is under [`STICKY_PREFILL_TOKENS`], its prediction is
+//!    within [`STICKY_SLACK`] of the best one's, and its requests in flight
+//!    are not out of balance with the least loaded backend's (as the SGLang
+//!    router falls back to the shortest queue: more than
+//!    [`IMBALANCE_REL`] times and [`IMBALANCE_ABS`] more);
+//! 2. **a cacheable miss** keeps its key's backend ([`BoundedHash`]) on the
+//!    same terms, so equal prompts meet at one backend;
+//! 3. otherwise the earliest predicted first token, or for a heavy request
+//!    the earliest predicted completion (which, under load, is the higher
+//!    capacity class).
+//!
+//! Without a parsed request (a body that is not JSON) it falls back to
+//! [`LeastRequest`]. Weights only exclude (0): the model learns speed from
+//! answers, not from the control plane's scores.
+
+use std::sync::atomic::Ordering;
+
+use super::{Ask, Member, Selector, bounded_hash::BoundedHash, least_request::LeastRequest};
+use crate::route::cost::{Prediction, Work};
+
+/// Cost-model placement.
+#[derive(Debug, Default)]
+pub struct Aware;
+
+/// Uncached prefill tokens waiting on a prefix holder past which it is
+/// saturated and the request spreads.
+pub const STICKY_PREFILL_TOKENS: u64 = 8192;
+/// How much slower than the best a sticky choice may be predicted to be.
+pub const STICKY_SLACK: f64 = 2.0;
+/// In-flight imbalance past which stickiness yields: relative ...
+pub const IMBALANCE_REL: f64 = 1.5;
+/// ... and absolute.
+pub const IMBALANCE_ABS: u64 = 8;
+
+/// Why a backend was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// It holds the longest prefix and is not saturated.
+    Prefix,
+    /// The request's cache key picks it and it is not saturated.
+    Key,
+    /// Earliest predicted first token.
+    Fastest,
+    /// A heavy request: earliest predicted completion.
+    Earliest,
+}
+
+impl Reason {
+    /// The word `route explain` prints.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Prefix => "prefix",
+            Self::Key => "key",
+            Self::Fastest => "fastest",
+            Self::Earliest => "earliest",
+        }
+    }
+}
+
+/// A placement and the prediction it rests on.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    /// The backend.
+    pub member: &'a Member,
+    /// Its predicted cost.
+    pub prediction: Prediction,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// What is minimised: completion for heavy requests, first token else.
+fn objective(work: &Work, p: &Prediction) -> f64 {
+    if work.heavy { p.e2e_s } else { p.ttft_s }
+}
+
+/// Where `work` goes among `members` (weight above 0), and why.
+pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<Choice<'a>> {
+    let serves = |m: &Member| m.models.as_ref().is_some_and(|s| s.contains(&work.model));
+    let local = !work.model.is_empty() && members.iter().any(|m| m.weight > 0 && serves(m));
+    let scored: Vec<(&Member, Prediction)> = members
+        .iter()
+        .filter(|m| m.weight > 0 && (!local || serves(m)))
+        .map(|m| (m, m.cost.predict(work, m.in_flight.load(Ordering::Relaxed))))
+        .collect();
+    // Ties (an idle pool of equal priors) rotate by requests sent so far.
+    let order = |a: &&(&Member, Prediction), b: &&(&Member, Prediction)| {
+        objective(work, &a.1)
+            .total_cmp(&objective(work, &b.1))
+            .then_with(|| {
+                let turn = |m: &Member| m.picked.load(Ordering::Relaxed);
+                turn(a.0).cmp(&turn(b.0))
+            })
+    };
+    let mut best = scored.iter().min_by(order)?;
+    let load = |m: &Member| m.in_flight.load(Ordering::Relaxed);
+    let least = scored.iter().map(|(m, _)| load(m)).min().unwrap_or(0);
+    let unsaturated = |m: &Member, p: &Prediction| {
+        let n = load(m);
+        let balanced = n <= least + IMBALANCE_ABS || (n as f64) <= least as f64 * IMBALANCE_REL;
+        balanced
+            && p.prefill_ahead <= STICKY_PREFILL_TOKENS
+            && objective(work, p) <= STICKY_SLACK * objective(work, &best.1)
+    };
+    let holder = scored
+        .iter()
+        .filter(|(_, p)| p.matched_blocks > 0)
+        .max_by(|a, b| {
+            a.1.matched_blocks
+                .cmp(&b.1.matched_blocks)
+                .then(objective(work, &b.1).total_cmp(&objective(work, &a.1)))
+        });
+    if let Some((m, p)) = holder {
+        if unsaturated(m, p) {
+            return Some(Choice {
+                member: m,
+                prediction: *p,
+                reason: Reason::Prefix,
+            });
+        }
+        // A saturated holder spreads its prefix: the best of the others.
+        if best.0.addr == m.addr
+            && let Some(other) = scored
+                .iter()
+                .filter(|(o, _)| o.addr != m.addr)
+                .min_by(order)
+        {
+            best = other;
+        }
+    }
+    if ask.affine
+        && let Some(k) = BoundedHash.select(ask, members)
+        && let Some((m, p)) = scored.iter().find(|(m, _)| m.addr == k.addr)
+        && unsaturated(m, p)
+    {
+        return Some(Choice {
+            member: m,
+            prediction: *p,
+            reason: Reason::Key,
+        });
+    }
+    Some(Choice {
+        member: best.0,
+        prediction: best.1,
+        reason: if work.heavy {
+            Reason::Earliest
+        } else {
+            Reason::Fastest
+        },
+    })
+}
+
+impl Selector for Aware {
+    fn select<'a>(&self, ask: &Ask<'_>, members: &'a [Member]) -> Option<&'a Member> {
+        match ask.work {
+            Some(w) => choose(ask, w, members).map(|c| c.member),
+            None => LeastRequest.select(ask, members),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+use std::sync::{Arc, atomic::Ordering};
+
+use super::*;
+use crate::{
+    cache::pick::pool,
+    route::{
+        cost::{Accuracy, Backend},
+        prefix::{self, BLOCK_BYTES},
+    },
+};
+
+fn work(prompt_tokens: u32, output_tokens: u32, text: &[u8], heavy: bool) -> Work {
+    Work {
+        model: "m".into(),
+        prompt_tokens,
+        output_tokens,
+        prompt_bytes: text.len().max(1) as u64,
+        blocks: prefix::blocks(text),
+        stream: true,
+        heavy,
+    }
+}
+
+/// Teaches `b` that it prefills at `s_per_k` seconds per 1,000 tokens,
+/// decodes at `tpot`, and pays `per_req` a request in flight.
+fn teach(b: &Backend, s_per_k: f64, per_req: f64, tpot: f64) {
+    for i in 0..300u32 {
+        let w = work(100 + (i % 9) * 400, 1, b"", false);
+        let n = (i % 4) as u64;
+        let p = b.predict(&w, n);
+        let x1 = (w.prompt_tokens as f64) / 1000.0;
+        b.teach(&p, 0.02 + s_per_k * x1 + per_req * n as f64);
+    }
+    b.set_tpot(tpot);
+}
+
+fn choose_of<'a>(w: &Work, members: &'a [Member]) -> Choice<'a> {
+    choose(&Ask::key(1), w, members).expect("a backend")
+}
+
+#[test]
+fn an_idle_pool_of_untried_backends_rotates() {
+    let members = pool(&[1, 1, 1]);
+    let w = work(100, 10, b"", false);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (m, _g) = super::super::pick_for(
+            &Aware,
+            &Ask {
+                key: 0,
+                work: Some(&w),
+                affine: false,
+            },
+            &members,
+        )
+        .unwrap();
+        seen.push(m.addr);
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn placement_follows_the_learned_speeds() {
+    // Member 0 is a small class, member 1 a big one.
+    let members = pool(&[1, 1]);
+    teach(&members[0].cost, 2.0, 0.2, 0.06);
+    teach(&members[1].cost, 0.2, 0.02, 0.012);
+    let table: &[(&str, Work, u64, usize, Reason)] = &[
+        (
+            "a light request, both idle: the faster first token",
+            work(200, 20, b"", false),
+            0,
+            1,
+            Reason::Fastest,
+        ),
+        (
+            "a light request with the big class busy: the idle small one",
+            work(50, 20, b"", false),
+            40,
+            0,
+            Reason::Fastest,
+        ),
+        (
+            "a heavy request with the big class as busy: still the big one",
+            work(3000, 800, b"", true),
+            40,
+            1,
+            Reason::Earliest,
+        ),
+    ];
+    for (what, w, busy, want, reason) in table {
+        members[1].in_flight.store(*busy, Ordering::Relaxed);
+        let c = choose_of(w, &members);
+        assert_eq!(c.member.addr, members[*want].addr, "{what}: {c:?}");
+        assert_eq!(c.reason, *reason, "{what}");
+    }
+}
+
+#[test]
+fn a_shared_prefix_sticks_until_its_holder_saturates() {
+    let members = pool(&[1, 1, 1]);
+    // Requests share a 20-block system prompt, then differ.
+    let shared = b"s".repeat(BLOCK_BYTES * 20);
+    let request = |i: usize| {
+        let text = [
+            shared.clone(),
+            format!("{:x<1$}", i, BLOCK_BYTES * 20).into_bytes(),
+        ]
+        .concat();
+        work(2560, 50, &text, false)
+    };
+    members[2].cost.prefix.insert(&request(0).blocks[..20]);
+    let acc = Arc::new(Accuracy::default());
+    let mut held = Vec::new();
+    let mut order = Vec::new();
+    for i in 1..=12 {
+        let w = request(i);
+        let c = choose_of(&w, &members);
+        order.push((c.member.addr == members[2].addr, c.reason));
+        // Each request's prefill waits there: its first token never comes.
+        held.push(c.member.cost.dispatch(&w, c.prediction, acc.clone()));
+        c.member.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    // Half of each prompt (1,280 tokens) is new: the holder takes the first
+    // ones, until the prefill waiting there makes it predicted more than
+    // twice as slow as an idle backend computing the whole prompt.
+    let stuck = order
+        .iter()
+        .take_while(|(h, r)| *h && *r == Reason::Prefix)
+        .count();
+    assert!(stuck >= 3, "{order:?}");
+    assert!(
+        order.iter().filter(|(h, _)| !h).count() >= 4,
+        "then they spread: {order:?}"
+    );
+    assert!(
+        order.iter().all(|(h, r)| *h == (*r == Reason::Prefix)),
+        "the holder only ever by its prefix: {order:?}"
+    );
+    let fresh = pool(&[1, 1, 1]);
+    let first = choose_of(&request(1), &fresh);
+    assert_eq!(first.reason, Reason::Fastest, "no holder, no stickiness");
+}
+
+#[test]
+fn a_cacheable_miss_keeps_its_keys_backend_and_no_body_means_least_request() {
+    let members = pool(&[1, 1, 1, 1]);
+    let w = work(100, 10, b"", false);
+    for key in [3u64, 99, 12345] {
+        let ask = Ask {
+            key,
+            work: Some(&w),
+            affine: true,
+        };
+        let by_key = BoundedHash.select(&ask, &members).unwrap().addr;
+        let c = choose(&ask, &w, &members).unwrap();
+        assert_eq!((c.member.addr, c.reason), (by_key, Reason::Key));
+    }
+    members[0].in_flight.store(5, Ordering::Relaxed);
+    let got = Aware.select(&Ask::key(1), &members).unwrap().addr;
+    assert_ne!(got, members[0].addr, "the busy one is left");
+}
+
+#[test]
+fn only_backends_that_list_the_model_are_candidates() {
+    let mut members = pool(&[1, 1, 1, 1]);
+    let lists = |names: &[&str]| Some(Arc::new(names.iter().map(|n| n.to_string()).collect()));
+    members[0].models = lists(&["m"]);
+    members[1].models = lists(&["m", "sql-lora"]);
+    members[2].models = lists(&["m", "sql-lora"]);
+    // members[3] never answered: unknown.
+    let table: &[(&str, &str, &[usize])] = &[
+        ("an adapter: the two that have it", "sql-lora", &[1, 2]),
+        ("the base model: the three that list it", "m", &[0, 1, 2]),
+        ("a model nobody lists: anywhere", "new-model", &[0, 1, 2, 3]),
+    ];
+    for (what, model, want) in table {
+        let w = Work {
+            model: model.to_string(),
+            ..work(100, 10, b"", false)
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let (m, _g) = super::super::pick_for(
+                &Aware,
+                &Ask {
+                    key: 0,
+                    work: Some(&w),
+                    affine: false,
+                },
+                &members,
+            )
+            .unwrap();
+            seen.insert(members.iter().position(|x| x.addr == m.addr).unwrap());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), *want, "{what}");
+    }
+}

@@ -1,0 +1,123 @@
+use std::sync::Arc;
+
+use super::*;
+
+fn work(prompt_tokens: u32, text: &[u8]) -> Work {
+    Work {
+        model: "m".into(),
+        prompt_tokens,
+        output_tokens: 100,
+        prompt_bytes: text.len() as u64,
+        blocks: prefix::blocks(text),
+        stream: true,
+        heavy: false,
+    }
+}
+
+#[test]
+fn the_fit_learns_a_slow_backends_own_slope() {
+    let mut f = Rls::new();
+    // A slow class: 0.3 s fixed, 2 s per 1,000 prefill tokens, 50 ms a
+    // request in flight; features vary as load does.
+    for i in 0..400u32 {
+        let x = [1.0, (i % 7) as f64 * 0.8, (i % 5) as f64];
+        f.update(x, 0.3 + 2.0 * x[1] + 0.05 * x[2]);
+    }
+    let want = [0.3, 2.0, 0.05];
+    for (got, want) in f.theta.iter().zip(want) {
+        assert!((got - want).abs() < 0.01, "{:?}", f.theta);
+    }
+}
+
+#[test]
+fn constant_features_do_not_blow_the_fit_up() {
+    let mut f = Rls::new();
+    for _ in 0..100_000 {
+        f.update([1.0, 0.5, 0.0], 1.0);
+    }
+    assert!(f.theta.iter().all(|t| t.is_finite()), "{:?}", f.theta);
+    let y: f64 = f.theta[0] + 0.5 * f.theta[1];
+    assert!((y - 1.0).abs() < 0.01, "{:?}", f.theta);
+}
+
+#[test]
+fn a_held_prefix_and_the_prefill_ahead_move_the_prediction() {
+    let b = Arc::new(Backend::default());
+    let acc = Arc::new(Accuracy::default());
+    let text = b"p".repeat(BLOCK_BYTES * 8);
+    let w = work(512, &text);
+    let cold = b.predict(&w, 0);
+    assert_eq!((cold.matched_blocks, cold.uncached_tokens), (0, 512));
+    let mut d = b.dispatch(&w, cold, acc.clone());
+    d.answered(true);
+    let busy = b.predict(&w, 1);
+    assert_eq!(busy.prefill_ahead, 512, "the first request's prefill waits");
+    assert!(busy.ttft_s > cold.ttft_s);
+    d.chunk(b"data: {}\n\n");
+    let warm = b.predict(&w, 1);
+    assert_eq!(warm.prefill_ahead, 0, "its first token came back");
+    assert_eq!((warm.matched_blocks, warm.uncached_tokens), (8, 0));
+    assert!(warm.ttft_s < busy.ttft_s);
+    d.chunk(b"data: {}\n\ndata: [DONE]\n\n");
+    drop(d);
+    assert_eq!(b.answers(), 1);
+    assert_eq!(acc.ttft.mape().0, 1);
+    assert_eq!(acc.e2e.mape().0, 1, "a complete stream counts end to end");
+}
+
+#[test]
+fn a_failed_or_cut_answer_frees_its_prefill_and_teaches_nothing() {
+    let b = Arc::new(Backend::default());
+    let acc = Arc::new(Accuracy::default());
+    let w = work(300, b"q");
+    let d = b.dispatch(&w, b.predict(&w, 0), acc.clone());
+    drop(d); // no answer at all
+    assert_eq!(b.predict(&w, 0).prefill_ahead, 0);
+    let mut d = b.dispatch(&w, b.predict(&w, 0), acc.clone());
+    d.answered(true);
+    d.chunk(b"data: {}\n\n");
+    drop(d); // cut before [DONE]
+    assert_eq!(
+        acc.e2e.mape().0,
+        0,
+        "an unfinished stream is no end-to-end sample"
+    );
+    assert_eq!(b.answers(), 1, "its first token still taught the TTFT fit");
+    let mut d = b.dispatch(&w, b.predict(&w, 0), acc.clone());
+    d.answered(false);
+    d.chunk(b"{\"error\":\"x\"}");
+    drop(d);
+    assert_eq!(b.answers(), 1, "an error teaches nothing");
+}
+
+#[test]
+fn mape_is_the_mean_of_the_relative_errors() {
+    let e = Errors::default();
+    assert_eq!(e.mape(), (0, None));
+    e.record(1.1, 1.0);
+    e.record(0.7, 1.0);
+    e.record(5.0, 0.0); // no actual time: not a sample
+    let (n, m) = e.mape();
+    assert_eq!(n, 2);
+    assert!((m.unwrap() - 0.2).abs() < 1e-6, "{m:?}");
+}
+
+#[test]
+fn heavy_is_relative_to_the_routes_own_traffic() {
+    let h = Heaviness::default();
+    let small = work(100, b"");
+    for _ in 0..200 {
+        assert!(!h.judge(&small));
+    }
+    assert!(h.judge(&work(5000, b"")));
+    assert!(!h.judge(&work(150, b"")));
+}
+
+#[test]
+fn uncached_counts_the_prompt_past_the_held_blocks() {
+    let w = work(1000, &b"z".repeat(BLOCK_BYTES * 10));
+    assert_eq!(w.uncached(0), 1000);
+    assert_eq!(w.uncached(5), 500);
+    assert_eq!(w.uncached(10), 0);
+    assert_eq!(w.uncached(99), 0, "more than the prompt is all of it");
+}
