@@ -5,7 +5,7 @@
 //!
 //! | test | shows |
 //! |---|---|
-//! | `requests_sharing_a_prefix_stick_to_one_backend_until_it_saturates` | on three equal nodes, requests that share a 2,000-token prefix sent one after another all reach one node; a burst of them at once spreads over several, the holder keeping a share |
+//! | `requests_sharing_a_prefix_stick_to_one_backend_until_it_saturates` | on three equal nodes, requests that share a 2,000-token prefix sent one after another all reach one node; a burst of them at once spreads over several, the holder keeping a share; `balancer route explain` shows the last 32 placements with their reasons and the model's error |
 //! | `requests_for_an_adapter_reach_only_the_backends_that_have_it` | with a LoRA adapter loaded on one of three nodes (vLLM's `/v1/load_lora_adapter`), once the route's `/v1/models` poll has seen it, every request naming the adapter reaches that node, and base-model requests still spread |
 //! | `heavy_requests_land_on_the_big_class_under_load` | on one A100-class and two L4-class nodes, after light requests taught the model each node's speed, a burst of heavy requests (3,000-token prompts, 300 tokens out) all reach the A100, though each arrives while the others load it; the cost model's MAPE is printed |
 
@@ -89,7 +89,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn requests_sharing_a_prefix_stick_to_one_backend_until_it_saturates() {
     runtime().block_on(async {
-        let (_g, route, _) = fleet_and_gateway("sticky", &[("a100", 3)]).await.unwrap();
+        let (g, route, _) = fleet_and_gateway("sticky", &[("a100", 3)]).await.unwrap();
         // A 2,000-token system prompt, then a question of 250 tokens.
         let shared = text(0, 8000);
         let ask = |i: usize| format!("{shared}{}", text(i, 1000));
@@ -123,6 +123,23 @@ fn requests_sharing_a_prefix_stick_to_one_backend_until_it_saturates() {
             on_holder >= 3,
             "the holder still takes its share: {spread:?}"
         );
+
+        // `route explain` shows the placements: the sequential ones by
+        // prefix, with predicted and actual first-token times.
+        let table = tokio::task::spawn_blocking(move || g.cli(&["route", "explain"]))
+            .await
+            .unwrap()
+            .unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("route"), "{table}");
+        assert!(table.contains(" prefix "), "{table}");
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.starts_with("sticky: cost model error (MAPE) so far: TTFT ")),
+            "{table}"
+        );
+        assert_eq!(lines.len(), 2 + 32 + 1, "the last 32 placements: {table}");
     });
 }
 

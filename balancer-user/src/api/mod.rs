@@ -166,7 +166,7 @@ pub struct StatsReply {
 }
 
 /// One route's counters in [`StatsReply`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteStatsRow {
     /// The route's name.
     pub route: String,
@@ -175,6 +175,13 @@ pub struct RouteStatsRow {
     /// Of them, those shed (429) per tier.
     #[serde(default)]
     pub shed_by_tier: BTreeMap<String, u64>,
+    /// Its last placements by `pick = "aware"`, newest first.
+    #[serde(default)]
+    pub placements: Vec<crate::route::explain::Placement>,
+    /// The cost model's mean absolute percentage error so far, on time to
+    /// first token and end to end (fractions; `None` before any answer).
+    #[serde(default)]
+    pub prediction_mape: [Option<f64>; 2],
 }
 
 /// Body of `POST /v1/cache/invalidate`: a model, and at most one of a key

@@ -171,6 +171,12 @@ pub enum DaemonCmd {
 pub enum RouteCmd {
     /// Requests per route and priority tier.
     Stats,
+    /// Where `pick = "aware"` sent the last requests, and why.
+    Explain {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
 }
 
 /// `balancer cache …`.

@@ -207,6 +207,8 @@ impl Daemon {
                     route: r.config().name.clone(),
                     requests_by_tier: by_tier(requests),
                     shed_by_tier: by_tier(shed),
+                    placements: r.placements(),
+                    prediction_mape: r.prediction_error().map(|(_, m)| m),
                 }
             })
             .collect()

@@ -450,6 +450,8 @@ mod tests {
                 requests_by_tier: [("critical".to_string(), 2), ("sheddable".to_string(), 9)]
                     .into(),
                 shed_by_tier: [("critical".to_string(), 0), ("sheddable".to_string(), 4)].into(),
+                placements: Vec::new(),
+                prediction_mape: [None; 2],
             }],
         };
         assert_eq!(render(&s), include_str!("testdata/metrics.prom"));

@@ -232,6 +232,7 @@ impl Backend {
             events: 0,
             done: false,
             ok: false,
+            explained: None,
         }
     }
 
@@ -283,9 +284,16 @@ pub struct Dispatch {
     /// The stream's `[DONE]` was seen.
     done: bool,
     ok: bool,
+    /// Where `route explain` shows this request, if it does.
+    explained: Option<Arc<super::explain::Cell>>,
 }
 
 impl Dispatch {
+    /// Reports the first token's time to `cell` too.
+    pub fn explain(&mut self, cell: Arc<super::explain::Cell>) {
+        self.explained = Some(cell);
+    }
+
     /// The prediction the pick was made on.
     pub fn prediction(&self) -> &Prediction {
         &self.p
@@ -308,6 +316,9 @@ impl Dispatch {
             self.backend.prefix.insert(&self.blocks);
             if self.ok {
                 self.accuracy.ttft.record(self.p.ttft_s, ttft);
+                if let Some(c) = &self.explained {
+                    c.first_token(ttft);
+                }
             }
         }
         if self.stream {

@@ -76,6 +76,8 @@ pub struct Choice<'a> {
     pub prediction: Prediction,
     /// Why.
     pub reason: Reason,
+    /// Backends it could go to (after locality).
+    pub candidates: usize,
 }
 
 /// What is minimised: completion for heavy requests, first token else.
@@ -125,6 +127,7 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
                 member: m,
                 prediction: *p,
                 reason: Reason::Prefix,
+                candidates: scored.len(),
             });
         }
         // A saturated holder spreads its prefix: the best of the others.
@@ -146,6 +149,7 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
             member: m,
             prediction: *p,
             reason: Reason::Key,
+            candidates: scored.len(),
         });
     }
     Some(Choice {
@@ -156,6 +160,7 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
         } else {
             Reason::Fastest
         },
+        candidates: scored.len(),
     })
 }
 

@@ -155,9 +155,14 @@ pub fn pick_for<'a>(
         return None;
     }
     let chosen = selector.select(ask, members)?;
-    chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-    chosen.picked.fetch_add(1, Ordering::Relaxed);
-    Some((chosen, InFlight(chosen.in_flight.clone())))
+    Some((chosen, take(chosen)))
+}
+
+/// Counts a request sent to `m`, in flight until the guard drops.
+pub fn take(m: &Member) -> InFlight {
+    m.in_flight.fetch_add(1, Ordering::Relaxed);
+    m.picked.fetch_add(1, Ordering::Relaxed);
+    InFlight(m.in_flight.clone())
 }
 
 /// A pool of `weights` at 10.0.0.1, 10.0.0.2, ... for the selectors' tests.

@@ -59,7 +59,14 @@ impl Route {
             affine: retry,
         };
         loop {
-            let Some((m, guard)) = pick::pick_for(self.cfg.pick.selector(), &ask, &members) else {
+            // `aware` is asked directly: its reason goes to `route explain`.
+            let chosen = match (self.cfg.pick, work) {
+                (pick::Pick::Aware, Some(w)) => pick::aware::choose(&ask, w, &members)
+                    .map(|c| (c.member, pick::take(c.member), Some(c))),
+                _ => pick::pick_for(self.cfg.pick.selector(), &ask, &members)
+                    .map(|(m, g)| (m, g, None)),
+            };
+            let Some((m, guard, choice)) = chosen else {
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cache route {:?} has no backend with weight", self.cfg.name),
@@ -67,7 +74,7 @@ impl Route {
             };
             let addr = m.addr;
             let mut sent_as = Sent {
-                dispatch: work.map(|w| self.dispatch(m, w)),
+                dispatch: work.map(|w| self.dispatch(m, w, choice.as_ref())),
                 _in_flight: guard,
             };
             let sent = self.send_to(addr, parts, body.clone()).await;

@@ -6,9 +6,10 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::Route;
 use crate::{
-    cache::pick::{Member, Pick},
+    cache::pick::{Member, Pick, aware::Choice},
     route::{
         cost::{Accuracy, Dispatch, Heaviness, Work},
+        explain::{Placement as Placed, Recent},
         prefix, request,
         tokens::Tokens,
     },
@@ -23,6 +24,8 @@ pub(super) struct Placement {
     heaviness: Heaviness,
     /// Its predictions against what happened.
     pub(super) accuracy: Arc<Accuracy>,
+    /// Its last placements, for `route explain`.
+    recent: Recent,
 }
 
 impl Route {
@@ -47,12 +50,36 @@ impl Route {
         Some(w)
     }
 
-    /// Follows `work`, just counted in flight on `m`.
-    pub(super) fn dispatch(&self, m: &Member, work: &Work) -> Dispatch {
+    /// Follows `work`, just counted in flight on `m`; `choice` is the
+    /// `aware` pick's, kept for `route explain`.
+    pub(super) fn dispatch(&self, m: &Member, work: &Work, choice: Option<&Choice>) -> Dispatch {
         // The pick counted this request already: predict as it saw it.
         let before = m.in_flight.load(Ordering::Relaxed).saturating_sub(1);
-        let p = m.cost.predict(work, before);
-        m.cost.dispatch(work, p, self.placement.accuracy.clone())
+        let p = choice.map_or_else(|| m.cost.predict(work, before), |c| c.prediction);
+        let mut d = m.cost.dispatch(work, p, self.placement.accuracy.clone());
+        if let Some(c) = choice {
+            d.explain(self.placement.recent.record(Placed {
+                at_ms: 0,
+                backend: m.addr.to_string(),
+                reason: c.reason.label().into(),
+                model: work.model.chars().take(128).collect(),
+                heavy: work.heavy,
+                candidates: c.candidates as u32,
+                prompt_tokens: work.prompt_tokens,
+                uncached_tokens: p.uncached_tokens,
+                matched_blocks: p.matched_blocks as u32,
+                prefill_ahead: p.prefill_ahead,
+                predicted_ttft_s: p.ttft_s,
+                predicted_e2e_s: p.e2e_s,
+                actual_ttft_s: None,
+            }));
+        }
+        d
+    }
+
+    /// The route's last placements by `aware`, newest first.
+    pub fn placements(&self) -> Vec<Placed> {
+        self.placement.recent.snapshot()
     }
 
     /// The cost model's mean absolute percentage error so far, on time to

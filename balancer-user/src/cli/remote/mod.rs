@@ -39,6 +39,14 @@ pub fn run(cmd: DaemonCmd, client: Client, output: Output) -> Result<()> {
                 let s = client.stats().await?;
                 show(output, &s.routes, |r| render::routes::stats(r))
             }
+            DaemonCmd::Route(RouteCmd::Explain { route }) => {
+                let mut rows = client.stats().await?.routes;
+                if let Some(name) = &route {
+                    rows.retain(|r| &r.route == name);
+                    anyhow::ensure!(!rows.is_empty(), "no route named {name:?}");
+                }
+                show(output, &rows, |r| render::routes::explain(r))
+            }
         }
     })
 }

@@ -1,4 +1,4 @@
-//! `balancer route stats`.
+//! `balancer route stats` and `balancer route explain`.
 
 use balancer::{api::RouteStatsRow, route::tier::Tier};
 
@@ -38,6 +38,70 @@ pub fn stats(rows: &[RouteStatsRow]) -> String {
     out
 }
 
+/// Each route's last `aware` placements, newest first, with the cost
+/// model's error so far.
+pub fn explain(rows: &[RouteStatsRow]) -> String {
+    if rows.is_empty() {
+        return "no routes (the daemon's configuration has no [[route]])\n".into();
+    }
+    let headers = [
+        ("route", Align::Left),
+        ("backend", Align::Left),
+        ("why", Align::Left),
+        ("model", Align::Left),
+        ("heavy", Align::Left),
+        ("of", Align::Right),
+        ("prompt tok", Align::Right),
+        ("uncached", Align::Right),
+        ("prefix blocks", Align::Right),
+        ("prefill ahead", Align::Right),
+        ("TTFT pred s", Align::Right),
+        ("actual s", Align::Right),
+        ("e2e pred s", Align::Right),
+    ];
+    let secs = |v: f64| format!("{v:.3}");
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|r| {
+            r.placements.iter().map(move |p| {
+                vec![
+                    r.route.clone(),
+                    p.backend.clone(),
+                    p.reason.clone(),
+                    p.model.clone(),
+                    if p.heavy { "yes" } else { "no" }.into(),
+                    p.candidates.to_string(),
+                    p.prompt_tokens.to_string(),
+                    p.uncached_tokens.to_string(),
+                    p.matched_blocks.to_string(),
+                    p.prefill_ahead.to_string(),
+                    secs(p.predicted_ttft_s),
+                    p.actual_ttft_s.map_or("-".into(), secs),
+                    secs(p.predicted_e2e_s),
+                ]
+            })
+        })
+        .collect();
+    let mut out = String::from(
+        "the last requests placed by pick = \"aware\", newest first (why: prefix = holds the prompt's prefix and is not saturated, key = the cache key's backend, fastest = earliest predicted first token, earliest = a heavy request's earliest predicted completion; of = candidate backends)\n",
+    );
+    if body.is_empty() {
+        out.push_str("no placements yet (no route picks aware, or none has had a request)\n");
+    } else {
+        out.push_str(&render(&headers, &body));
+    }
+    let pct = |m: Option<f64>| m.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m));
+    for r in rows.iter().filter(|r| !r.placements.is_empty()) {
+        out.push_str(&format!(
+            "{}: cost model error (MAPE) so far: TTFT {}, end to end {}\n",
+            r.route,
+            pct(r.prediction_mape[0]),
+            pct(r.prediction_mape[1])
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +116,8 @@ mod tests {
             ]
             .into(),
             shed_by_tier: [("sheddable".to_string(), 700)].into(),
+            placements: Vec::new(),
+            prediction_mape: [None; 2],
         };
         assert_eq!(
             stats(&[row]),
@@ -62,5 +128,44 @@ mod tests {
              openai  sheddable      3400   700\n"
         );
         assert!(stats(&[]).starts_with("no routes"));
+    }
+
+    #[test]
+    fn explain_shows_each_placement_and_the_error() {
+        let p = balancer::route::explain::Placement {
+            at_ms: 1,
+            backend: "10.0.0.1:8000".into(),
+            reason: "prefix".into(),
+            model: "llama".into(),
+            heavy: false,
+            candidates: 3,
+            prompt_tokens: 2250,
+            uncached_tokens: 250,
+            matched_blocks: 31,
+            prefill_ahead: 0,
+            predicted_ttft_s: 0.081,
+            predicted_e2e_s: 0.4,
+            actual_ttft_s: Some(0.07),
+        };
+        let row = RouteStatsRow {
+            route: "chat".into(),
+            requests_by_tier: Default::default(),
+            shed_by_tier: Default::default(),
+            placements: vec![p],
+            prediction_mape: [Some(0.12), None],
+        };
+        let out = explain(&[row]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].starts_with("route  backend"), "{out}");
+        assert!(
+            lines[2].split_whitespace().eq(
+                "chat 10.0.0.1:8000 prefix llama no 3 2250 250 31 0 0.081 0.070 0.400".split(' ')
+            ),
+            "{out}"
+        );
+        assert_eq!(
+            lines[3],
+            "chat: cost model error (MAPE) so far: TTFT 12.0%, end to end -"
+        );
     }
 }
