@@ -175,6 +175,12 @@ pub struct RouteStatsRow {
     /// Of them, those shed (429) per tier.
     #[serde(default)]
     pub shed_by_tier: BTreeMap<String, u64>,
+    /// Of them, those answered from a stale cache entry instead.
+    #[serde(default)]
+    pub stale_by_tier: BTreeMap<String, u64>,
+    /// Of them, those sent to the fallback pool instead.
+    #[serde(default)]
+    pub fallback_by_tier: BTreeMap<String, u64>,
     /// Its last placements by `pick = "aware"`, newest first.
     #[serde(default)]
     pub placements: Vec<crate::route::explain::Placement>,

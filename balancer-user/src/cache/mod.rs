@@ -85,6 +85,9 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// Configured model versions (models not listed have version "").
     pub versions: BTreeMap<String, String>,
+    /// How long L1 keeps an entry past its expiry, for stale answers (the
+    /// longest `stale_secs` of the routes).
+    pub stale_ms: u64,
 }
 
 impl Default for Settings {
@@ -94,6 +97,7 @@ impl Default for Settings {
             shards: 16,
             redis: None,
             versions: BTreeMap::new(),
+            stale_ms: 0,
         }
     }
 }
@@ -130,7 +134,7 @@ impl Cache {
             None => None,
         };
         Ok(Arc::new(Self {
-            store: Store::new(settings.memory_bytes, settings.shards),
+            store: Store::new(settings.memory_bytes, settings.shards).keep_stale(settings.stale_ms),
             settings,
             tokens: RwLock::new(HashMap::new()),
             counters: Counters::default(),
@@ -174,6 +178,15 @@ impl Cache {
                 None
             }
         }
+    }
+
+    /// An L1 entry for `k` expired at most `max_stale_ms` ago (or still
+    /// fresh) whose model version is still current: what a shed request
+    /// may be answered with. L2 is not asked (it drops entries at expiry).
+    pub fn lookup_stale(&self, model: &str, k: &Key, max_stale_ms: u64) -> Option<Arc<Entry>> {
+        let e = self.store.peek(k)?;
+        let fresh_enough = now_ms() < e.expires_ms.saturating_add(max_stale_ms);
+        (fresh_enough && e.version == self.version(model)).then_some(e)
     }
 
     fn admit(&self, k: Key, e: Arc<Entry>) -> bool {

@@ -52,6 +52,8 @@ struct Shard {
 /// The sharded store.
 pub struct Store {
     shards: Vec<Mutex<Shard>>,
+    /// How long expired entries are kept for stale answers.
+    stale_ms: u64,
 }
 
 /// What an insert did.
@@ -79,7 +81,20 @@ impl Store {
                     })
                 })
                 .collect(),
+            stale_ms: 0,
         }
+    }
+
+    /// Keeps expired entries `ms` longer, for stale answers ([`Self::peek`]).
+    pub fn keep_stale(mut self, ms: u64) -> Self {
+        self.stale_ms = ms;
+        self
+    }
+
+    /// `k`'s entry, fresh or expired but still kept, without counting an
+    /// access.
+    pub fn peek(&self, k: &Key) -> Option<Arc<Entry>> {
+        self.shard(k).map.get(k).cloned()
     }
 
     fn shard(&self, k: &Key) -> MutexGuard<'_, Shard> {
@@ -90,14 +105,16 @@ impl Store {
     }
 
     /// Looks `k` up at time `now_ms`, counting the access. Expired entries
-    /// are dropped on the way.
+    /// are dropped on the way, once past the stale window.
     pub fn get(&self, k: &Key, now_ms: u64) -> Option<Arc<Entry>> {
         let mut s = self.shard(k);
         s.policy.touch(k);
         let e = s.map.get(k)?.clone();
         if e.expires_ms <= now_ms {
-            s.map.remove(k);
-            s.policy.remove(k);
+            if e.expires_ms.saturating_add(self.stale_ms) <= now_ms {
+                s.map.remove(k);
+                s.policy.remove(k);
+            }
             return None;
         }
         Some(e)

@@ -58,6 +58,11 @@
 //! # mark_down_ms = 10000             # for this long
 //! # pick = "consistent-hash"         # or "round-robin", "least-request", "random", "aware"
 //! # models_refresh_ms = 5000         # aware: how often to ask backends' /v1/models
+//! # stale_secs = 0                   # a shed request may get an entry expired this long (X-Cache: STALE)
+//! # [route.fallback]                 # where requests that would be shed go instead
+//! # backends = ["10.0.2.10:8000"]    # or vip = ".." with backend_port
+//! # model = "llama-3.2-1b"           # the model it serves, written into the request
+//! # tiers = ["sheddable"]            # the tiers that fall back (never critical)
 //! # cache = true                     # false: forward every request uncached
 //! # default_tier = "standard"        # and the most a client no key names may claim
 //! # priority_field = false           # pass the tier as vLLM's "priority"
@@ -185,6 +190,7 @@ struct RawCacheRoute {
     mark_down_after: Option<Spanned<u64>>,
     mark_down_ms: Option<Spanned<u64>>,
     models_refresh_ms: Option<Spanned<u64>>,
+    stale_secs: Option<Spanned<u64>>,
     pick: Option<Spanned<String>>,
     cache: Option<bool>,
     default_tier: Option<Spanned<String>>,
@@ -193,6 +199,17 @@ struct RawCacheRoute {
     tenant: Vec<RawTenant>,
     max_in_flight: Option<Spanned<u64>>,
     shed: Option<Spanned<RawShed>>,
+    fallback: Option<Spanned<RawFallback>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    backends: Option<Spanned<Vec<String>>>,
+    vip: Option<Spanned<String>>,
+    backend_port: Option<Spanned<u16>>,
+    model: Option<Spanned<String>>,
+    tiers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +360,8 @@ pub struct CacheRoute {
     pub route: crate::cache::proxy::RouteConfig,
     /// Its backends.
     pub pool: CachePool,
+    /// The fallback pool's backends, when the route has one.
+    pub fallback_pool: Option<CachePool>,
 }
 
 /// Default admin socket.
@@ -417,8 +436,15 @@ impl Config {
         let daemon = daemon::parse(&raw, &cx)?;
         let (load, settings) = dataplane::parse(&raw.dataplane, &cx)?;
         let (vips, telemetry) = vips::parse(&raw, &cx, &load)?;
-        let cache = cache::parse(&raw, &cx)?;
+        let mut cache = cache::parse(&raw, &cx)?;
         let (cache_routes, warnings) = route::parse(&raw, &cx)?;
+        // The L1 keeps expired entries as long as any route may answer
+        // from them.
+        cache.stale_ms = cache_routes
+            .iter()
+            .map(|r| r.route.stale.as_millis() as u64)
+            .max()
+            .unwrap_or(0);
         Ok(Config {
             cache,
             cache_routes,

@@ -19,7 +19,10 @@ use crate::{
     },
 };
 
-use super::{CachePool, CacheRoute, ConfigError, Ctx, RawCacheRoute, RawConfig, RawTenant};
+use super::{
+    CachePool, CacheRoute, ConfigError, Ctx, RawCacheRoute, RawConfig, RawFallback, RawTenant,
+};
+use crate::cache::proxy::Fallback;
 
 /// Parses every route: `[[route]]` first, then the deprecated
 /// `[[cache_route]]` tables, each of which adds a warning.
@@ -102,13 +105,26 @@ fn route(
             format!("{listen} is used by another route"),
         );
     }
-    let pool = pool(r, cx, &field)?;
+    let pool = pool(
+        (&r.backends, &r.vip, &r.backend_port),
+        r.listen.span(),
+        cx,
+        &field,
+    )?;
+    let (fallback, fallback_pool) = match &r.fallback {
+        Some(f) => {
+            let (cfg, pool) = fallback(f, cx, &field)?;
+            (Some(cfg), Some(pool))
+        }
+        None => (None, None),
+    };
     let ranged = |v: &Option<Spanned<u64>>, f: &str, default: u64, lo: u64, hi: u64| match v {
         None => Ok(default),
         Some(x) if (lo..=hi).contains(x.get_ref()) => Ok(*x.get_ref()),
         Some(x) => cx.err(x.span(), field(f), format!("use {lo} to {hi}")),
     };
     let ttl = ranged(&r.ttl_secs, "ttl_secs", 300, 1, 7 * 86_400)?;
+    let stale = ranged(&r.stale_secs, "stale_secs", 0, 0, 7 * 86_400)?;
     let max_object = ranged(
         &r.max_object_bytes,
         "max_object_bytes",
@@ -168,6 +184,7 @@ fn route(
             name,
             listen,
             ttl: Duration::from_secs(ttl),
+            stale: Duration::from_secs(stale),
             max_object_bytes: max_object,
             max_request_bytes: max_request,
             exclude_fields: r
@@ -188,8 +205,10 @@ fn route(
             cache: r.cache.unwrap_or(true),
             tiers,
             shedding,
+            fallback,
         },
         pool,
+        fallback_pool,
     })
 }
 
@@ -415,12 +434,71 @@ fn scope(
 
 /// Where a route's misses go: exactly one of `backends = [..]` and
 /// `vip = ".."` with `backend_port`.
+/// The pool's keys, as a route and its fallback both spell them.
+type PoolKeys<'a> = (
+    &'a Option<Spanned<Vec<String>>>,
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<u16>>,
+);
+
+/// `[route.fallback]`: its pool, the model it serves, and the tiers that
+/// fall back (default sheddable; never critical).
+fn fallback(
+    f: &Spanned<RawFallback>,
+    cx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(Fallback, CachePool), ConfigError> {
+    let ff = |k: &str| field(&format!("fallback.{k}"));
+    let r = f.get_ref();
+    let pool = pool((&r.backends, &r.vip, &r.backend_port), f.span(), cx, &ff)?;
+    let mut tiers = [false; 3];
+    match &r.tiers {
+        None => tiers[Tier::Sheddable.index()] = true,
+        Some(list) => {
+            for w in list.get_ref() {
+                match Tier::WORDS.iter().find(|(x, _)| x == w).map(|(_, t)| *t) {
+                    Some(Tier::Critical) => {
+                        return cx.err(
+                            list.span(),
+                            ff("tiers"),
+                            "critical never falls back: it is never shed",
+                        );
+                    }
+                    Some(t) => tiers[t.index()] = true,
+                    None => {
+                        return cx.err(
+                            list.span(),
+                            ff("tiers"),
+                            format!("{w:?}: use \"standard\" or \"sheddable\""),
+                        );
+                    }
+                }
+            }
+            if list.get_ref().is_empty() {
+                return cx.err(
+                    list.span(),
+                    ff("tiers"),
+                    "name at least one tier (or remove [route.fallback])",
+                );
+            }
+        }
+    }
+    let model = match &r.model {
+        Some(m) if m.get_ref().is_empty() || m.get_ref().len() > 256 => {
+            return cx.err(m.span(), ff("model"), "a model name of 1 to 256 bytes");
+        }
+        m => m.as_ref().map(|m| m.get_ref().clone()),
+    };
+    Ok((Fallback { tiers, model }, pool))
+}
+
 fn pool(
-    r: &RawCacheRoute,
+    (backends, vip, backend_port): PoolKeys<'_>,
+    at: std::ops::Range<usize>,
     cx: &Ctx<'_>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<CachePool, ConfigError> {
-    match (&r.backends, &r.vip) {
+    match (backends, vip) {
         (Some(b), None) => {
             let mut addrs = Vec::new();
             for a in b.get_ref() {
@@ -445,7 +523,7 @@ fn pool(
                 Ok(id) => id,
                 Err(e) => return cx.err(v.span(), field("vip"), e),
             };
-            let Some(port) = &r.backend_port else {
+            let Some(port) = backend_port else {
                 return cx.err(
                     v.span(),
                     field("backend_port"),
@@ -458,7 +536,7 @@ fn pool(
             })
         }
         _ => cx.err(
-            r.listen.span(),
+            at,
             field("backends"),
             "give exactly one of backends = [..] or vip = \"..\" (with backend_port)",
         ),

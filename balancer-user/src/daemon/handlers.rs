@@ -195,7 +195,7 @@ impl Daemon {
         routes
             .iter()
             .map(|r| {
-                let (requests, shed) = r.tier_counts();
+                let t = r.tier_counts();
                 let by_tier = |counts: [u64; 3]| {
                     Tier::ALL
                         .iter()
@@ -205,8 +205,10 @@ impl Daemon {
                 };
                 RouteStatsRow {
                     route: r.config().name.clone(),
-                    requests_by_tier: by_tier(requests),
-                    shed_by_tier: by_tier(shed),
+                    requests_by_tier: by_tier(t.requests),
+                    shed_by_tier: by_tier(t.shed),
+                    stale_by_tier: by_tier(t.stale),
+                    fallback_by_tier: by_tier(t.fallback),
                     placements: r.placements(),
                     prediction_mape: r.prediction_error().map(|(_, m)| m),
                 }

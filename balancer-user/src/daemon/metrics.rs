@@ -313,6 +313,20 @@ const ROUTE_FAMILIES: &[(Family, PerTier)] = &[
         ),
         |r| &r.shed_by_tier,
     ),
+    (
+        Family::counter(
+            "balancer_route_stale_total",
+            "Requests each route would have shed but answered from a stale cache entry (X-Cache: STALE), by priority tier.",
+        ),
+        |r| &r.stale_by_tier,
+    ),
+    (
+        Family::counter(
+            "balancer_route_fallback_total",
+            "Requests each route would have shed but sent to its fallback pool (X-Balancer-Fallback), by priority tier.",
+        ),
+        |r| &r.fallback_by_tier,
+    ),
 ];
 
 fn render_cache(c: &CacheStats, o: &mut String) {
@@ -450,6 +464,8 @@ mod tests {
                 requests_by_tier: [("critical".to_string(), 2), ("sheddable".to_string(), 9)]
                     .into(),
                 shed_by_tier: [("critical".to_string(), 0), ("sheddable".to_string(), 4)].into(),
+                stale_by_tier: [("sheddable".to_string(), 2)].into(),
+                fallback_by_tier: [("sheddable".to_string(), 1)].into(),
                 placements: Vec::new(),
                 prediction_mape: [None; 2],
             }],

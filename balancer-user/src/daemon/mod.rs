@@ -144,6 +144,9 @@ async fn run_async(cfg: Config, saved: Option<Snapshot>) -> Result<()> {
         let mut routes = Vec::new();
         for (r, l) in cfg.cache_routes.iter().zip(listeners) {
             let route = Route::new(r.route.clone(), c.clone(), pool_source(&daemon, &r.pool));
+            if let Some(p) = &r.fallback_pool {
+                route.set_fallback(pool_source(&daemon, p));
+            }
             info!(route = %r.route.name, listen = %r.route.listen, cache = r.route.cache, "route serving");
             tokio::spawn(route.clone().serve(l));
             routes.push(route);

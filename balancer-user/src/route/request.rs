@@ -87,6 +87,14 @@ pub fn parse(body: &[u8]) -> Option<Shape> {
     Some(s)
 }
 
+/// `body` (a JSON object) with its field `key` set to `value`; `None` when
+/// it is not a JSON object.
+pub fn with_field(body: &[u8], key: &str, value: Value) -> Option<Vec<u8>> {
+    let mut m: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    m.insert(key.into(), value);
+    serde_json::to_vec(&m).ok()
+}
+
 /// Adds a content value's text bytes and images to `s`: a string, a list
 /// of strings or token ids, or content parts (`{"type": "text", "text":
 /// …}`, `image_url`, `image`, `input_image`).

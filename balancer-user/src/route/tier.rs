@@ -201,9 +201,7 @@ impl TierPolicy {
 /// client sent: the gateway decides priorities), or `None` when the body is
 /// not a JSON object and is better forwarded as it is.
 pub fn with_priority(body: &[u8], tier: Tier) -> Option<Vec<u8>> {
-    let mut m: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    m.insert("priority".into(), tier.vllm_priority().into());
-    serde_json::to_vec(&m).ok()
+    super::request::with_field(body, "priority", tier.vllm_priority().into())
 }
 
 /// Requests per tier, counted as they arrive.

@@ -20,6 +20,7 @@
 //! `flight.rs` runs misses (single flight, fill), `forward.rs` talks to
 //! backends, `response.rs` builds what goes back.
 
+mod degrade;
 mod flight;
 mod forward;
 mod health;
@@ -83,6 +84,9 @@ pub struct RouteConfig {
     pub listen: SocketAddr,
     /// How long entries live.
     pub ttl: Duration,
+    /// How long past its TTL an entry may still answer a request that a
+    /// saturated pool would shed (`X-Cache: STALE`; 0: never).
+    pub stale: Duration,
     /// Largest response body stored, bytes.
     pub max_object_bytes: u64,
     /// Largest request body accepted, bytes (413 above).
@@ -127,6 +131,19 @@ pub struct RouteConfig {
     pub tiers: crate::route::tier::TierPolicy,
     /// When lower tiers are shed (`None`: never).
     pub shedding: Option<crate::route::admission::Shedding>,
+    /// Where requests that would be shed go instead, if anywhere.
+    pub fallback: Option<Fallback>,
+}
+
+/// A route's fallback: a pool (a smaller model, say) for the requests of
+/// some tiers that a saturated pool would shed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Per tier (by [`Tier::index`]): whether it falls back.
+    pub tiers: [bool; 3],
+    /// The model the fallback pool serves, written into the request's
+    /// `model` field (`None`: the request is sent as it is).
+    pub model: Option<String>,
 }
 
 /// Binds a route's listener (before the route exists: a daemon binds every
@@ -143,6 +160,20 @@ pub async fn bind(cfg: &RouteConfig) -> Result<TcpListener, CacheError> {
 
 /// The route's pool: backend addresses and current weights.
 pub type PoolSource = Arc<dyn Fn() -> Vec<(SocketAddr, u32)> + Send + Sync>;
+
+/// A route's requests per tier ([`Tier::ALL`]'s order), and what
+/// admission did with those it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TierTotals {
+    /// Requests.
+    pub requests: [u64; 3],
+    /// Shed with 429.
+    pub shed: [u64; 3],
+    /// Answered from a stale entry.
+    pub stale: [u64; 3],
+    /// Sent to the fallback pool.
+    pub fallback: [u64; 3],
+}
 
 /// A backend the route has sent to: its requests in flight and health.
 #[derive(Debug, Default)]
@@ -168,8 +199,14 @@ pub struct Route {
     budget: Arc<Semaphore>,
     /// Requests per priority tier.
     tier_counts: TierCounts,
-    /// Of them, those shed.
+    /// Of them, those shed (429).
     shed_counts: TierCounts,
+    /// Those answered from a stale entry instead.
+    stale_counts: TierCounts,
+    /// Those sent to the fallback pool instead.
+    fallback_counts: TierCounts,
+    /// The fallback pool's route, once set.
+    fallback: degrade::FallbackRoute,
     /// Shedding's state.
     admission: Admission,
     /// The cost model's.
@@ -202,6 +239,9 @@ impl Route {
             )),
             tier_counts: TierCounts::default(),
             shed_counts: TierCounts::default(),
+            stale_counts: TierCounts::default(),
+            fallback_counts: TierCounts::default(),
+            fallback: degrade::FallbackRoute::new(),
             admission: Admission::new(cfg_shedding),
             placement: placement::Placement::default(),
             locality: locality::Locality::default(),
@@ -302,18 +342,21 @@ impl Route {
         self.tier_counts.count(tier);
         let mut r = match self.admit(tier) {
             Verdict::Admit => self.serve_request(parts, body, tier).await,
-            Verdict::Shed { retry_after_s } => {
-                self.shed_counts.count(tier);
-                self.shed(tier, retry_after_s)
-            }
+            Verdict::Shed { retry_after_s } => self.degrade(parts, body, tier, retry_after_s).await,
         };
         set(r.headers_mut(), X_BALANCER_TIER, tier.label());
         r
     }
 
-    /// Requests so far per tier, and of them those shed.
-    pub fn tier_counts(&self) -> ([u64; 3], [u64; 3]) {
-        (self.tier_counts.snapshot(), self.shed_counts.snapshot())
+    /// Requests so far per tier, and of them those shed, answered stale
+    /// and sent to the fallback pool.
+    pub fn tier_counts(&self) -> TierTotals {
+        TierTotals {
+            requests: self.tier_counts.snapshot(),
+            shed: self.shed_counts.snapshot(),
+            stale: self.stale_counts.snapshot(),
+            fallback: self.fallback_counts.snapshot(),
+        }
     }
 
     /// Whether a request of `tier` goes on, from the pool's requests in

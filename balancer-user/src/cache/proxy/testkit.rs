@@ -11,6 +11,7 @@ pub(super) fn config() -> RouteConfig {
         name: "r".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         ttl: Duration::from_secs(60),
+        stale: Duration::ZERO,
         max_object_bytes: 1 << 20,
         max_request_bytes: 256,
         exclude_fields: vec!["user".into()],
@@ -28,6 +29,7 @@ pub(super) fn config() -> RouteConfig {
         cache: true,
         tiers: Default::default(),
         shedding: None,
+        fallback: None,
     }
 }
 

@@ -238,3 +238,171 @@ async fn a_request_goes_to_one_backend_whatever_its_tier() {
         assert_eq!(low, high, "prompt {prompt}");
     }
 }
+
+/// A backend that holds requests whose body says "hold" until `release`
+/// gets a permit, and answers the others at once with their body.
+async fn holding_some() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (held, release) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
+    let (h, r) = (held.clone(), release.clone());
+    tokio::spawn(http::serve(l, http::Settings::new("some"), move |req| {
+        let (h, r) = (h.clone(), r.clone());
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if body.windows(4).any(|w| w == b"hold") {
+                h.fetch_add(1, Ordering::Relaxed);
+                let _ = r.acquire().await;
+            }
+            Response::new(Full::new(body))
+        }
+    }));
+    (addr, held, release)
+}
+
+#[tokio::test]
+async fn a_refused_request_gets_a_stale_entry_then_the_fallback_then_429() {
+    let (b, held, release) = holding_some().await;
+    let small = echo().await;
+    let cfg = RouteConfig {
+        tiers: tiers(false),
+        ttl: Duration::from_millis(1),
+        stale: Duration::from_secs(600),
+        shedding: Some(crate::route::admission::Shedding::new(1)),
+        fallback: Some(Fallback {
+            tiers: [false, false, true],
+            model: Some("small".into()),
+        }),
+        ..testkit::config()
+    };
+    let l = bind(&cfg).await.unwrap();
+    let r = l.local_addr().unwrap();
+    let cache = Cache::new(crate::cache::Settings {
+        stale_ms: 600_000,
+        ..Default::default()
+    })
+    .unwrap();
+    let route = Route::new(cfg, cache, Arc::new(move || vec![(b, 1)]));
+    route.set_fallback(Arc::new(move || vec![(small, 1)]));
+    tokio::spawn(route.clone().serve(l));
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let ask = |prompt: &'static str, temperature: u32, priority: &'static str| {
+        let client = client.clone();
+        async move {
+            let body =
+                format!(r#"{{"model":"m","temperature":{temperature},"prompt":"{prompt}"}}"#);
+            let req = Request::post(format!("http://{r}/v1/completions"))
+                .header("x-priority", priority)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            let h = |k: &str| {
+                resp.headers()
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (status, cache, fallback) = (
+                resp.status().as_u16(),
+                h("x-cache"),
+                h("x-balancer-fallback"),
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (
+                status,
+                cache,
+                fallback,
+                v["model"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    // An entry, expired at once (1 ms TTL) but kept for 600 s.
+    assert_eq!(ask("kept", 0, "standard").await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // One held request saturates the pool (max_in_flight = 1).
+    let holder = tokio::spawn(ask("hold", 1, "standard"));
+    let deadline = tokio::time::Instant::now() + crate::testutil::margin();
+    while held.load(Ordering::Relaxed) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // (what, prompt, temperature, (status, x-cache, x-balancer-fallback, model answered)).
+    type Row<'a> = (&'a str, &'a str, u32, (u16, &'a str, &'a str, &'a str));
+    let table: &[Row] = &[
+        (
+            "a cached request: its stale entry",
+            "kept",
+            0,
+            (200, "STALE", "", "m"),
+        ),
+        (
+            "nothing cached: the fallback, with its model",
+            "other",
+            0,
+            (200, "", "small", "small"),
+        ),
+        (
+            "not cacheable: the fallback",
+            "kept",
+            1,
+            (200, "", "small", "small"),
+        ),
+    ];
+    for (what, prompt, temperature, want) in table {
+        let got = ask(prompt, *temperature, "sheddable").await;
+        assert_eq!(
+            (got.0, got.1.as_str(), got.2.as_str(), got.3.as_str()),
+            *want,
+            "{what}"
+        );
+    }
+    let t = route.tier_counts();
+    assert_eq!((t.stale[2], t.fallback[2], t.shed[2]), (1, 2, 0));
+    release.add_permits(1);
+    assert_eq!(holder.await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn without_stale_or_fallback_a_refused_request_gets_429() {
+    let (b, held, release) = holding_some().await;
+    let cfg = RouteConfig {
+        tiers: tiers(false),
+        shedding: Some(crate::route::admission::Shedding::new(1)),
+        fallback: Some(Fallback {
+            tiers: [false, false, true],
+            model: None,
+        }),
+        ..testkit::config()
+    };
+    // A fallback configured but never given its pool: still 429.
+    let (r, _) = testkit::serve(cfg, vec![(b, 1)]).await;
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let post = |body: &'static str, priority: &'static str| {
+        Request::post(format!("http://{r}/v1/completions"))
+            .header("x-priority", priority)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let holder = tokio::spawn(client.request(post(r#"{"prompt":"hold"}"#, "standard")));
+    let deadline = tokio::time::Instant::now() + crate::testutil::margin();
+    while held.load(Ordering::Relaxed) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shed = client
+        .request(post(r#"{"prompt":"x"}"#, "sheddable"))
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(shed.headers().get("retry-after").is_some());
+    release.add_permits(1);
+    holder.await.unwrap().unwrap();
+}

@@ -14,6 +14,8 @@ pub fn stats(rows: &[RouteStatsRow]) -> String {
         ("tier", Align::Left),
         ("requests", Align::Right),
         ("shed", Align::Right),
+        ("stale", Align::Right),
+        ("fallback", Align::Right),
     ];
     let get = |m: &std::collections::BTreeMap<String, u64>, t: Tier| {
         m.get(t.label()).copied().unwrap_or(0).to_string()
@@ -27,12 +29,14 @@ pub fn stats(rows: &[RouteStatsRow]) -> String {
                     t.label().to_string(),
                     get(&r.requests_by_tier, *t),
                     get(&r.shed_by_tier, *t),
+                    get(&r.stale_by_tier, *t),
+                    get(&r.fallback_by_tier, *t),
                 ]
             })
         })
         .collect();
     let mut out = String::from(
-        "requests by priority tier since the daemon started, and of them those shed (429)\n",
+        "requests by priority tier since the daemon started, and of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool\n",
     );
     out.push_str(&render(&headers, &body));
     out
@@ -116,16 +120,18 @@ mod tests {
             ]
             .into(),
             shed_by_tier: [("sheddable".to_string(), 700)].into(),
+            stale_by_tier: [("sheddable".to_string(), 5)].into(),
+            fallback_by_tier: Default::default(),
             placements: Vec::new(),
             prediction_mape: [None; 2],
         };
         assert_eq!(
             stats(&[row]),
-            "requests by priority tier since the daemon started, and of them those shed (429)\n\
-             route   tier       requests  shed\n\
-             openai  critical         12     0\n\
-             openai  standard          0     0\n\
-             openai  sheddable      3400   700\n"
+            "requests by priority tier since the daemon started, and of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool\n\
+             route   tier       requests  shed  stale  fallback\n\
+             openai  critical         12     0      0         0\n\
+             openai  standard          0     0      0         0\n\
+             openai  sheddable      3400   700      5         0\n"
         );
         assert!(stats(&[]).starts_with("no routes"));
     }
@@ -151,6 +157,8 @@ mod tests {
             route: "chat".into(),
             requests_by_tier: Default::default(),
             shed_by_tier: Default::default(),
+            stale_by_tier: Default::default(),
+            fallback_by_tier: Default::default(),
             placements: vec![p],
             prediction_mape: [Some(0.12), None],
         };

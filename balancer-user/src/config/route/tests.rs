@@ -275,3 +275,77 @@ fn shedding_defaults_and_is_checked() {
         assert!(e.message.contains(says), "{e}");
     }
 }
+
+#[test]
+fn stale_and_fallback_default_and_parse() {
+    use crate::config::CachePool;
+    let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
+    let r = &c.cache_routes[0];
+    assert_eq!(
+        (r.route.stale, &r.route.fallback, &r.fallback_pool),
+        (Duration::ZERO, &None, &None)
+    );
+    assert_eq!(c.cache.stale_ms, 0);
+    let src = format!(
+        "{ROUTE}stale_secs = 120\n[route.fallback]\nbackends = [\"10.0.2.10:8000\"]\nmodel = \"llama-3.2-1b\"\n"
+    );
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    let r = &c.cache_routes[0];
+    assert_eq!(r.route.stale, Duration::from_secs(120));
+    assert_eq!(
+        c.cache.stale_ms, 120_000,
+        "the L1 keeps expired entries as long"
+    );
+    let f = r.route.fallback.as_ref().unwrap();
+    assert_eq!(
+        (f.tiers, f.model.as_deref()),
+        ([false, false, true], Some("llama-3.2-1b"))
+    );
+    assert_eq!(
+        r.fallback_pool,
+        Some(CachePool::Static(vec!["10.0.2.10:8000".parse().unwrap()]))
+    );
+    let src = format!(
+        "{ROUTE}[route.fallback]\nvip = \"10.0.0.9:80/tcp\"\nbackend_port = 8000\ntiers = [\"standard\", \"sheddable\"]\n"
+    );
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    assert_eq!(
+        c.cache_routes[0].route.fallback.as_ref().unwrap().tiers,
+        [false, true, true]
+    );
+}
+
+#[test]
+fn stale_and_fallback_are_checked() {
+    let pool = "backends = [\"10.0.2.10:8000\"]\n";
+    for (extra, field) in [
+        ("stale_secs = 999999999\n", "stale_secs".to_string()),
+        (
+            &format!("[route.fallback]\n{pool}tiers = [\"critical\"]\n")[..],
+            "fallback.tiers".into(),
+        ),
+        (
+            &format!("[route.fallback]\n{pool}tiers = [\"urgent\"]\n")[..],
+            "fallback.tiers".into(),
+        ),
+        (
+            &format!("[route.fallback]\n{pool}tiers = []\n")[..],
+            "fallback.tiers".into(),
+        ),
+        (
+            &format!("[route.fallback]\n{pool}model = \"\"\n")[..],
+            "fallback.model".into(),
+        ),
+        (
+            "[route.fallback]\nmodel = \"m\"\n",
+            "fallback.backends".into(),
+        ),
+        (
+            "[route.fallback]\nbackends = [\"nope\"]\n",
+            "fallback.backends".into(),
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
+        assert_eq!(e.field, format!("route[0].{field}"), "{extra}: {e}");
+    }
+}
