@@ -9,44 +9,20 @@
 //! | `requests_for_an_adapter_reach_only_the_backends_that_have_it` | with a LoRA adapter loaded on one of three nodes (vLLM's `/v1/load_lora_adapter`), once the route's `/v1/models` poll has seen it, every request naming the adapter reaches that node, and base-model requests still spread |
 //! | `heavy_requests_land_on_the_big_class_under_load` | on one A100-class and two L4-class nodes, after light requests taught the model each node's speed, a burst of heavy requests (3,000-token prompts, 300 tokens out) all reach the A100, though each arrives while the others load it; the cost model's MAPE is printed |
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use balancer::emulate::profile::Profile;
 use balancer_tests::{
-    cachebed::{Gateway, free_port, http},
-    fleet::{run::start_nodes, scenario::Fleet},
+    cachebed::{Gateway, http},
+    fleet::gateway,
 };
 
-/// The nodes of `classes`, up in this process, and a gateway in front of
-/// them with `pick = "aware"`; returns the route's address and the node
-/// names by address.
+/// The nodes of `classes` behind a route `name` with `pick = "aware"`.
 async fn fleet_and_gateway(
     name: &str,
     classes: &[(&str, u32)],
 ) -> Result<(Gateway, SocketAddr, Vec<(SocketAddr, String)>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/profiles");
-    let profile = Profile::load(&dir.join("llama-3.1-8b.toml"))?;
-    let fleet = Fleet {
-        profile,
-        profile_path: None,
-        model: "llama-3.1-8b".into(),
-        nodes: classes.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
-    };
-    let nodes = start_nodes(&fleet, &[]).await?;
-    let port = free_port()?;
-    let list: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.0)).collect();
-    let config = format!(
-        "[[route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [{}]\npick = \"aware\"\ncache = false\ntimeout_ms = 120000\nmodels_refresh_ms = 200\n",
-        list.join(", ")
-    );
-    let g = tokio::task::spawn_blocking({
-        let name = name.to_string();
-        move || Gateway::start(&name, &config)
-    })
-    .await??;
-    let names = nodes.into_iter().map(|(a, n, _)| (a, n)).collect();
-    Ok((g, SocketAddr::from(([127, 0, 0, 1], port)), names))
+    gateway::start(name, classes, "pick = \"aware\"\nmodels_refresh_ms = 200\n").await
 }
 
 /// A streamed completion of `prompt` asking `max_tokens`: the node that

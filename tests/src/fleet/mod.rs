@@ -12,9 +12,12 @@
 //! - [`l4`]: the L4 strategies' fleet: a testbed behind the daemon's XDP;
 //! - [`report`]: the figures, the table and the JSON;
 //! - [`plot`]: the PNG plots (latency over time, per-node load);
-//! - [`check`]: runs with known answers (Erlang C, Pollaczek-Khinchine).
+//! - [`check`]: runs with known answers (Erlang C, Pollaczek-Khinchine);
+//! - [`gateway`]: a fleet in this process behind `balancer run`, for the
+//!   routing tests.
 
 pub mod check;
+pub mod gateway;
 pub mod l4;
 pub mod plan;
 pub mod plot;
