@@ -146,6 +146,32 @@ pub struct VipMeta {
     pub ring_gen: u8,
     /// Lifetime of a client-affinity entry, in seconds.
     pub affinity_timeout_secs: u32,
+    /// Share of new connections refused (dropped before placement), in
+    /// 65536ths: the VIP's tier shed by the control plane while its pool
+    /// is saturated. Established connections are never refused.
+    pub shed_share: u16,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// [`VipMeta::shed_share`] that refuses every new connection.
+pub const SHED_ALL: u16 = u16::MAX;
+
+/// Whether a new connection whose flow hashes to `hash`, at `now_ns`, is
+/// refused under `share`. The draw mixes the clock (at about a millisecond)
+/// into the flow hash, so a client's retransmitted SYN is drawn again.
+#[inline(always)]
+pub fn shed_draw(share: u16, hash: u32, now_ns: u64) -> bool {
+    if share == 0 {
+        return false;
+    }
+    if share == SHED_ALL {
+        return true;
+    }
+    let mut z = (hash as u64) ^ (now_ns >> 20).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z ^= z >> 27;
+    ((z >> 48) as u16) < share
 }
 
 /// One slot of the VIP table (`VIPS`), an array the control plane lays out as
@@ -438,7 +464,7 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipMeta>(), 12);
+        assert_eq!(size_of::<VipMeta>(), 16);
         assert_eq!(size_of::<Backend>(), 28);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowBucket>(), 64);

@@ -81,10 +81,13 @@ counters! {
     /// every allowed tunnel prefix (spoofed, or a gateway not configured):
     /// dropped.
     DropDecapSource = 24 => "drop_decap_source",
+    /// A new connection to a VIP whose tier the control plane sheds
+    /// ([`crate::VipMeta::shed_share`]): dropped before placement.
+    DropShed = 25 => "drop_shed",
 }
 
 /// Number of global counters.
-pub const COUNTER_COUNT: usize = 25;
+pub const COUNTER_COUNT: usize = 26;
 
 /// Value of the `STATS` per-CPU array (one entry).
 #[repr(C)]

@@ -153,6 +153,7 @@ fn run() -> anyhow::Result<()> {
             id,
             mode: Mode::Tunnel,
             affinity_secs: affinity,
+            tier: Default::default(),
         })?;
         for i in 0..8u8 {
             lb.add_backend(

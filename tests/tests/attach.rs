@@ -100,6 +100,7 @@ fn attach_pins_adopts_and_detaches() {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        tier: Default::default(),
     })
     .unwrap();
     lb.add_backend(
@@ -210,6 +211,7 @@ fn lb_rejects_bad_input_with_clear_errors() {
         id,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        tier: Default::default(),
     };
     lb.add_vip(spec(vip)).unwrap();
     let cases: Vec<(Case, &str)> = vec![
@@ -228,6 +230,7 @@ fn lb_rejects_bad_input_with_clear_errors() {
                     id: "10.9.9.8:80/tcp".parse().unwrap(),
                     mode: Mode::Tunnel,
                     affinity_secs: Some(0),
+                    tier: Default::default(),
                 })
             }),
             "affinity timeout",
@@ -344,6 +347,7 @@ fn a_failed_step_of_a_vip_removal_does_not_stop_its_cleanup() {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        tier: Default::default(),
     })
     .unwrap();
     for last in [1, 2] {

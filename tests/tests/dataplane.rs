@@ -63,6 +63,7 @@ impl Fixture {
                 id,
                 mode,
                 affinity_secs: aff,
+                tier: Default::default(),
             })
             .unwrap();
             for (addr, m) in backends {
@@ -682,6 +683,44 @@ fn established_flows_survive_ring_change_drain_and_go_on_removal() {
 }
 
 #[test]
+fn a_saturated_sheddable_vip_refuses_new_connections_and_none_established() {
+    let mut fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    // A connection placed while the VIP admits everyone.
+    let conn = Flow::tcp("192.0.2.40", 30000, "10.100.0.1", 80);
+    let (act, out) = fx.run(&conn.frame());
+    assert_eq!(act, TX);
+    let placed = Fixture::backend_of(&out);
+    fx.lb
+        .set_tier(&a, balancer::route::tier::Tier::Sheddable)
+        .unwrap();
+    assert_eq!(
+        fx.lb.shed_for_load(&a, 1.0).unwrap(),
+        balancer_common::SHED_ALL,
+        "a saturated sheddable VIP is shed fully"
+    );
+    let before = fx.stats();
+    for p in 0..50u16 {
+        let f = Flow::tcp("192.0.2.41", 31000 + p, "10.100.0.1", 80);
+        assert_eq!(fx.run(&f.frame()).0, DROP, "new connection {p}");
+    }
+    assert_eq!(
+        fx.stats().get(Counter::DropShed) - before.get(Counter::DropShed),
+        50
+    );
+    // Its established connection goes on, to the same backend.
+    let (act, out) = fx.run(&conn.clone().ack().frame());
+    assert_eq!((act, Fixture::backend_of(&out)), (TX, placed));
+    // A VIP of another tier is not touched.
+    let udp = Flow::udp("192.0.2.41", 31000, "10.100.0.1", 53);
+    assert_eq!(fx.run(&udp.frame()).0, TX, "the standard UDP VIP");
+    // Half saturated: admitted again.
+    assert_eq!(fx.lb.shed_for_load(&a, 0.5).unwrap(), 0);
+    let f = Flow::tcp("192.0.2.42", 32000, "10.100.0.1", 80);
+    assert_eq!(fx.run(&f.frame()).0, TX);
+}
+
+#[test]
 fn reused_backend_slot_does_not_inherit_flows() {
     let mut fx = Fixture::new();
     let a = vip("10.100.0.1:80/tcp");
@@ -781,6 +820,7 @@ fn affinity_entries_expire() {
             id: v,
             mode: Mode::Tunnel,
             affinity_secs: Some(ttl),
+            tier: Default::default(),
         })
         .unwrap();
     for (a, m) in [("10.0.0.71", 0x71), ("10.0.0.72", 0x72)] {
@@ -1189,6 +1229,7 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
             id: v,
             mode: Mode::L2Dsr,
             affinity_secs: None,
+            tier: Default::default(),
         })
         .unwrap();
         lb.add_backend(
@@ -1234,6 +1275,7 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
             id: vip("10.78.0.1:80/tcp"),
             mode: Mode::L2Dsr,
             affinity_secs: None,
+            tier: Default::default(),
         })
         .is_err(),
         "a 65th VIP must be refused"

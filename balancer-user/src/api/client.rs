@@ -165,6 +165,17 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Sets a VIP's tier or shedding.
+    pub async fn set_vip(&self, id: &VipId, set: &super::VipSet) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(
+            Method::PATCH,
+            &format!("/v1/vips/{}", vip_path(id)),
+            Self::body(set),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Adds a backend.
     pub async fn add_backend(&self, vip: &VipId, b: &AddBackend) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(

@@ -6,6 +6,7 @@
 //! | GET | `/v1/vips` | | `[VipInfo]` |
 //! | POST | `/v1/vips` | [`VipSpec`] | `{}` |
 //! | DELETE | `/v1/vips/{addr}/{port}/{proto}` | | `{}` |
+//! | PATCH | `/v1/vips/{addr}/{port}/{proto}` | [`VipSet`] | `{}` |
 //! | POST | `/v1/vips/{addr}/{port}/{proto}/backends` | [`AddBackend`] | `{}` |
 //! | DELETE | `/v1/vips/{..}/backends/{addr}` | | `{}` |
 //! | POST | `/v1/vips/{..}/backends/{addr}/drain` or `/undrain` | | `{}` |
@@ -50,6 +51,34 @@ pub struct AddBackend {
 
 fn one() -> u32 {
     1
+}
+
+/// Body of "set a VIP's tier or shedding".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSet {
+    /// Its new tier.
+    #[serde(default)]
+    pub tier: Option<crate::route::tier::Tier>,
+    /// Refuse this percentage of its new connections in XDP, 0 to 100
+    /// (until telemetry, if the VIP has it, sets it again).
+    #[serde(default)]
+    pub shed_percent: Option<u8>,
+}
+
+impl VipSet {
+    /// Checks the percentage.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self.shed_percent {
+            Some(p) if p > 100 => Err(ApiError::bad_request(format!(
+                "shed_percent {p}: use 0 to 100"
+            ))),
+            _ if self.tier.is_none() && self.shed_percent.is_none() => {
+                Err(ApiError::bad_request("give a tier, a shed_percent or both"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Body of "set weight".
@@ -259,6 +288,8 @@ pub enum Request {
     AddVip(VipSpec),
     /// Remove a VIP.
     RemoveVip(VipId),
+    /// Set a VIP's tier or shedding.
+    SetVip(VipId, VipSet),
     /// Add a backend.
     AddBackend(VipId, AddBackend),
     /// Remove a backend.

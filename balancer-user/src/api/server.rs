@@ -8,7 +8,7 @@ use hyper::{Method, Request as HttpRequest, Response, StatusCode, body::Incoming
 use serde::Serialize;
 use tokio::net::UnixListener;
 
-use super::{AddBackend, ApiError, MAX_BODY, Reply, Request, SetWeight};
+use super::{AddBackend, ApiError, MAX_BODY, Reply, Request, SetWeight, VipSet};
 use crate::{
     http,
     lb::{Proto, VipId, VipSpec},
@@ -144,6 +144,12 @@ async fn parse(req: HttpRequest<Incoming>) -> Result<Request, ApiError> {
         }
         (Method::POST, ["v1", "vips"]) => Ok(Request::AddVip(body::<VipSpec>(req).await?)),
         (Method::DELETE, ["v1", "vips", a, p, t]) => Ok(Request::RemoveVip(vip_from(&[a, p, t])?)),
+        (Method::PATCH, ["v1", "vips", a, p, t]) => {
+            let vip = vip_from(&[a, p, t])?;
+            let set = body::<VipSet>(req).await?;
+            set.validate()?;
+            Ok(Request::SetVip(vip, set))
+        }
         (Method::POST, ["v1", "vips", a, p, t, "backends"]) => {
             let vip = vip_from(&[a, p, t])?;
             Ok(Request::AddBackend(vip, body::<AddBackend>(req).await?))

@@ -10,6 +10,7 @@ use balancer::{
     config::DEFAULT_SOCKET,
     lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, VipId, validate_affinity, validate_weight},
     net::MacAddr,
+    route::tier::Tier,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -259,6 +260,22 @@ pub enum VipCmd {
         /// Client affinity: keep each client on one backend for this many seconds.
         #[arg(long, value_parser = parse_affinity)]
         affinity: Option<u32>,
+        /// Priority tier: how soon XDP sheds its new connections when its
+        /// pool saturates (critical, the default, never).
+        #[arg(long, default_value = "critical", value_parser = parse_tier)]
+        tier: Tier,
+    },
+    /// Change a VIP's tier, or refuse a share of its new connections now.
+    Set {
+        /// The VIP.
+        vip: VipId,
+        /// New tier.
+        #[arg(long, value_parser = parse_tier)]
+        tier: Option<Tier>,
+        /// Refuse this percentage (0-100) of its new connections in XDP
+        /// (telemetry, if the VIP has it, sets it again at its next reading).
+        #[arg(long, value_parser = parse_percent)]
+        shed: Option<u8>,
     },
     /// Remove a VIP and its pool.
     Rm {
@@ -348,6 +365,21 @@ fn parse_weight(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a whole number; use 0 to {MAX_WEIGHT}"))?;
     validate_weight(w).map_err(|e| e.to_string())
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::WORDS
+        .iter()
+        .find(|(w, _)| *w == s)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| format!("{s:?}: use critical, standard or sheddable"))
+}
+
+fn parse_percent(s: &str) -> Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(v) if v <= 100 => Ok(v),
+        _ => Err(format!("{s:?}: use a percentage from 0 to 100")),
+    }
 }
 
 fn parse_affinity(s: &str) -> Result<u32, String> {

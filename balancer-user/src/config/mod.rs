@@ -27,6 +27,7 @@
 //! vip = "10.0.0.100:80/tcp"
 //! mode = "tunnel"                    # tunnel | l2-dsr
 //! # affinity_secs = 300              # client affinity
+//! # tier = "critical"                # or "standard", "sheddable": XDP sheds new connections when saturated
 //!
 //! [[vip.backend]]
 //! address = "10.0.1.10"
@@ -261,6 +262,7 @@ struct RawVip {
     vip: Spanned<String>,
     mode: Option<Spanned<String>>,
     affinity_secs: Option<Spanned<u32>>,
+    tier: Option<Spanned<String>>,
     telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     backend: Vec<RawBackend>,

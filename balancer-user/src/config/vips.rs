@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, RawBackend, RawConfig, RawTelemetry, RawVip};
+use crate::route::tier::Tier;
 use crate::{
     control::{
         autoweight::{BackendTelemetry, PoolTelemetry},
@@ -99,10 +100,24 @@ fn vip_spec(
             Err(e) => return cx.err(s.span(), field("mode"), e),
         },
     };
+    let tier = match &v.tier {
+        None => crate::lb::vip_tier(),
+        Some(t) => match Tier::WORDS.iter().find(|(w, _)| w == t.get_ref()) {
+            Some((_, tier)) => *tier,
+            None => {
+                return cx.err(
+                    t.span(),
+                    field("tier"),
+                    "use critical, standard or sheddable",
+                );
+            }
+        },
+    };
     let spec = VipSpec {
         id,
         mode,
         affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
+        tier,
     };
     // The engine's own rules, reported against the key that broke one.
     if let Err(e) = spec.validate() {

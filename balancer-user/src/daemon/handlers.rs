@@ -356,6 +356,15 @@ impl Handler for Daemon {
             Request::Drain(vip, addr, true) => self.mutate(|lb| lb.drain(&vip, addr)),
             Request::Drain(vip, addr, false) => self.mutate(|lb| lb.undrain(&vip, addr)),
             Request::SetWeight(vip, addr, w) => self.mutate(|lb| lb.set_weight(&vip, addr, w)),
+            Request::SetVip(vip, set) => self.mutate(|lb| {
+                if let Some(t) = set.tier {
+                    lb.set_tier(&vip, t)?;
+                }
+                if let Some(p) = set.shed_percent {
+                    lb.set_shed(&vip, crate::lb::shed::share_of_percent(p as f64))?;
+                }
+                Ok(())
+            }),
             Request::CacheStats => Ok(Reply::Cache(self.cache()?.stats())),
             Request::CacheInvalidate(op) => {
                 let c = self.cache()?.clone();

@@ -58,6 +58,10 @@ pub async fn telemetry(daemon: Arc<Daemon>, mut auto: Autoweight) {
                 if let Err(e) = lb.apply_auto_weights(&vip, &items) {
                     warn!(%vip, error = %e, "applying telemetry weights");
                 }
+                // XDP sheds the VIP's tier by its pool's saturation.
+                if let Err(e) = lb.shed_for_load(&vip, saturation(&ds)) {
+                    warn!(%vip, error = %e, "setting the VIP's shedding");
+                }
             }
         })
         .await;
@@ -111,4 +115,19 @@ pub async fn resolve(daemon: Arc<Daemon>) {
         })
         .await;
     }
+}
+
+/// A pool's saturation: the mean load (0..1) of its backends that are up
+/// and whose telemetry is understood. With none, 0: shedding never acts on
+/// a pool it cannot read (the weights fail open there too).
+fn saturation(ds: &[crate::control::scoring::Decision]) -> f64 {
+    let live: Vec<f64> = ds
+        .iter()
+        .filter(|d| d.down.is_none() && !d.unknown)
+        .map(|d| d.load.clamp(0.0, 1.0))
+        .collect();
+    if live.is_empty() {
+        return 0.0;
+    }
+    live.iter().sum::<f64>() / live.len() as f64
 }

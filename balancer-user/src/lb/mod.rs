@@ -30,6 +30,7 @@ mod reconcile;
 mod report;
 mod ring;
 mod settings;
+pub mod shed;
 mod slots;
 mod snapshot;
 mod spec;
@@ -43,7 +44,7 @@ pub use self::{
     ring::GRACE,
     settings::DataplaneSettings,
     snapshot::{BackendRecord, Snapshot, SnapshotError, VipRecord},
-    spec::{BackendSpec, VipSpec, validate_addr, validate_affinity, validate_weight},
+    spec::{BackendSpec, VipSpec, validate_addr, validate_affinity, validate_weight, vip_tier},
     types::{BackendInfo, DownSource, Mode, Proto, VipId, VipInfo},
     view::{PoolView, Pools},
 };

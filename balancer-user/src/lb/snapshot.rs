@@ -124,6 +124,7 @@ mod tests {
                     id: vip.parse().unwrap(),
                     mode: Mode::Tunnel,
                     affinity_secs: None,
+                    tier: Default::default(),
                 },
                 index: 0,
                 backends: backends

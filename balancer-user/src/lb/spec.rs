@@ -19,6 +19,16 @@ pub struct VipSpec {
     pub mode: Mode,
     /// Client affinity timeout in seconds; `None` balances per connection.
     pub affinity_secs: Option<u32>,
+    /// Its priority tier: how soon XDP sheds its new connections when its
+    /// pool saturates ([`super::shed`]). VIPs are `critical` (never
+    /// refused) unless configured otherwise, so an upgrade refuses nothing.
+    #[serde(default = "vip_tier")]
+    pub tier: crate::route::tier::Tier,
+}
+
+/// A VIP's tier when none is given.
+pub fn vip_tier() -> crate::route::tier::Tier {
+    crate::route::tier::Tier::Critical
 }
 
 impl VipSpec {
@@ -105,6 +115,7 @@ mod tests {
             id: s.parse().unwrap(),
             mode,
             affinity_secs: None,
+            tier: Default::default(),
         }
     }
 
@@ -142,6 +153,7 @@ mod tests {
                 "affinity 0",
                 VipSpec {
                     affinity_secs: Some(0),
+                    tier: Default::default(),
                     ..v4.clone()
                 }
                 .validate(),
@@ -151,6 +163,7 @@ mod tests {
                 "affinity too long",
                 VipSpec {
                     affinity_secs: Some(MAX_AFFINITY_SECS + 1),
+                    tier: Default::default(),
                     ..v4.clone()
                 }
                 .validate(),

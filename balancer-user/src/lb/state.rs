@@ -160,6 +160,7 @@ impl VipState {
                 .iter()
                 .map(|(addr, b)| b.info(*addr, self.counts.get(&b.slot).copied().unwrap_or(0)))
                 .collect(),
+            shed_share: self.meta.shed_share,
         }
     }
 }

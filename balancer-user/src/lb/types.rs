@@ -191,6 +191,10 @@ pub struct VipInfo {
     pub index: u32,
     /// Its pool.
     pub backends: Vec<BackendInfo>,
+    /// Share of its new connections XDP refuses now (its tier shed), in
+    /// 65536ths (65535: all).
+    #[serde(default)]
+    pub shed_share: u16,
 }
 
 /// Who marked a backend down. A backend is down while any source says so.

@@ -33,6 +33,8 @@ impl LoadBalancer {
             mode: spec.mode.wire() as u8,
             ring_gen: 0,
             affinity_timeout_secs: spec.affinity_secs.unwrap_or(0),
+            shed_share: 0,
+            _pad: [0; 2],
         };
         let key = spec.id.key();
         self.maps.vips.insert(&key, &meta)?;

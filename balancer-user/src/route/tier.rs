@@ -14,14 +14,16 @@ use std::{
 };
 
 use hyper::{HeaderMap, header::HeaderName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The header a client names its tier in.
 pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 
 /// A request's priority tier. Ordered by importance, so the lower of two
 /// tiers is their `min`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Best effort: shed first (when the route sheds).

@@ -55,6 +55,8 @@ impl OneVip {
             mode: mode as u8,
             ring_gen: 0,
             affinity_timeout_secs: 0,
+            shed_share: 0,
+            _pad: [0; 2],
         };
         let mut filter = VipFilter::default();
         filter.insert(&addr, family(flow.dst));
@@ -74,6 +76,13 @@ impl OneVip {
             backend: bytes(&b),
             config: bytes(&DataplaneSettings::default().validate().unwrap()),
         }
+    }
+
+    /// The same VIP refusing `share` (65536ths) of its new connections.
+    fn shed(mut self, share: u16) -> Self {
+        let at = std::mem::offset_of!(VipSlot, meta) + std::mem::offset_of!(VipMeta, shed_share);
+        self.slot[at..at + 2].copy_from_slice(&share.to_ne_bytes());
+        self
     }
 
     fn lookup(&self, map: &str, key: &[u8]) -> Option<Vec<u8>> {
@@ -178,5 +187,72 @@ fn a_later_fragment_is_claimed_only_by_an_all_ports_vip() {
         assert_eq!(run.action, want, "VIP port {vip_port}");
         assert_eq!(run.packet, frame);
         assert_eq!(run.insns as usize, trace.len());
+    }
+}
+
+#[test]
+fn a_shed_vip_refuses_new_connections_and_no_established_one() {
+    let p = Program::from_elf(BALANCER, "balancer").expect("load");
+    let syn = Flow::tcp("10.1.0.5", 40000, "10.100.0.1", 80);
+    let udp = Flow::udp("10.1.0.5", 40000, "10.100.0.1", 80);
+    let backend: IpAddr = "10.200.0.7".parse().unwrap();
+    let settings = DataplaneSettings::default();
+    let sent = |f: &Flow| {
+        let src = pkt::tunnel_src(&settings, false, f.hash());
+        pkt::encapsulated(&f.frame(), f.l3(), src, backend, MAC, f.hash())
+    };
+    let all = balancer_common::SHED_ALL;
+    // (what, packet, the VIP's flow, refused share, action, frame sent)
+    type Case<'a> = (&'a str, Flow, Flow, u16, u32, Option<Vec<u8>>);
+    let cases: [Case; 5] = [
+        (
+            "a SYN, not shed",
+            syn.clone(),
+            syn.clone(),
+            0,
+            XDP_TX,
+            Some(sent(&syn)),
+        ),
+        (
+            "a SYN, shed fully: dropped",
+            syn.clone(),
+            syn.clone(),
+            all,
+            XDP_DROP,
+            None,
+        ),
+        (
+            "a segment of an established connection whose table entry is gone, shed fully: forwarded",
+            syn.clone().ack(),
+            syn.clone(),
+            all,
+            XDP_TX,
+            Some(sent(&syn.clone().ack())),
+        ),
+        (
+            "a new UDP flow, shed fully: dropped",
+            udp.clone(),
+            udp.clone(),
+            all,
+            XDP_DROP,
+            None,
+        ),
+        (
+            "a new UDP flow, not shed",
+            udp.clone(),
+            udp.clone(),
+            0,
+            XDP_TX,
+            Some(sent(&udp)),
+        ),
+    ];
+    for (what, flow, vip, share, action, want) in cases {
+        let maps = OneVip::new(&vip, ForwardMode::Tunnel, backend, MAC).shed(share);
+        let mut backend_fn = |m: &str, k: &[u8]| maps.lookup(m, k);
+        let run = p.run_xdp(&flow.frame(), &mut backend_fn).expect(what);
+        assert_eq!(run.action, action, "{what}");
+        if let Some(w) = want {
+            assert_eq!(run.packet, w, "{what}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use balancer_common::{
     AffinityKey, AffinityValue, BACKEND_F_ACTIVE, Backend, Counter, ForwardMode, GlobalStats,
     RING_EMPTY, VIP_F_AFFINITY, VipMeta, flow_entry, flow_entry_backend, flow_entry_epoch,
     hash::{FlowHash, client_hash, ring_slot},
-    ring_base,
+    ring_base, shed_draw,
 };
 use balancer_ebpf::{
     flowtable::{self, Found},
@@ -127,6 +127,16 @@ pub(crate) fn balance(
     let (idx, backend) = match chosen {
         Some(c) => c,
         None => {
+            // A shed tier refuses new connections only: a TCP segment that
+            // is not a SYN belongs to a connection already placed (its
+            // table entry was lost), and keeps going.
+            // SAFETY: helper without arguments (called only on a shed VIP).
+            if !pkt.tcp_non_syn
+                && vip.shed_share != 0
+                && shed_draw(vip.shed_share, hash.ring(), unsafe { bpf_ktime_get_ns() })
+            {
+                return drop(stats, Counter::DropShed);
+            }
             let picked = if vip.flags & VIP_F_AFFINITY != 0 {
                 affinity_pick(stats, vip, pkt.src)
             } else {

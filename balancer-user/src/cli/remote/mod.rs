@@ -82,14 +82,35 @@ async fn vip(cmd: VipCmd, client: &Client, output: Output) -> Result<()> {
             vip,
             mode,
             affinity,
+            tier,
         } => {
             let spec = VipSpec {
                 id: vip,
                 mode,
                 affinity_secs: affinity,
+                tier,
             };
             client.add_vip(&spec).await?;
             done(output, format!("added VIP {vip}"))
+        }
+        VipCmd::Set { vip, tier, shed } => {
+            anyhow::ensure!(
+                tier.is_some() || shed.is_some(),
+                "give --tier, --shed or both"
+            );
+            let set = balancer::api::VipSet {
+                tier,
+                shed_percent: shed,
+            };
+            client.set_vip(&vip, &set).await?;
+            let mut what = Vec::new();
+            if let Some(t) = tier {
+                what.push(format!("tier {t}"));
+            }
+            if let Some(p) = shed {
+                what.push(format!("refusing {p}% of new connections"));
+            }
+            done(output, format!("{vip}: {}", what.join(", ")))
         }
         VipCmd::Rm { vip } => {
             client.remove_vip(&vip).await?;

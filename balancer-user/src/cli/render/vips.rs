@@ -4,7 +4,8 @@ use balancer::lb::VipInfo;
 
 use super::table::{Align, render};
 
-/// One row per VIP: mode, affinity, pool size and how many are in the ring.
+/// One row per VIP: mode, affinity, pool size, how many are in the ring,
+/// its tier and the share of new connections XDP refuses now.
 pub fn vips(vips: &[VipInfo]) -> String {
     let rows: Vec<Vec<String>> = vips
         .iter()
@@ -22,6 +23,8 @@ pub fn vips(vips: &[VipInfo]) -> String {
                     .filter(|b| b.effective_weight > 0)
                     .count()
                     .to_string(),
+                v.spec.tier.to_string(),
+                format!("{:.0}%", balancer::lb::shed::percent(v.shed_share)),
             ]
         })
         .collect();
@@ -32,6 +35,8 @@ pub fn vips(vips: &[VipInfo]) -> String {
             ("AFFINITY", Align::Right),
             ("BACKENDS", Align::Right),
             ("IN RING", Align::Right),
+            ("TIER", Align::Left),
+            ("REFUSED", Align::Right),
         ],
         &rows,
     )
