@@ -48,6 +48,24 @@ fn good_config() {
     assert_eq!(v.backends[1].weight, 1);
     assert!(v.backends[1].mac_static);
     assert_eq!(c.initial.vips[1].spec.mode, Mode::L2Dsr);
+    use crate::route::tier::Tier;
+    assert_eq!(
+        v.spec.tier,
+        Tier::Critical,
+        "VIPs are critical unless configured"
+    );
+    let c = parse(&GOOD.replace(
+        "affinity_secs = 60",
+        "affinity_secs = 60\ntier = \"sheddable\"",
+    ))
+    .unwrap();
+    assert_eq!(c.initial.vips[0].spec.tier, Tier::Sheddable);
+    let e = parse(&GOOD.replace(
+        "affinity_secs = 60",
+        "affinity_secs = 60\ntier = \"urgent\"",
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "vip[0].tier", "{e}");
 }
 
 #[test]
