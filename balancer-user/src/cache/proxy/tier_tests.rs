@@ -123,6 +123,12 @@ async fn without_priority_field_the_body_is_untouched() {
 /// A backend that holds every request until `release` gets permits, and
 /// counts those it holds.
 async fn holding() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
+    holding_if(|_| true).await
+}
+
+/// A backend that holds the requests whose body `hold` picks until
+/// `release` gets a permit (counting them), and answers each with its body.
+async fn holding_if(hold: fn(&[u8]) -> bool) -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (held, release) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
@@ -130,10 +136,12 @@ async fn holding() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
     tokio::spawn(http::serve(l, http::Settings::new("hold"), move |req| {
         let (h, r) = (h.clone(), r.clone());
         async move {
-            let _ = req.into_body().collect().await;
-            h.fetch_add(1, Ordering::Relaxed);
-            let _ = r.acquire().await;
-            Response::new(Full::new(Bytes::from_static(b"{}")))
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if hold(&body) {
+                h.fetch_add(1, Ordering::Relaxed);
+                let _ = r.acquire().await;
+            }
+            Response::new(Full::new(body))
         }
     }));
     (addr, held, release)
@@ -239,25 +247,9 @@ async fn a_request_goes_to_one_backend_whatever_its_tier() {
     }
 }
 
-/// A backend that holds requests whose body says "hold" until `release`
-/// gets a permit, and answers the others at once with their body.
+/// A backend that holds the requests whose body says "hold".
 async fn holding_some() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (held, release) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
-    let (h, r) = (held.clone(), release.clone());
-    tokio::spawn(http::serve(l, http::Settings::new("some"), move |req| {
-        let (h, r) = (h.clone(), r.clone());
-        async move {
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            if body.windows(4).any(|w| w == b"hold") {
-                h.fetch_add(1, Ordering::Relaxed);
-                let _ = r.acquire().await;
-            }
-            Response::new(Full::new(body))
-        }
-    }));
-    (addr, held, release)
+    holding_if(|b| b.windows(4).any(|w| w == b"hold")).await
 }
 
 #[tokio::test]

@@ -34,6 +34,22 @@ fn teach(b: &Backend, s_per_k: f64, per_req: f64, tpot: f64) {
     b.set_tpot(tpot);
 }
 
+/// The members `n` requests of `w` went to, in turn, each released before
+/// the next (indices into `members`).
+fn placed(w: &Work, members: &[Member], n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let ask = Ask {
+                key: 0,
+                work: Some(w),
+                affine: false,
+            };
+            let (m, _g) = super::super::pick_for(&Aware, &ask, members).unwrap();
+            members.iter().position(|x| x.addr == m.addr).unwrap()
+        })
+        .collect()
+}
+
 fn choose_of<'a>(w: &Work, members: &'a [Member]) -> Choice<'a> {
     choose(&Ask::key(1), w, members).expect("a backend")
 }
@@ -42,20 +58,7 @@ fn choose_of<'a>(w: &Work, members: &'a [Member]) -> Choice<'a> {
 fn an_idle_pool_of_untried_backends_rotates() {
     let members = pool(&[1, 1, 1]);
     let w = work(100, 10, b"", false);
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        let (m, _g) = super::super::pick_for(
-            &Aware,
-            &Ask {
-                key: 0,
-                work: Some(&w),
-                affine: false,
-            },
-            &members,
-        )
-        .unwrap();
-        seen.push(m.addr);
-    }
+    let mut seen = placed(&w, &members, 3);
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -181,20 +184,8 @@ fn only_backends_that_list_the_model_are_candidates() {
             model: model.to_string(),
             ..work(100, 10, b"", false)
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..40 {
-            let (m, _g) = super::super::pick_for(
-                &Aware,
-                &Ask {
-                    key: 0,
-                    work: Some(&w),
-                    affine: false,
-                },
-                &members,
-            )
-            .unwrap();
-            seen.insert(members.iter().position(|x| x.addr == m.addr).unwrap());
-        }
+        let seen: std::collections::BTreeSet<usize> =
+            placed(&w, &members, 40).into_iter().collect();
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), *want, "{what}");
     }
 }
