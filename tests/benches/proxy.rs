@@ -14,8 +14,9 @@
 //! Then the **routing overhead**: two cache-less routes over the same four
 //! backends, `pick = "round-robin"` and `pick = "aware"` (which parses each
 //! body, predicts every backend's cost and learns from each answer), each
-//! at 1 and 32 connections; what `aware` adds to p99 over round-robin, and
-//! its requests/s against round-robin's.
+//! at 1 and 32 connections, in the order A-B-B-A against drift; what
+//! `aware` adds to p99 over round-robin, and its requests/s against
+//! round-robin's.
 //!
 //! Prints the figures and the ratios. The load generator runs in this
 //! process, on the same two cores as the proxies.
@@ -302,10 +303,16 @@ fn main() -> Result<()> {
             ("nginx proxy_cache hit, 1 conn", theirs, 1, lat),
             ("balancer hit, 32 conns", ours, 32, thr),
             ("nginx proxy_cache hit, 32 conns", theirs, 32, thr),
+            // A-B-B-A, so that drift over the run (the backends' state,
+            // the machine's) weighs on both alike.
             ("bypass round-robin, 1 conn", rr, 1, lat),
             ("bypass aware, 1 conn", aware, 1, lat),
+            ("bypass aware, 1 conn (again)", aware, 1, lat),
+            ("bypass round-robin, 1 conn (again)", rr, 1, lat),
             ("bypass round-robin, 32 conns", rr, 32, thr),
             ("bypass aware, 32 conns", aware, 32, thr),
+            ("bypass aware, 32 conns (again)", aware, 32, thr),
+            ("bypass round-robin, 32 conns (again)", rr, 32, thr),
         ] {
             let mut r = load(addr, conns, dur).await?;
             let rps = r.ok as f64 / r.elapsed.as_secs_f64();
@@ -331,11 +338,17 @@ fn main() -> Result<()> {
             ms(results[1].2) / ms(results[2].2),
             ms(results[3].2) / ms(results[4].2)
         );
+        // Rows 5-8 and 9-12: round-robin, aware, aware, round-robin.
+        let mean = |a: usize, b: usize, f: fn(&(f64, Duration, Duration)) -> f64| {
+            (f(&results[a]) + f(&results[b])) / 2.0
+        };
+        let p99 = |r: &(f64, Duration, Duration)| r.2.as_secs_f64() * 1e6;
+        let rps = |r: &(f64, Duration, Duration)| r.0;
         println!(
-            "routing overhead of aware over round-robin (both forward to the same 4 backends): p99 at 1 conn {:+.0} us, at 32 conns {:+.0} us; requests/s at 32 conns {:.2}x",
-            (results[6].2.as_secs_f64() - results[5].2.as_secs_f64()) * 1e6,
-            (results[8].2.as_secs_f64() - results[7].2.as_secs_f64()) * 1e6,
-            results[8].0 / results[7].0
+            "routing overhead of aware over round-robin (both forward to the same 4 backends, each measured twice, A-B-B-A): p99 at 1 conn {:+.0} us, at 32 conns {:+.0} us; requests/s at 32 conns {:.2}x",
+            mean(6, 7, p99) - mean(5, 8, p99),
+            mean(10, 11, p99) - mean(9, 12, p99),
+            mean(10, 11, rps) / mean(9, 12, rps)
         );
         Ok(())
     })
