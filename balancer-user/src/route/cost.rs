@@ -233,6 +233,7 @@ impl Backend {
             done: false,
             ok: false,
             explained: None,
+            usage: None,
         }
     }
 
@@ -286,9 +287,37 @@ pub struct Dispatch {
     ok: bool,
     /// Where `route explain` shows this request, if it does.
     explained: Option<Arc<super::explain::Cell>>,
+    /// Where the answer's `usage` calibrates tokens, if anywhere.
+    usage: Option<UsageTap>,
+}
+
+/// What an answer's `usage` teaches: the model's bytes per token and its
+/// typical output ([`super::tokens::Tokens::observe`]).
+#[derive(Debug)]
+struct UsageTap {
+    tokens: Arc<super::tokens::Tokens>,
+    model: String,
+    prompt_bytes: u64,
+    /// The answer's last bytes.
+    tail: Vec<u8>,
 }
 
 impl Dispatch {
+    /// Teaches `tokens` from the answer's `usage`, when it has one.
+    pub fn tap_usage(
+        &mut self,
+        tokens: Arc<super::tokens::Tokens>,
+        model: &str,
+        prompt_bytes: u64,
+    ) {
+        self.usage = Some(UsageTap {
+            tokens,
+            model: model.to_string(),
+            prompt_bytes,
+            tail: Vec::new(),
+        });
+    }
+
     /// Reports the first token's time to `cell` too.
     pub fn explain(&mut self, cell: Arc<super::explain::Cell>) {
         self.explained = Some(cell);
@@ -321,6 +350,18 @@ impl Dispatch {
                 }
             }
         }
+        if let Some(u) = &mut self.usage {
+            // Keep the last USAGE_TAIL bytes only.
+            let keep = super::tokens::USAGE_TAIL;
+            if data.len() >= keep {
+                u.tail.clear();
+                u.tail.extend_from_slice(&data[data.len() - keep..]);
+            } else {
+                u.tail.extend_from_slice(data);
+                let over = u.tail.len().saturating_sub(keep);
+                u.tail.drain(..over);
+            }
+        }
         if self.stream {
             self.events += memchr_count(data, b"data:");
             self.done |= contains(data, b"[DONE]");
@@ -344,6 +385,12 @@ impl Drop for Dispatch {
             return;
         }
         self.accuracy.e2e.record(self.p.e2e_s, e2e);
+        if let Some(u) = &self.usage
+            && let Some((prompt, completion)) = super::tokens::usage_in(&u.tail)
+        {
+            u.tokens
+                .observe(&u.model, u.prompt_bytes, prompt, completion);
+        }
         let (tokens, decode) = match self.first {
             // `data: [DONE]` is an event but not a token.
             Some(f) => (

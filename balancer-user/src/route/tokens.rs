@@ -135,9 +135,67 @@ impl Tokens {
     }
 }
 
+/// Bytes of an answer's end kept to find its `usage` in.
+pub const USAGE_TAIL: usize = 2048;
+
+/// The `usage` an OpenAI-style answer ends with: its prompt and completion
+/// tokens, read from the answer's last bytes (`tail`, at most
+/// [`USAGE_TAIL`]; a whole JSON body or the last events of a stream with
+/// `stream_options.include_usage`). `None` when either is missing.
+pub fn usage_in(tail: &[u8]) -> Option<(u64, u64)> {
+    let at = tail.windows(7).rposition(|w| w == b"\"usage\"")?;
+    let rest = &tail[at..];
+    Some((
+        number_after(rest, b"\"prompt_tokens\"")?,
+        number_after(rest, b"\"completion_tokens\"")?,
+    ))
+}
+
+/// The integer after `key` and its colon in `s`.
+fn number_after(s: &[u8], key: &[u8]) -> Option<u64> {
+    let at = s.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &s[at..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let digits: Vec<u8> = rest[colon + 1..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .take(12)
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_an_answers_end() {
+        // (what, the answer's end, (prompt, completion) tokens)
+        type Case<'a> = (&'a str, &'a [u8], Option<(u64, u64)>);
+        let cases: &[Case] = &[
+            (
+                "a whole body",
+                br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+                Some((12, 3)),
+            ),
+            (
+                "the usage event of a stream",
+                b"data: {\"choices\":[]}\n\ndata: {\"usage\": {\"completion_tokens\": 7, \"prompt_tokens\": 40}}\n\ndata: [DONE]\n\n",
+                Some((40, 7)),
+            ),
+            ("no usage", br#"{"choices":[]}"#, None),
+            ("a cut number", br#"{"usage":{"prompt_tokens":"#, None),
+            ("not a number", br#"{"usage":{"prompt_tokens":"x","completion_tokens":1}}"#, None),
+        ];
+        for (what, tail, want) in cases {
+            assert_eq!(usage_in(tail), *want, "{what}");
+        }
+    }
 
     #[test]
     fn defaults_until_a_model_answers() {

@@ -18,8 +18,8 @@ use crate::{
 /// A route's cost-model state.
 #[derive(Debug, Default)]
 pub(super) struct Placement {
-    /// Bytes to tokens, per model.
-    tokens: Tokens,
+    /// Bytes to tokens, per model, learned from the answers' `usage`.
+    tokens: Arc<Tokens>,
     /// The route's typical request size.
     heaviness: Heaviness,
     /// Its predictions against what happened.
@@ -57,6 +57,11 @@ impl Route {
         let before = m.in_flight.load(Ordering::Relaxed).saturating_sub(1);
         let p = choice.map_or_else(|| m.cost.predict(work, before), |c| c.prediction);
         let mut d = m.cost.dispatch(work, p, self.placement.accuracy.clone());
+        d.tap_usage(
+            self.placement.tokens.clone(),
+            &work.model,
+            work.prompt_bytes,
+        );
         if let Some(c) = choice {
             d.explain(self.placement.recent.record(Placed {
                 at_ms: 0,

@@ -121,3 +121,31 @@ fn uncached_counts_the_prompt_past_the_held_blocks() {
     assert_eq!(w.uncached(10), 0);
     assert_eq!(w.uncached(99), 0, "more than the prompt is all of it");
 }
+
+#[test]
+fn an_answers_usage_calibrates_its_models_tokens() {
+    let b = Arc::new(Backend::default());
+    let acc = Arc::new(Accuracy::default());
+    let tokens = Arc::new(crate::route::tokens::Tokens::default());
+    let w = Work {
+        stream: false,
+        ..work(250, b"")
+    };
+    // A tokenizer at 2 bytes a token: 1,000 bytes were 500 tokens.
+    for _ in 0..60 {
+        let mut d = b.dispatch(&w, b.predict(&w, 0), acc.clone());
+        d.tap_usage(tokens.clone(), "m", 1000);
+        d.answered(true);
+        d.chunk(br#"{"data":[],"usage":{"prompt_tokens":500,"completion_tokens":0}}"#);
+    }
+    let est = tokens.prompt_tokens("m", 1000);
+    assert!((480..=520).contains(&est), "{est}");
+    // A failed answer teaches nothing.
+    let other = Arc::new(crate::route::tokens::Tokens::default());
+    let mut d = b.dispatch(&w, b.predict(&w, 0), acc);
+    d.tap_usage(other.clone(), "m", 1000);
+    d.answered(false);
+    d.chunk(br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+    drop(d);
+    assert_eq!(other.models(), 0);
+}
