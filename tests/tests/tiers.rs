@@ -119,9 +119,9 @@ fn tiers_are_decided_counted_and_shown() {
     assert_eq!(
         rows,
         [
-            ["chat", "critical", "1", "0"],
-            ["chat", "standard", "2", "0"],
-            ["chat", "sheddable", "3", "0"]
+            ["chat", "critical", "1", "0", "0", "0"],
+            ["chat", "standard", "2", "0", "0", "0"],
+            ["chat", "sheddable", "3", "0", "0", "0"]
         ],
         "{table}"
     );
