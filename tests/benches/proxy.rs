@@ -11,12 +11,12 @@
 //! - **throughput**: 32 keep-alive connections for `--seconds` (default 5),
 //!   requests/s and p99.
 //!
-//! Then the **routing overhead**: two cache-less routes over the same four
-//! backends, `pick = "round-robin"` and `pick = "aware"` (which parses each
-//! body, predicts every backend's cost and learns from each answer), each
-//! at 1 and 32 connections, in the order A-B-B-A against drift; what
-//! `aware` adds to p99 over round-robin, and its requests/s against
-//! round-robin's.
+//! Then the **routing overhead**: three cache-less routes over the same
+//! four backends, `pick = "round-robin"`, `"least-request"` and `"aware"`
+//! (which parses each body, predicts every backend's cost and learns from
+//! each answer), each at 1 and 32 connections, in mirrored order against
+//! drift; what each adds to p99 over round-robin, and its requests/s
+//! against round-robin's.
 //!
 //! Prints the figures and the ratios. The load generator runs in this
 //! process, on the same two cores as the proxies.
@@ -258,7 +258,8 @@ fn main() -> Result<()> {
         .map(|i| Backend::start(&format!("pool-{i}"), &["m"], 0.1))
         .collect::<Result<_>>()?;
     let list: Vec<String> = pool.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-    let (p_ours, p_nginx, p_rr, p_aware) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (p_ours, p_nginx) = (free_port()?, free_port()?);
+    let (p_rr, p_lr, p_aware) = (free_port()?, free_port()?, free_port()?);
     let bypass = |name: &str, port: u16, pick: &str| {
         format!(
             "\n[[route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [{}]\ncache = false\npick = \"{pick}\"\n",
@@ -268,9 +269,10 @@ fn main() -> Result<()> {
     let _gw = Gateway::start(
         "bench",
         &format!(
-            "[cache]\nmemory_mb = 256\n\n[[route]]\nname = \"bench\"\nlisten = \"127.0.0.1:{p_ours}\"\nbackends = [\"{}\"]\nttl_secs = 600\n{}{}",
+            "[cache]\nmemory_mb = 256\n\n[[route]]\nname = \"bench\"\nlisten = \"127.0.0.1:{p_ours}\"\nbackends = [\"{}\"]\nttl_secs = 600\n{}{}{}",
             backend.addr,
             bypass("rr", p_rr, "round-robin"),
+            bypass("lr", p_lr, "least-request"),
             bypass("aware", p_aware, "aware"),
         ),
     )?;
@@ -282,6 +284,7 @@ fn main() -> Result<()> {
     let ours = SocketAddr::from(([127, 0, 0, 1], p_ours));
     let theirs = SocketAddr::from(([127, 0, 0, 1], p_nginx));
     let rr = SocketAddr::from(([127, 0, 0, 1], p_rr));
+    let lr = SocketAddr::from(([127, 0, 0, 1], p_lr));
     let aware = SocketAddr::from(([127, 0, 0, 1], p_aware));
     rt.block_on(async {
         wait_port(theirs).await?;
@@ -303,15 +306,19 @@ fn main() -> Result<()> {
             ("nginx proxy_cache hit, 1 conn", theirs, 1, lat),
             ("balancer hit, 32 conns", ours, 32, thr),
             ("nginx proxy_cache hit, 32 conns", theirs, 32, thr),
-            // A-B-B-A, so that drift over the run (the backends' state,
-            // the machine's) weighs on both alike.
+            // A-B-C-C-B-A, so that drift over the run (the backends'
+            // state, the machine's) weighs on all alike.
             ("bypass round-robin, 1 conn", rr, 1, lat),
+            ("bypass least-request, 1 conn", lr, 1, lat),
             ("bypass aware, 1 conn", aware, 1, lat),
             ("bypass aware, 1 conn (again)", aware, 1, lat),
+            ("bypass least-request, 1 conn (again)", lr, 1, lat),
             ("bypass round-robin, 1 conn (again)", rr, 1, lat),
             ("bypass round-robin, 32 conns", rr, 32, thr),
+            ("bypass least-request, 32 conns", lr, 32, thr),
             ("bypass aware, 32 conns", aware, 32, thr),
             ("bypass aware, 32 conns (again)", aware, 32, thr),
+            ("bypass least-request, 32 conns (again)", lr, 32, thr),
             ("bypass round-robin, 32 conns (again)", rr, 32, thr),
         ] {
             let mut r = load(addr, conns, dur).await?;
@@ -338,18 +345,21 @@ fn main() -> Result<()> {
             ms(results[1].2) / ms(results[2].2),
             ms(results[3].2) / ms(results[4].2)
         );
-        // Rows 5-8 and 9-12: round-robin, aware, aware, round-robin.
+        // Rows 5-10 and 11-16: round-robin, least-request, aware, aware,
+        // least-request, round-robin.
         let mean = |a: usize, b: usize, f: fn(&(f64, Duration, Duration)) -> f64| {
             (f(&results[a]) + f(&results[b])) / 2.0
         };
         let p99 = |r: &(f64, Duration, Duration)| r.2.as_secs_f64() * 1e6;
         let rps = |r: &(f64, Duration, Duration)| r.0;
-        println!(
-            "routing overhead of aware over round-robin (both forward to the same 4 backends, each measured twice, A-B-B-A): p99 at 1 conn {:+.0} us, at 32 conns {:+.0} us; requests/s at 32 conns {:.2}x",
-            mean(6, 7, p99) - mean(5, 8, p99),
-            mean(10, 11, p99) - mean(9, 12, p99),
-            mean(10, 11, rps) / mean(9, 12, rps)
-        );
+        for (name, one, many) in [("least-request", (6, 9), (12, 15)), ("aware", (7, 8), (13, 14))] {
+            println!(
+                "routing overhead of {name} over round-robin (the same 4 backends, each measured twice, in mirrored order): p99 at 1 conn {:+.0} us, at 32 conns {:+.0} us; requests/s at 32 conns {:.2}x",
+                mean(one.0, one.1, p99) - mean(5, 10, p99),
+                mean(many.0, many.1, p99) - mean(11, 16, p99),
+                mean(many.0, many.1, rps) / mean(11, 16, rps)
+            );
+        }
         Ok(())
     })
 }

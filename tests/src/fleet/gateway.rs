@@ -1,7 +1,7 @@
 //! An emulated fleet in this process behind a real gateway (`balancer run`)
 //! with one `[[route]]`: what the routing integration tests stand on.
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
 use anyhow::Result;
 use balancer::emulate::profile::Profile;
@@ -9,9 +9,10 @@ use balancer::emulate::profile::Profile;
 use super::{run::start_nodes, scenario::Fleet};
 use crate::cachebed::{Gateway, free_port};
 
-/// The bench's profile (`tests/scenarios/profiles/llama-3.1-8b.toml`).
+/// The bench's profile (`profiles/llama-3.1-8b.toml` of
+/// [`crate::scenarios_dir`], which the VM suite places in its guest too).
 pub fn profile() -> Result<Profile> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/profiles");
+    let dir = crate::scenarios_dir().join("profiles");
     Ok(Profile::load(&dir.join("llama-3.1-8b.toml"))?)
 }
 
