@@ -2,9 +2,9 @@
 //! request went, why, what the cost model predicted, and (for a streamed
 //! answer) the first token's actual time.
 //!
-//! The request path writes one slot of a fixed ring (its own slot's lock,
-//! never held by anyone but a reader copying that one slot); the reader
-//! copies the ring out. Nothing grows.
+//! The request path writes one slot of a fixed ring, skipping it when a
+//! reader (`route explain`) holds that slot's lock to copy it, so a request
+//! never waits on the control plane. Nothing grows.
 
 use std::{
     sync::{
@@ -96,9 +96,10 @@ impl Recent {
             placement: p,
             actual_us: AtomicU64::new(0),
         });
-        *self.slots[seq % KEPT]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(cell.clone());
+        // Never wait on a reader copying this slot: skip keeping it instead.
+        if let Ok(mut slot) = self.slots[seq % KEPT].try_lock() {
+            *slot = Some(cell.clone());
+        }
         cell
     }
 
