@@ -195,7 +195,7 @@ pub struct StatsReply {
 }
 
 /// One route's counters in [`StatsReply`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteStatsRow {
     /// The route's name.
     pub route: String,
@@ -210,6 +210,12 @@ pub struct RouteStatsRow {
     /// Of them, those sent to the fallback pool instead.
     #[serde(default)]
     pub fallback_by_tier: BTreeMap<String, u64>,
+    /// Of them, those that waited in the route's queue for headroom.
+    #[serde(default)]
+    pub queued_by_tier: BTreeMap<String, u64>,
+    /// Time to the answer's headers per tier.
+    #[serde(default)]
+    pub latency_by_tier: BTreeMap<String, crate::route::latency::Histogram>,
     /// Its last placements by `pick = "aware"`, newest first.
     #[serde(default)]
     pub placements: Vec<crate::route::explain::Placement>,

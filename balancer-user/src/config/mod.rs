@@ -72,6 +72,14 @@
 //! # [route.shed]                     # saturation where shedding starts and is total
 //! # sheddable = [0.8, 1.0]
 //! # standard = [1.0, 1.5]            # critical is never shed
+//! # zone = "us-east-1a"              # aware: this gateway's zone, kept to until it saturates
+//! # [route.zones]                    # each backend's zone, by address or address:port
+//! # "us-east-1a" = ["10.0.1.1", "10.0.1.2"]
+//! # "us-east-1b" = ["10.0.1.3"]
+//! # [route.queue]                    # lower tiers wait for headroom (critical never does)
+//! # max_waiting = 1024               # 0: no queue
+//! # standard_wait_ms = 2000          # then degraded as if shed
+//! # sheddable_wait_ms = 1000
 //!
 //! # [[route.tenant]]                 # a client known by its key
 //! # name = "checkout"
@@ -200,6 +208,9 @@ struct RawCacheRoute {
     tenant: Vec<RawTenant>,
     max_in_flight: Option<Spanned<u64>>,
     shed: Option<Spanned<RawShed>>,
+    queue: Option<Spanned<RawQueue>>,
+    zone: Option<Spanned<String>>,
+    zones: Option<Spanned<std::collections::BTreeMap<String, Vec<String>>>>,
     fallback: Option<Spanned<RawFallback>>,
 }
 
@@ -211,6 +222,14 @@ struct RawFallback {
     backend_port: Option<Spanned<u16>>,
     model: Option<Spanned<String>>,
     tiers: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_waiting: Option<u64>,
+    standard_wait_ms: Option<u64>,
+    sheddable_wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

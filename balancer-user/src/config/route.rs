@@ -13,10 +13,7 @@ use crate::{
         proxy::{MarkDown, RouteConfig},
     },
     lb::VipId,
-    route::{
-        admission::{Curve, Shedding},
-        tier::{Tenant, Tier, TierPolicy},
-    },
+    route::tier::{Tenant, Tier, TierPolicy},
 };
 
 use super::{
@@ -178,7 +175,8 @@ fn route(
         600_000,
     )?;
     let tiers = tiers(r, cx, &field)?;
-    let shedding = shedding(r, cx, &field)?;
+    let shedding = shed::shedding(r, cx, &field)?;
+    let zones = zones::zones(r, cx, &field)?;
     Ok(CacheRoute {
         route: RouteConfig {
             name,
@@ -206,6 +204,7 @@ fn route(
             tiers,
             shedding,
             fallback,
+            zones,
         },
         pool,
         fallback_pool,
@@ -283,63 +282,6 @@ fn tiers(
         }
     }
     Ok(policy)
-}
-
-/// `max_in_flight` and `[…shed]`: curves within 0-100 with start below
-/// full, and standard's starting no lower than sheddable's ends, so a tier
-/// is shed only once every tier below it is.
-fn shedding(
-    r: &RawCacheRoute,
-    cx: &Ctx<'_>,
-    field: &dyn Fn(&str) -> String,
-) -> Result<Option<Shedding>, ConfigError> {
-    let Some(m) = &r.max_in_flight else {
-        if let Some(s) = &r.shed {
-            return cx.err(
-                s.span(),
-                field("shed"),
-                "shedding needs max_in_flight (a backend's capacity) on the route",
-            );
-        }
-        return Ok(None);
-    };
-    if !(1..=1_000_000).contains(m.get_ref()) {
-        return cx.err(m.span(), field("max_in_flight"), "use 1 to 1000000");
-    }
-    let mut s = Shedding::new(*m.get_ref() as u32);
-    let Some(raw) = &r.shed else {
-        return Ok(Some(s));
-    };
-    let span = raw.span();
-    let curve = |v: [f64; 2], name: &str| {
-        let [start, full] = v;
-        if !(start.is_finite() && full.is_finite() && 0.0 <= start && start < full && full <= 100.0)
-        {
-            return cx.err(
-                span.clone(),
-                field(&format!("shed.{name}")),
-                format!("[{start}, {full}]: give [start, full] saturations with 0 <= start < full <= 100"),
-            );
-        }
-        Ok(Curve { start, full })
-    };
-    if let Some(v) = raw.get_ref().sheddable {
-        s.sheddable = curve(v, "sheddable")?;
-    }
-    if let Some(v) = raw.get_ref().standard {
-        s.standard = curve(v, "standard")?;
-    }
-    if s.standard.start < s.sheddable.full {
-        return cx.err(
-            span,
-            field("shed.standard"),
-            format!(
-                "standard starts being shed at {} but sheddable is shed fully only at {}: start standard there or later",
-                s.standard.start, s.sheddable.full
-            ),
-        );
-    }
-    Ok(Some(s))
 }
 
 /// One tenant, checked against those before it.
@@ -542,6 +484,9 @@ fn pool(
         ),
     }
 }
+
+mod shed;
+mod zones;
 
 #[cfg(test)]
 mod tests;

@@ -209,6 +209,12 @@ impl Daemon {
                     shed_by_tier: by_tier(t.shed),
                     stale_by_tier: by_tier(t.stale),
                     fallback_by_tier: by_tier(t.fallback),
+                    queued_by_tier: by_tier(t.queued),
+                    latency_by_tier: Tier::ALL
+                        .iter()
+                        .zip(r.latency())
+                        .map(|(t, h)| (t.label().to_string(), h))
+                        .collect(),
                     placements: r.placements(),
                     prediction_mape: r.prediction_error().map(|(_, m)| m),
                 }

@@ -25,6 +25,7 @@ fn escape(v: &str) -> String {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// A metric family: its name, type and `# HELP` text.
@@ -56,6 +57,7 @@ impl Family {
         let kind = match self.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(o, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(o, "# TYPE {} {kind}", self.name);
@@ -290,7 +292,43 @@ pub fn render(s: &StatsReply) -> String {
             }
         }
     }
+    if !s.routes.is_empty() {
+        render_latency(&s.routes, &mut o);
+    }
     o
+}
+
+/// The answer-time histograms: cumulative buckets, sum and count per route
+/// and tier.
+fn render_latency(routes: &[RouteStatsRow], o: &mut String) {
+    let f = &ROUTE_LATENCY;
+    f.header(o);
+    for r in routes {
+        let route = escape(&r.route);
+        for (tier, h) in &r.latency_by_tier {
+            let (name, tier) = (f.name, escape(tier));
+            let mut seen = 0;
+            let bounds = crate::route::latency::BOUNDS_S
+                .iter()
+                .map(|b| b.to_string());
+            for (le, c) in bounds.chain(["+Inf".to_string()]).zip(&h.counts) {
+                seen += c;
+                let _ = writeln!(
+                    o,
+                    "{name}_bucket{{route=\"{route}\",tier=\"{tier}\",le=\"{le}\"}} {seen}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "{name}_sum{{route=\"{route}\",tier=\"{tier}\"}} {}",
+                h.sum_s
+            );
+            let _ = writeln!(
+                o,
+                "{name}_count{{route=\"{route}\",tier=\"{tier}\"}} {seen}"
+            );
+        }
+    }
 }
 
 /// One of a route's per-tier counts.
@@ -327,7 +365,21 @@ const ROUTE_FAMILIES: &[(Family, PerTier)] = &[
         ),
         |r| &r.fallback_by_tier,
     ),
+    (
+        Family::counter(
+            "balancer_route_queued_total",
+            "Requests each route made wait in its queue for headroom (lower tiers, its pool full), by priority tier, whether admitted in the end or not.",
+        ),
+        |r| &r.queued_by_tier,
+    ),
 ];
+
+/// The answer-time histogram's family.
+const ROUTE_LATENCY: Family = Family {
+    name: "balancer_route_response_seconds",
+    kind: Kind::Histogram,
+    help: "Time from a request's arrival at a route to its answer's headers (a queue wait included; about the first token when streamed), by priority tier.",
+};
 
 fn render_cache(c: &CacheStats, o: &mut String) {
     for (f, samples) in CACHE_FAMILIES {
@@ -466,6 +518,15 @@ mod tests {
                 shed_by_tier: [("critical".to_string(), 0), ("sheddable".to_string(), 4)].into(),
                 stale_by_tier: [("sheddable".to_string(), 2)].into(),
                 fallback_by_tier: [("sheddable".to_string(), 1)].into(),
+                queued_by_tier: [("standard".to_string(), 3)].into(),
+                latency_by_tier: [(
+                    "critical".to_string(),
+                    crate::route::latency::Histogram {
+                        counts: vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+                        sum_s: 0.75,
+                    },
+                )]
+                .into(),
                 placements: Vec::new(),
                 prediction_mape: [None; 2],
             }],

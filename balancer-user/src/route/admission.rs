@@ -2,8 +2,8 @@
 //! gradually, with a probability that rises with the overload (as Netflix's
 //! and the SRE book's load shedding do), and told when to come back.
 //!
-//! Saturation is the pool's requests in flight over its capacity
-//! (`max_in_flight` a live backend). Each sheddable tier has a curve: no
+//! Saturation is the pool's requests in flight and waiting in its queue
+//! ([`super::queue`]) over its capacity (`max_in_flight` a live backend). Each sheddable tier has a curve: no
 //! shedding up to `start`, all of it from `full`, linear between.
 //! `critical` is never shed, and the configuration keeps `standard`'s curve
 //! above `sheddable`'s, so a tier is shed only once every tier below it is.
@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use super::tier::Tier;
+use super::{queue::QueueSettings, tier::Tier};
 
 /// A tier's shedding curve, in units of saturation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,12 +45,16 @@ pub struct Shedding {
     pub sheddable: Curve,
     /// `standard`'s curve.
     pub standard: Curve,
+    /// Where lower tiers wait while the pool has no headroom (`None`: they
+    /// are sent on at once, to wait in the engines' queues).
+    pub queue: Option<QueueSettings>,
 }
 
 impl Shedding {
     /// The defaults for a pool of `max_in_flight` a backend: sheddable
     /// requests go between 80% and 100% of capacity, standard ones between
-    /// 100% and 150%.
+    /// 100% and 150% (requests waiting in the queue count), and lower tiers
+    /// wait in the queue's defaults.
     pub fn new(max_in_flight: u32) -> Self {
         Self {
             max_in_flight,
@@ -62,6 +66,7 @@ impl Shedding {
                 start: 1.0,
                 full: 1.5,
             },
+            queue: Some(QueueSettings::default()),
         }
     }
 
@@ -149,10 +154,17 @@ impl Admission {
             return Verdict::Admit;
         }
         let excess = in_flight as f64 - curve.start * capacity;
-        let drain_s = excess / self.rate().max(1.0);
         Verdict::Shed {
-            retry_after_s: (drain_s.ceil() as u32).clamp(1, MAX_RETRY_AFTER_S),
+            retry_after_s: self.drain_s(excess),
         }
+    }
+
+    /// Whole seconds for `backlog` requests to drain at the rate the route
+    /// has been admitting (at least 1/s), within 1 to [`MAX_RETRY_AFTER_S`]:
+    /// the `Retry-After` of a request refused behind them.
+    pub fn drain_s(&self, backlog: f64) -> u32 {
+        let s = backlog / self.rate().max(1.0);
+        (s.ceil() as u32).clamp(1, MAX_RETRY_AFTER_S)
     }
 
     /// Counts one admission in the current second.

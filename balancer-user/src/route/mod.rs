@@ -11,7 +11,10 @@
 pub mod admission;
 pub mod cost;
 pub mod explain;
+pub mod latency;
 pub mod prefix;
+pub mod queue;
 pub mod request;
 pub mod tier;
 pub mod tokens;
+pub mod zone;

@@ -5,6 +5,11 @@
 //! (`/v1/models`, polled by the route), when any does: locality first. A
 //! model no backend lists yet may go anywhere (the engine loads it).
 //!
+//! With zones, candidates in the gateway's zone come next: while the best
+//! of them is not saturated (by the terms below, against the best of all),
+//! the others are left out, as Envoy's zone-aware routing keeps traffic in
+//! its zone until it cannot take it.
+//!
 //! Among them, in order:
 //! 1. **Sticky until saturated**: the backend holding the longest prefix
 //!    of the prompt wins while it is not saturated: the uncached prefill
@@ -26,7 +31,10 @@
 use std::sync::atomic::Ordering;
 
 use super::{Ask, Member, Selector, bounded_hash::BoundedHash, least_request::LeastRequest};
-use crate::route::cost::{Prediction, Work};
+use crate::route::{
+    cost::{Prediction, Work},
+    zone::Place,
+};
 
 /// Cost-model placement.
 #[derive(Debug, Default)]
@@ -89,11 +97,30 @@ fn objective(work: &Work, p: &Prediction) -> f64 {
 pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<Choice<'a>> {
     let serves = |m: &Member| m.models.as_ref().is_some_and(|s| s.contains(&work.model));
     let local = !work.model.is_empty() && members.iter().any(|m| m.weight > 0 && serves(m));
-    let scored: Vec<(&Member, Prediction)> = members
+    let mut scored: Vec<(&Member, Prediction)> = members
         .iter()
         .filter(|m| m.weight > 0 && (!local || serves(m)))
         .map(|m| (m, m.cost.predict(work, m.in_flight.load(Ordering::Relaxed))))
         .collect();
+    let load = |m: &Member| m.in_flight.load(Ordering::Relaxed);
+    // In the gateway's zone while its best is not saturated.
+    let home = |m: &Member| m.place == Place::Local;
+    if scored.iter().any(|(m, _)| home(m)) && scored.iter().any(|(m, _)| !home(m)) {
+        let least = scored.iter().map(|(m, _)| load(m)).min().unwrap_or(0);
+        let all = scored
+            .iter()
+            .map(|(_, p)| objective(work, p))
+            .min_by(f64::total_cmp)
+            .unwrap_or(f64::INFINITY);
+        let fits = scored
+            .iter()
+            .filter(|(m, _)| home(m))
+            .min_by(|a, b| objective(work, &a.1).total_cmp(&objective(work, &b.1)))
+            .is_some_and(|(m, p)| unsaturated(work, load(m), least, p, all));
+        if fits {
+            scored.retain(|(m, _)| home(m));
+        }
+    }
     // Ties (an idle pool of equal priors) rotate by requests sent so far.
     let order = |a: &&(&Member, Prediction), b: &&(&Member, Prediction)| {
         objective(work, &a.1)
@@ -104,15 +131,10 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
             })
     };
     let mut best = scored.iter().min_by(order)?;
-    let load = |m: &Member| m.in_flight.load(Ordering::Relaxed);
     let least = scored.iter().map(|(m, _)| load(m)).min().unwrap_or(0);
-    let unsaturated = |m: &Member, p: &Prediction| {
-        let n = load(m);
-        let balanced = n <= least + IMBALANCE_ABS || (n as f64) <= least as f64 * IMBALANCE_REL;
-        balanced
-            && p.prefill_ahead <= STICKY_PREFILL_TOKENS
-            && objective(work, p) <= STICKY_SLACK * objective(work, &best.1)
-    };
+    let best_objective = objective(work, &best.1);
+    let unsaturated =
+        |m: &Member, p: &Prediction| unsaturated(work, load(m), least, p, best_objective);
     let holder = scored
         .iter()
         .filter(|(_, p)| p.matched_blocks > 0)
@@ -162,6 +184,19 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
         },
         candidates: scored.len(),
     })
+}
+
+/// Whether a backend with `in_flight` requests and prediction `p` may keep
+/// a request it is preferred for (prefix, key or zone): its load is not out
+/// of balance with the least loaded candidate's, its uncached prefill
+/// waiting is under [`STICKY_PREFILL_TOKENS`], and its objective is within
+/// [`STICKY_SLACK`] of the best one's.
+fn unsaturated(work: &Work, in_flight: u64, least: u64, p: &Prediction, best: f64) -> bool {
+    let balanced =
+        in_flight <= least + IMBALANCE_ABS || (in_flight as f64) <= least as f64 * IMBALANCE_REL;
+    balanced
+        && p.prefill_ahead <= STICKY_PREFILL_TOKENS
+        && objective(work, p) <= STICKY_SLACK * best
 }
 
 impl Selector for Aware {

@@ -42,6 +42,8 @@ pub struct Member {
     pub cost: Arc<crate::route::cost::Backend>,
     /// The models and adapters it listed last (`None`: unknown).
     pub models: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// Whether it is in the gateway's zone.
+    pub place: crate::route::zone::Place,
 }
 
 /// What a selector knows of the request it places.
@@ -178,6 +180,7 @@ pub(crate) fn pool(weights: &[u32]) -> Vec<Member> {
             picked: Arc::default(),
             cost: Arc::default(),
             models: None,
+            place: crate::route::zone::Place::Unknown,
         })
         .collect()
 }

@@ -42,6 +42,19 @@ impl Route {
         let _ = self.fallback.set(Route::new(cfg, self.cache.clone(), pool));
     }
 
+    /// What a refused request of `tier` may get before a 429: whether the
+    /// route answers stale, and its fallback route if the tier falls back.
+    fn ladder(&self, tier: Tier) -> (bool, Option<&Arc<Route>>) {
+        let stale = self.cfg.cache && !self.cfg.stale.is_zero();
+        let fallback = self.fallback.get().filter(|_| {
+            self.cfg
+                .fallback
+                .as_ref()
+                .is_some_and(|f| f.tiers[tier.index()])
+        });
+        (stale, fallback)
+    }
+
     /// Answers a request of `tier` that admission refused.
     pub(super) async fn degrade(
         self: &Arc<Self>,
@@ -50,13 +63,7 @@ impl Route {
         tier: Tier,
         retry_after_s: u32,
     ) -> Response<Body> {
-        let stale = self.cfg.cache && !self.cfg.stale.is_zero();
-        let fallback = self.fallback.get().filter(|_| {
-            self.cfg
-                .fallback
-                .as_ref()
-                .is_some_and(|f| f.tiers[tier.index()])
-        });
+        let (stale, fallback) = self.ladder(tier);
         if !stale && fallback.is_none() {
             return self.refuse(tier, retry_after_s);
         }
@@ -64,8 +71,21 @@ impl Route {
             Ok(b) => b,
             Err(r) => return r,
         };
+        self.degrade_read(&parts, body, tier, retry_after_s).await
+    }
+
+    /// Answers a request of `tier` that admission or the queue refused,
+    /// its body read.
+    pub(super) async fn degrade_read(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        tier: Tier,
+        retry_after_s: u32,
+    ) -> Response<Body> {
+        let (stale, fallback) = self.ladder(tier);
         if stale
-            && let Ok(m) = self.classify(&parts, &body)
+            && let Ok(m) = self.classify(parts, &body)
             && let Some(e) =
                 self.cache
                     .lookup_stale(&m.model, &m.key, self.cfg.stale.as_millis() as u64)
@@ -82,7 +102,7 @@ impl Route {
                 Some(m) => request::with_field(&body, "model", m.into()).map_or(body, Bytes::from),
                 None => body,
             };
-            let mut r = fb.forward_streaming(&parts, body, None, None).await;
+            let mut r = fb.forward_streaming(parts, body, None, None).await;
             set(
                 r.headers_mut(),
                 X_BALANCER_FALLBACK,

@@ -8,6 +8,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use http_body_util::BodyExt;
+
 use super::{testkit, *};
 use crate::testutil::margin;
 

@@ -20,6 +20,7 @@
 //! `flight.rs` runs misses (single flight, fill), `forward.rs` talks to
 //! backends, `response.rs` builds what goes back.
 
+mod body;
 mod degrade;
 mod flight;
 mod forward;
@@ -27,6 +28,7 @@ mod health;
 mod locality;
 mod placement;
 mod response;
+mod waiting;
 
 pub use health::MarkDown;
 
@@ -41,16 +43,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, http::request::Parts};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use tracing::{debug, warn};
 
@@ -58,6 +57,8 @@ use crate::{
     http,
     route::{
         admission::{self, Admission, Verdict},
+        latency::{Histogram, TierLatency},
+        queue::Queue,
         tier::{self, Tier, TierCounts},
     },
 };
@@ -133,6 +134,9 @@ pub struct RouteConfig {
     pub shedding: Option<crate::route::admission::Shedding>,
     /// Where requests that would be shed go instead, if anywhere.
     pub fallback: Option<Fallback>,
+    /// The gateway's zone and its backends' (`pick = "aware"` keeps
+    /// requests in the gateway's zone until it saturates).
+    pub zones: Option<crate::route::zone::Zones>,
 }
 
 /// A route's fallback: a pool (a smaller model, say) for the requests of
@@ -173,6 +177,8 @@ pub struct TierTotals {
     pub stale: [u64; 3],
     /// Sent to the fallback pool.
     pub fallback: [u64; 3],
+    /// Made to wait in the route's queue (admitted in the end or not).
+    pub queued: [u64; 3],
 }
 
 /// A backend the route has sent to: its requests in flight and health.
@@ -209,6 +215,10 @@ pub struct Route {
     fallback: degrade::FallbackRoute,
     /// Shedding's state.
     admission: Admission,
+    /// Where lower tiers wait for headroom, if they do.
+    queue: Option<Arc<Queue>>,
+    /// Answer times per tier.
+    latency: TierLatency,
     /// The cost model's.
     placement: placement::Placement,
     /// The models each backend serves (`pick = "aware"`).
@@ -243,6 +253,8 @@ impl Route {
             fallback_counts: TierCounts::default(),
             fallback: degrade::FallbackRoute::new(),
             admission: Admission::new(cfg_shedding),
+            queue: cfg_shedding.and_then(|s| s.queue).map(Queue::new),
+            latency: TierLatency::default(),
             placement: placement::Placement::default(),
             locality: locality::Locality::default(),
         })
@@ -290,6 +302,11 @@ impl Route {
                     picked: t.picked.clone(),
                     cost: t.cost.clone(),
                     models: served.get(&addr).cloned(),
+                    place: self
+                        .cfg
+                        .zones
+                        .as_ref()
+                        .map_or(crate::route::zone::Place::Unknown, |z| z.place(addr)),
                 };
                 (m, t.passive.is_down(now))
             })
@@ -328,24 +345,39 @@ impl Route {
     /// Handles one request: decides its tier (400 when `x-priority` is
     /// unreadable), serves it, and names the tier in the answer.
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let arrived = Instant::now();
         let (parts, body) = req.into_parts();
-        let tier = match self.cfg.tiers.decide(&parts.headers) {
+        let (tier, tenant) = match self.cfg.tiers.decide(&parts.headers) {
             Ok(d) => {
                 if d.capped {
                     debug!(route = %self.cfg.name, tenant = d.tenant.map(|t| t.name.as_str()),
                         tier = %d.tier, "x-priority asked above the client's max tier");
                 }
-                d.tier
+                (d.tier, d.tenant.map_or("", |t| t.name.as_str()))
             }
             Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_priority", &e.to_string()),
         };
         self.tier_counts.count(tier);
-        let mut r = match self.admit(tier) {
-            Verdict::Admit => self.serve_request(parts, body, tier).await,
+        let (verdict, capacity) = self.admit(tier);
+        let mut r = match verdict {
+            Verdict::Admit => {
+                let a = waiting::Admitted {
+                    tier,
+                    tenant,
+                    capacity,
+                };
+                self.serve_request(parts, body, a).await
+            }
             Verdict::Shed { retry_after_s } => self.degrade(parts, body, tier, retry_after_s).await,
         };
         set(r.headers_mut(), X_BALANCER_TIER, tier.label());
+        self.latency.record(tier, arrived.elapsed());
         r
+    }
+
+    /// Answer times per tier ([`Tier::ALL`]'s order).
+    pub fn latency(&self) -> [Histogram; 3] {
+        self.latency.snapshot()
     }
 
     /// Requests so far per tier, and of them those shed, answered stale
@@ -356,23 +388,28 @@ impl Route {
             shed: self.shed_counts.snapshot(),
             stale: self.stale_counts.snapshot(),
             fallback: self.fallback_counts.snapshot(),
+            queued: self.queue.as_ref().map_or([0; 3], |q| q.queued()),
         }
     }
 
     /// Whether a request of `tier` goes on, from the pool's requests in
-    /// flight against its capacity.
-    fn admit(&self, tier: Tier) -> Verdict {
-        if self.cfg.shedding.is_none() {
-            return Verdict::Admit;
-        }
+    /// flight and waiting against its capacity; and that capacity (slots).
+    fn admit(&self, tier: Tier) -> (Verdict, usize) {
+        let Some(s) = &self.cfg.shedding else {
+            return (Verdict::Admit, 0);
+        };
         let members = self.members();
         let live = members.iter().filter(|m| m.weight > 0);
         let in_flight: u64 = live
             .clone()
             .map(|m| m.in_flight.load(Ordering::Relaxed))
             .sum();
-        self.admission
-            .decide(tier, in_flight, live.count(), admission::draw())
+        let waiting = self.queue.as_ref().map_or(0, |q| q.waiting()) as u64;
+        let live = live.count();
+        let verdict = self
+            .admission
+            .decide(tier, in_flight + waiting, live, admission::draw());
+        (verdict, s.max_in_flight as usize * live.max(1))
     }
 
     /// The 429 of a shed request.
@@ -402,13 +439,16 @@ impl Route {
         tier::with_priority(&body, tier).map_or(body, Bytes::from)
     }
 
-    /// Reads, classifies and answers one request of `tier`.
+    /// Reads, classifies and answers one admitted request; one for a
+    /// backend first takes a slot of the route's queue (a refused one is
+    /// degraded).
     async fn serve_request(
         self: &Arc<Self>,
         parts: Parts,
         body: Incoming,
-        tier: Tier,
+        a: waiting::Admitted<'_>,
     ) -> Response<Body> {
+        let tier = a.tier;
         // The reservation lasts as long as the body is ours to buffer.
         let (body, _budget) = match self.read_body(&parts, body).await {
             Ok(b) => b,
@@ -419,6 +459,10 @@ impl Route {
             Ok(m) => m,
             Err(why) => {
                 self.cache.counters.bump(Counter::Bypasses);
+                let slot = match self.take_slot(&a).await {
+                    Ok(s) => s,
+                    Err(retry) => return self.degrade_read(&parts, body, tier, retry).await,
+                };
                 let k = self.bypass_key(&parts, &body);
                 let body = self.for_engine(body, tier);
                 let mut r = self
@@ -426,91 +470,20 @@ impl Route {
                     .await;
                 set(r.headers_mut(), X_CACHE, "BYPASS");
                 set(r.headers_mut(), X_CACHE_REASON, why.label());
-                return r;
+                return waiting::hold(r, slot);
             }
         };
         if let Some((e, level)) = self.cache.lookup(&m.model, &m.key).await {
             self.cache.count_hit(&e, level);
             return hit_response(&e, &m.key, level);
         }
+        let slot = match self.take_slot(&a).await {
+            Ok(s) => s,
+            Err(retry) => return self.degrade_read(&parts, body, tier, retry).await,
+        };
         let body = self.for_engine(body, tier);
         m.work = work;
-        self.miss(parts, body, m).await
-    }
-
-    /// Reads the whole request body within the body deadline, holding its
-    /// share of the route's body budget; 413 over the route's limit
-    /// (declared or read), 408 past the deadline, 503 when the budget is
-    /// spent, 400 when it cannot be read.
-    async fn read_body(
-        &self,
-        parts: &Parts,
-        body: Incoming,
-    ) -> Result<(Bytes, OwnedSemaphorePermit), Response<Body>> {
-        let limit = self.cfg.max_request_bytes;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(self.too_large());
-        }
-        let Some(permit) = self.reserve(declared.unwrap_or(limit)) else {
-            return Err(self.overloaded());
-        };
-        let read = http_body_util::Limited::new(body, limit as usize).collect();
-        match tokio::time::timeout(self.cfg.body_timeout, read).await {
-            Ok(Ok(b)) => Ok((b.to_bytes(), permit)),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(self.too_large()),
-            Ok(Err(e)) => Err(json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("reading the request body: {e}"),
-            )),
-            Err(_) => Err(json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                &format!(
-                    "the request body did not arrive within {:?} (body_timeout_ms of cache route {:?})",
-                    self.cfg.body_timeout, self.cfg.name
-                ),
-            )),
-        }
-    }
-
-    /// The 413 answer.
-    fn too_large(&self) -> Response<Body> {
-        self.cache.counters.bump(Counter::TooLarge);
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            &format!(
-                "request body exceeds this route's limit of {} bytes (max_request_bytes of cache route {:?})",
-                self.cfg.max_request_bytes, self.cfg.name
-            ),
-        )
-    }
-
-    /// Takes `bytes` of the body budget, if that many are free.
-    fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
-        // Bodies are capped far below 4 GiB (max_request_bytes).
-        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
-        self.budget.clone().try_acquire_many_owned(n).ok()
-    }
-
-    /// The 503 that says the body budget is spent.
-    fn overloaded(&self) -> Response<Body> {
-        let mut r = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            &format!(
-                "cache route {:?} is buffering as many request bytes as it may (body_budget_bytes); retry shortly",
-                self.cfg.name
-            ),
-        );
-        set(r.headers_mut(), header::RETRY_AFTER, "1");
-        r
+        waiting::hold(self.miss(parts, body, m).await, slot)
     }
 
     /// Whether the request is cacheable, and if so its key (made with the
@@ -588,3 +561,6 @@ mod key_tests;
 
 #[cfg(test)]
 mod tier_tests;
+
+#[cfg(test)]
+mod queue_tests;

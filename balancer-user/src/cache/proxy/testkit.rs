@@ -30,6 +30,7 @@ pub(super) fn config() -> RouteConfig {
         tiers: Default::default(),
         shedding: None,
         fallback: None,
+        zones: None,
     }
 }
 

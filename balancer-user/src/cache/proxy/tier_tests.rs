@@ -27,7 +27,7 @@ async fn echo() -> SocketAddr {
     addr
 }
 
-fn tiers(priority_field: bool) -> TierPolicy {
+pub(super) fn tiers(priority_field: bool) -> TierPolicy {
     TierPolicy {
         default: Tier::Standard,
         tenants: vec![Tenant {
@@ -45,7 +45,7 @@ type Headers<'a> = &'a [(&'a str, &'a str)];
 
 /// Status, `x-balancer-tier` and the body's `priority` (as the backend saw
 /// it) of one sampled chat request with `headers`.
-async fn send(to: SocketAddr, headers: Headers<'_>) -> (u16, String, serde_json::Value) {
+pub(super) async fn send(to: SocketAddr, headers: Headers<'_>) -> (u16, String, serde_json::Value) {
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut req = Request::post(format!("http://{to}/v1/chat/completions"));
     for (k, v) in headers {
@@ -122,7 +122,7 @@ async fn without_priority_field_the_body_is_untouched() {
 
 /// A backend that holds every request until `release` gets permits, and
 /// counts those it holds.
-async fn holding() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
+pub(super) async fn holding() -> (SocketAddr, Arc<AtomicU64>, Arc<Semaphore>) {
     holding_if(|_| true).await
 }
 

@@ -1,6 +1,12 @@
 //! `balancer route stats` and `balancer route explain`.
 
-use balancer::{api::RouteStatsRow, route::tier::Tier};
+use balancer::{
+    api::RouteStatsRow,
+    route::{
+        latency::{BOUNDS_S, Histogram},
+        tier::Tier,
+    },
+};
 
 use super::table::{Align, render};
 
@@ -16,6 +22,9 @@ pub fn stats(rows: &[RouteStatsRow]) -> String {
         ("shed", Align::Right),
         ("stale", Align::Right),
         ("fallback", Align::Right),
+        ("queued", Align::Right),
+        ("p50 ms", Align::Right),
+        ("p99 ms", Align::Right),
     ];
     let get = |m: &std::collections::BTreeMap<String, u64>, t: Tier| {
         m.get(t.label()).copied().unwrap_or(0).to_string()
@@ -31,15 +40,28 @@ pub fn stats(rows: &[RouteStatsRow]) -> String {
                     get(&r.shed_by_tier, *t),
                     get(&r.stale_by_tier, *t),
                     get(&r.fallback_by_tier, *t),
+                    get(&r.queued_by_tier, *t),
+                    at_most_ms(r.latency_by_tier.get(t.label()), 0.5),
+                    at_most_ms(r.latency_by_tier.get(t.label()), 0.99),
                 ]
             })
         })
         .collect();
     let mut out = String::from(
-        "requests by priority tier since the daemon started, and of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool\n",
+        "requests by priority tier since the daemon started; of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool; those that waited in the queue; time to the answer's headers (at most, by histogram bucket)\n",
     );
     out.push_str(&render(&headers, &body));
     out
+}
+
+/// The bucket bound under which quantile `q` of `h` lies, in ms (`-`: no
+/// answers; `>30000`: above the last bound).
+fn at_most_ms(h: Option<&Histogram>, q: f64) -> String {
+    match h.and_then(|h| h.quantile(q)) {
+        None => "-".into(),
+        Some(s) if s.is_infinite() => format!(">{}", BOUNDS_S[BOUNDS_S.len() - 1] * 1000.0),
+        Some(s) => format!("{}", s * 1000.0),
+    }
 }
 
 /// Each route's last `aware` placements, newest first, with the cost
@@ -121,17 +143,24 @@ mod tests {
             .into(),
             shed_by_tier: [("sheddable".to_string(), 700)].into(),
             stale_by_tier: [("sheddable".to_string(), 5)].into(),
-            fallback_by_tier: Default::default(),
-            placements: Vec::new(),
-            prediction_mape: [None; 2],
+            queued_by_tier: [("sheddable".to_string(), 40)].into(),
+            latency_by_tier: [(
+                "critical".to_string(),
+                Histogram {
+                    counts: [vec![0; 4], vec![11], vec![0; 9], vec![1]].concat(),
+                    sum_s: 40.3,
+                },
+            )]
+            .into(),
+            ..Default::default()
         };
         assert_eq!(
             stats(&[row]),
-            "requests by priority tier since the daemon started, and of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool\n\
-             route   tier       requests  shed  stale  fallback\n\
-             openai  critical         12     0      0         0\n\
-             openai  standard          0     0      0         0\n\
-             openai  sheddable      3400   700      5         0\n"
+            "requests by priority tier since the daemon started; of those admission refused: shed (429), answered stale (X-Cache: STALE), sent to the fallback pool; those that waited in the queue; time to the answer's headers (at most, by histogram bucket)\n\
+             route   tier       requests  shed  stale  fallback  queued  p50 ms  p99 ms\n\
+             openai  critical         12     0      0         0       0      25  >30000\n\
+             openai  standard          0     0      0         0       0       -       -\n\
+             openai  sheddable      3400   700      5         0      40       -       -\n"
         );
         assert!(stats(&[]).starts_with("no routes"));
     }
@@ -158,9 +187,9 @@ mod tests {
             requests_by_tier: Default::default(),
             shed_by_tier: Default::default(),
             stale_by_tier: Default::default(),
-            fallback_by_tier: Default::default(),
             placements: vec![p],
             prediction_mape: [Some(0.12), None],
+            ..Default::default()
         };
         let out = explain(&[row]);
         let lines: Vec<&str> = out.lines().collect();

@@ -277,6 +277,67 @@ fn shedding_defaults_and_is_checked() {
 }
 
 #[test]
+fn the_queue_defaults_parses_and_is_checked() {
+    use crate::route::queue::QueueSettings;
+    let queue = |extra: &str| {
+        Config::parse(
+            Path::new("t.toml"),
+            &format!("{ROUTE}max_in_flight = 8\n{extra}"),
+        )
+        .map(|c| c.cache_routes[0].route.shedding.and_then(|s| s.queue))
+    };
+    assert_eq!(
+        queue("").unwrap(),
+        Some(QueueSettings::default()),
+        "on with shedding"
+    );
+    assert_eq!(
+        queue("[route.queue]\nmax_waiting = 0\n").unwrap(),
+        None,
+        "0 turns it off"
+    );
+    assert_eq!(
+        queue("[route.queue]\nmax_waiting = 5\nstandard_wait_ms = 300\nsheddable_wait_ms = 100\n")
+            .unwrap(),
+        Some(QueueSettings {
+            max_waiting: 5,
+            standard_wait: Duration::from_millis(300),
+            sheddable_wait: Duration::from_millis(100),
+        })
+    );
+    for (src, field, says) in [
+        (
+            format!("{ROUTE}[route.queue]\nmax_waiting = 4\n"),
+            "route[0].queue",
+            "needs max_in_flight",
+        ),
+        (
+            format!("{ROUTE}max_in_flight = 8\n[route.queue]\nstandard_wait_ms = 0\n"),
+            "route[0].queue.standard_wait_ms",
+            "use 1 to 600000",
+        ),
+        (
+            format!("{ROUTE}max_in_flight = 8\n[route.queue]\nmax_waiting = 2000000\n"),
+            "route[0].queue.max_waiting",
+            "use 0 (no queue)",
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &src).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    let e = Config::parse(
+        Path::new("t.toml"),
+        &format!("{ROUTE}max_in_flight = 8\n[route.queue]\nwait_ms = 5\n"),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("wait_ms"),
+        "unknown keys are named: {e}"
+    );
+}
+
+#[test]
 fn stale_and_fallback_default_and_parse() {
     use crate::config::CachePool;
     let c = Config::parse(Path::new("t.toml"), ROUTE).unwrap();
@@ -347,5 +408,60 @@ fn stale_and_fallback_are_checked() {
     ] {
         let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
         assert_eq!(e.field, format!("route[0].{field}"), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn zones_parse_and_are_checked() {
+    use crate::route::zone::Place;
+    let src = format!(
+        "{ROUTE}zone = \"a\"\n[route.zones]\na = [\"10.0.1.1\"]\nb = [\"10.0.1.2\", \"10.0.1.1:9000\"]\n"
+    );
+    let c = Config::parse(Path::new("t.toml"), &src).unwrap();
+    let z = c.cache_routes[0].route.zones.clone().expect("zones");
+    let place = |a: &str| z.place(a.parse().unwrap());
+    assert_eq!(
+        [
+            place("10.0.1.1:8000"),
+            place("10.0.1.2:8000"),
+            place("10.0.1.1:9000"),
+            place("10.0.1.9:8000")
+        ],
+        [Place::Local, Place::Remote, Place::Remote, Place::Unknown]
+    );
+    assert_eq!(
+        Config::parse(Path::new("t.toml"), ROUTE)
+            .unwrap()
+            .cache_routes[0]
+            .route
+            .zones,
+        None
+    );
+    for (extra, field, says) in [
+        ("zone = \"a\"\n", "route[0].zone", "[route.zones] too"),
+        (
+            "[route.zones]\na = [\"10.0.1.1\"]\n",
+            "route[0].zones",
+            "own zone too",
+        ),
+        (
+            "zone = \"c\"\n[route.zones]\na = [\"10.0.1.1\"]\n",
+            "route[0].zone",
+            "none of [route.zones]",
+        ),
+        (
+            "zone = \"a\"\n[route.zones]\na = [\"nope\"]\n",
+            "route[0].zones.a",
+            "an address",
+        ),
+        (
+            "zone = \"a\"\n[route.zones]\na = [\"10.0.1.1\"]\nb = [\"10.0.1.1\"]\n",
+            "route[0].zones.b",
+            "labelled twice",
+        ),
+    ] {
+        let e = Config::parse(Path::new("t.toml"), &format!("{ROUTE}{extra}")).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
     }
 }

@@ -189,3 +189,50 @@ fn only_backends_that_list_the_model_are_candidates() {
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), *want, "{what}");
     }
 }
+
+#[test]
+fn the_gateways_zone_is_kept_until_it_saturates() {
+    use crate::route::zone::Place;
+    // Members 0 and 1 are in the gateway's zone, 2 is remote and faster.
+    let mut members = pool(&[1, 1, 1]);
+    for (m, place) in members
+        .iter_mut()
+        .zip([Place::Local, Place::Local, Place::Remote])
+    {
+        m.place = place;
+    }
+    teach(&members[0].cost, 0.5, 0.05, 0.02);
+    teach(&members[1].cost, 0.5, 0.05, 0.02);
+    teach(&members[2].cost, 0.4, 0.04, 0.02);
+    let w = work(400, 20, b"", false);
+    // {description, in flight on each member, where it goes}
+    let table: &[(&str, [u64; 3], &[usize])] = &[
+        ("idle: home, though remote is faster", [0, 0, 0], &[0, 1]),
+        (
+            "home busier, within twice remote's time",
+            [2, 2, 0],
+            &[0, 1],
+        ),
+        ("home over twice remote's time: spills", [4, 4, 0], &[2]),
+        ("home out of balance: spills", [12, 12, 0], &[2]),
+        ("remote busy too: home again", [12, 12, 12], &[0, 1]),
+    ];
+    for (what, load, expect) in table {
+        for (m, n) in members.iter().zip(load) {
+            m.in_flight.store(*n, Ordering::Relaxed);
+        }
+        let c = choose_of(&w, &members);
+        let at = members
+            .iter()
+            .position(|m| m.addr == c.member.addr)
+            .unwrap();
+        assert!(expect.contains(&at), "{what}: went to {at}");
+    }
+    // Without zones (all unknown), the faster remote one wins when idle.
+    for m in &mut members {
+        m.place = Place::Unknown;
+        m.in_flight.store(0, Ordering::Relaxed);
+    }
+    let c = choose_of(&w, &members);
+    assert_eq!(c.member.addr, members[2].addr, "no zones: the fastest");
+}
