@@ -109,6 +109,12 @@ pub struct VipKey {
 /// alone and remembered in `AFFINITY` for the VIP's timeout.
 pub const VIP_F_AFFINITY: u16 = 1 << 0;
 
+/// VIP flag: a refused new TCP connection (see [`VipMeta::shed_share`]) is
+/// answered with a RST from XDP, so the client learns at once, instead of
+/// its SYN being dropped (the client then retries on its SYN timer). UDP
+/// is always dropped.
+pub const VIP_F_SHED_RST: u16 = 1 << 1;
+
 /// Forwarding mode of a VIP.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

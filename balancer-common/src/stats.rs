@@ -84,10 +84,13 @@ counters! {
     /// A new connection to a VIP whose tier the control plane sheds
     /// ([`crate::VipMeta::shed_share`]): dropped before placement.
     DropShed = 25 => "drop_shed",
+    /// A new TCP connection refused the same way on a VIP that answers
+    /// refusals ([`crate::VIP_F_SHED_RST`]): a RST sent back from XDP.
+    TxShedRst = 26 => "tx_shed_rst",
 }
 
 /// Number of global counters.
-pub const COUNTER_COUNT: usize = 26;
+pub const COUNTER_COUNT: usize = 27;
 
 /// Value of the `STATS` per-CPU array (one entry).
 #[repr(C)]

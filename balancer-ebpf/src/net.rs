@@ -63,6 +63,37 @@ pub const IP_OFFSET: u16 = 0x1fff;
 
 /// TCP SYN flag in the flags byte (offset 13 of the TCP header).
 pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+/// TCP header length without options.
+pub const TCP_HLEN: usize = 20;
+
+/// TCP header without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHdr {
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// Sequence number, network order.
+    pub seq: u32,
+    /// Acknowledgment number, network order.
+    pub ack: u32,
+    /// Data offset (4 bits, in 32-bit words), reserved bits and flags,
+    /// network order.
+    pub off_flags: u16,
+    /// Window, network order.
+    pub window: u16,
+    /// Checksum.
+    pub check: u16,
+    /// Urgent pointer.
+    pub urg: u16,
+}
+
+const _: () = assert!(size_of::<TcpHdr>() == TCP_HLEN);
 
 /// A MAC address as three 16-bit words in memory order. Typed as words rather
 /// than bytes so LLVM copies it with three loads, not six.

@@ -155,6 +155,7 @@ fn run() -> Result<()> {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        refuse: Default::default(),
         tier: Default::default(),
     })?;
     let mut backends = BTreeMap::new();

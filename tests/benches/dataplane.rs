@@ -23,7 +23,7 @@ use aya::programs::Xdp;
 use balancer::{
     dataplane::decap::Decap,
     dataplane::{Dataplane, LoadOptions, objects},
-    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, VipId, VipSpec},
+    lb::{BackendSpec, DataplaneSettings, LoadBalancer, Mode, Refusal, VipId, VipSpec},
     net::{MacAddr, addr_words},
 };
 use balancer_common::{AffinityKey, AffinityValue, Counter, GlobalStats};
@@ -31,7 +31,7 @@ use balancer_tests::{
     bench::{BenchObject, min_median, pin_to_cpu, time},
     pkt::{self, Flow},
     require_root,
-    xdp::{PASS, TX},
+    xdp::{DROP, PASS, TX},
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -148,11 +148,21 @@ fn run() -> anyhow::Result<()> {
     let mut lb = LoadBalancer::new(dp.maps, DataplaneSettings::default())?;
     let vip: VipId = "10.100.0.1:80/tcp".parse().unwrap();
     let aff: VipId = "10.100.0.5:80/tcp".parse().unwrap();
-    for (id, affinity) in [(vip, None), (aff, Some(3600))] {
+    // Two VIPs that refuse every new connection: one drops the SYN, one
+    // answers it with a RST.
+    let shed_drop: VipId = "10.100.0.6:80/tcp".parse().unwrap();
+    let shed_rst: VipId = "10.100.0.7:80/tcp".parse().unwrap();
+    for (id, affinity, refuse) in [
+        (vip, None, Refusal::Drop),
+        (aff, Some(3600), Refusal::Drop),
+        (shed_drop, None, Refusal::Drop),
+        (shed_rst, None, Refusal::Rst),
+    ] {
         lb.add_vip(VipSpec {
             id,
             mode: Mode::Tunnel,
             affinity_secs: affinity,
+            refuse,
             tier: Default::default(),
         })?;
         for i in 0..8u8 {
@@ -165,6 +175,9 @@ fn run() -> anyhow::Result<()> {
                 },
             )?;
         }
+    }
+    for id in [shed_drop, shed_rst] {
+        lb.set_shed(&id, balancer_common::SHED_ALL)?;
     }
     let balancer = programs.program().context("balancer program")?;
     let bal_fd = balancer.fd()?;
@@ -187,6 +200,12 @@ fn run() -> anyhow::Result<()> {
     let new_frame = new_flow.frame();
     let aff_flow = Flow::tcp("192.0.3.0", 1, "10.100.0.5", 80).payload(80);
     let aff_frame = aff_flow.frame();
+    let drop_frame = Flow::tcp("192.0.2.10", 1, "10.100.0.6", 80)
+        .payload(80)
+        .frame();
+    let rst_frame = Flow::tcp("192.0.2.10", 1, "10.100.0.7", 80)
+        .payload(80)
+        .frame();
     let nonvip = Flow::tcp("192.0.2.10", 40000, "10.200.0.1", 80)
         .payload(80)
         .frame();
@@ -290,6 +309,20 @@ fn run() -> anyhow::Result<()> {
             wall: vec![],
             kernel: vec![],
         },
+        Path {
+            name: "shed new flow: drop",
+            wrapped: true,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
+        Path {
+            name: "shed new flow: RST (XDP_TX)",
+            wrapped: true,
+            target: None,
+            wall: vec![],
+            kernel: vec![],
+        },
     ];
 
     let pb = ProgressBar::new((rounds * paths.len()) as u64);
@@ -332,9 +365,17 @@ fn run() -> anyhow::Result<()> {
                     bench.wrap(bal_fd, &aff_frame, rotate)?;
                     time(bench.program("bench_wrapper"), &aff_frame, repeat)?
                 }
-                _ => {
+                8 => {
                     bench.wrap(decap_fd, &tunnelled, None)?;
                     time(bench.program("bench_wrapper"), &tunnelled, repeat)?
+                }
+                9 => {
+                    bench.wrap(bal_fd, &drop_frame, rotate)?;
+                    time(bench.program("bench_wrapper"), &drop_frame, repeat)?
+                }
+                _ => {
+                    bench.wrap(bal_fd, &rst_frame, rotate)?;
+                    time(bench.program("bench_wrapper"), &rst_frame, repeat)?
                 }
             };
             let after = lb.global_stats()?;
@@ -372,9 +413,17 @@ fn run() -> anyhow::Result<()> {
                         && delta(&before, &after, Counter::LruMiss) == r,
                     "affinity_hit and lru_miss += repeat".into(),
                 ),
-                _ => (
+                8 => (
                     delta(&before_decap, &after_decap, Counter::DecapOk) == r,
                     "decap_ok += repeat".into(),
+                ),
+                9 => (
+                    t.action == DROP && delta(&before, &after, Counter::DropShed) == r,
+                    "action XDP_DROP and drop_shed += repeat".into(),
+                ),
+                _ => (
+                    t.action == TX && delta(&before, &after, Counter::TxShedRst) == r,
+                    "action XDP_TX and tx_shed_rst += repeat".into(),
                 ),
             };
             ensure!(
@@ -403,7 +452,7 @@ fn run() -> anyhow::Result<()> {
         .payload(80)
         .frame();
     let fixture = est_frame.clone();
-    let replays: [Option<Replay>; 9] = [
+    let replays: [Option<Replay>; 11] = [
         Some((
             objects::BENCH,
             "bench_pass",
@@ -423,6 +472,8 @@ fn run() -> anyhow::Result<()> {
         Some((objects::BALANCER, "balancer", balancer, &fresh)),
         Some((objects::BALANCER, "balancer", balancer, &fresh_aff)),
         Some((objects::DECAP, "decap", decap_prog, &tunnelled)),
+        Some((objects::BALANCER, "balancer", balancer, &drop_frame)),
+        Some((objects::BALANCER, "balancer", balancer, &rst_frame)),
     ];
     let mut counts = Vec::new();
     for (r, p) in replays.iter().zip(&paths) {
@@ -463,7 +514,7 @@ fn run() -> anyhow::Result<()> {
         let insns = n.map(|n| n.to_string()).unwrap_or_default();
         let sub = if !p.wrapped {
             0.0
-        } else if i == 6 || i == 7 {
+        } else if matches!(i, 6 | 7 | 9 | 10) {
             overhead_rot
         } else {
             overhead

@@ -345,6 +345,60 @@ pub fn too_big_reply(frame: &[u8], l3: usize, mtu: u32) -> Vec<u8> {
     out
 }
 
+/// The RST the data path must send back for the TCP SYN `frame` a shed VIP
+/// refuses: from the VIP, sequence 0, acknowledging the SYN and its data,
+/// with no IP or TCP options.
+pub fn rst_reply(frame: &[u8], l3: usize) -> Vec<u8> {
+    let ip = &frame[l3..];
+    let (l4, data_end) = if ip[0] >> 4 == 4 {
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        (ihl, u16::from_be_bytes([ip[2], ip[3]]) as usize)
+    } else {
+        (40, 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize)
+    };
+    let syn = &ip[l4..];
+    let doff = ((syn[12] >> 4) as usize) * 4;
+    let seq = u32::from_be_bytes(syn[4..8].try_into().unwrap());
+    let data = (data_end - l4 - doff) as u32;
+    let mut tcp = etherparse::TcpHeader::new(
+        u16::from_be_bytes([syn[2], syn[3]]),
+        u16::from_be_bytes([syn[0], syn[1]]),
+        0,
+        0,
+    );
+    tcp.rst = true;
+    tcp.ack = true;
+    tcp.acknowledgment_number = seq.wrapping_add(1).wrapping_add(data);
+    let mut out;
+    if ip[0] >> 4 == 4 {
+        let src: [u8; 4] = ip[16..20].try_into().unwrap();
+        let dst: [u8; 4] = ip[12..16].try_into().unwrap();
+        out = l2_header(frame, l3, CLIENT_MAC, GW_MAC, EtherType::IPV4);
+        let mut h = Ipv4Header::new(20, 64, IpNumber::TCP, src, dst).unwrap();
+        h.dont_fragment = true;
+        h.header_checksum = h.calc_header_checksum();
+        tcp.checksum = tcp.calc_checksum_ipv4(&h, &[]).unwrap();
+        h.write(&mut out).unwrap();
+    } else {
+        let src: [u8; 16] = ip[24..40].try_into().unwrap();
+        let dst: [u8; 16] = ip[8..24].try_into().unwrap();
+        out = l2_header(frame, l3, CLIENT_MAC, GW_MAC, EtherType::IPV6);
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: 20,
+            next_header: IpNumber::TCP,
+            hop_limit: 64,
+            source: src,
+            destination: dst,
+        };
+        tcp.checksum = tcp.calc_checksum_ipv6(&h, &[]).unwrap();
+        h.write(&mut out).unwrap();
+    }
+    tcp.write(&mut out).unwrap();
+    out
+}
+
 /// Wraps an inner IP packet in the tunnel header a balancer sends, for decap
 /// tests: Ethernet to `dst_mac`, outer IP from `outer_src` to `outer_dst`.
 pub fn tunnelled(

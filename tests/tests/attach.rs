@@ -100,6 +100,7 @@ fn attach_pins_adopts_and_detaches() {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        refuse: Default::default(),
         tier: Default::default(),
     })
     .unwrap();
@@ -211,6 +212,7 @@ fn lb_rejects_bad_input_with_clear_errors() {
         id,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        refuse: Default::default(),
         tier: Default::default(),
     };
     lb.add_vip(spec(vip)).unwrap();
@@ -230,6 +232,7 @@ fn lb_rejects_bad_input_with_clear_errors() {
                     id: "10.9.9.8:80/tcp".parse().unwrap(),
                     mode: Mode::Tunnel,
                     affinity_secs: Some(0),
+                    refuse: Default::default(),
                     tier: Default::default(),
                 })
             }),
@@ -347,6 +350,7 @@ fn a_failed_step_of_a_vip_removal_does_not_stop_its_cleanup() {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        refuse: Default::default(),
         tier: Default::default(),
     })
     .unwrap();

@@ -32,6 +32,7 @@ fn interpreter_and_kernel_agree_on_the_same_maps() {
         id: vip,
         mode: Mode::Tunnel,
         affinity_secs: None,
+        refuse: Default::default(),
         tier: Default::default(),
     })
     .unwrap();

@@ -108,6 +108,7 @@ fn a_shed_sheddable_vip_refuses_new_connections_in_xdp_and_keeps_established_one
     let shed = VipSet {
         tier: Some(Tier::Sheddable),
         shed_percent: Some(100),
+        refuse: None,
     };
     rt.block_on(client.set_vip(&v, &shed)).unwrap();
     let listed = rt.block_on(client.vips()).unwrap();
@@ -123,10 +124,35 @@ fn a_shed_sheddable_vip_refuses_new_connections_in_xdp_and_keeps_established_one
         drops(&after) - drops(&before) >= 4,
         "SYNs counted as drop_shed"
     );
+    assert!(
+        refused.errors.keys().all(|e| e == "timeout"),
+        "a dropped SYN leaves the client waiting: {refused:?}"
+    );
+    // Refused with a RST from XDP instead: the client is told at once.
+    let rst = VipSet {
+        tier: None,
+        shed_percent: None,
+        refuse: Some(balancer::lb::Refusal::Rst),
+    };
+    rt.block_on(client.set_vip(&v, &rst)).unwrap();
+    let before = rt.block_on(client.stats()).unwrap();
+    let reset = loadgen::short_connections(&ns, tb.vip(), 4, 4).unwrap();
+    assert_eq!(reset.ok, 0, "new connections get through: {reset:?}");
+    assert!(
+        reset.errors.keys().all(|e| e.contains("refused")),
+        "the client's connect is refused: {reset:?}"
+    );
+    let after = rt.block_on(client.stats()).unwrap();
+    let resets = |s: &balancer::api::StatsReply| s.global.get("tx_shed_rst").copied().unwrap_or(0);
+    assert!(
+        resets(&after) - resets(&before) >= 4,
+        "SYNs counted as tx_shed_rst"
+    );
     // Admitted again.
     let open = VipSet {
         tier: None,
         shed_percent: Some(0),
+        refuse: None,
     };
     rt.block_on(client.set_vip(&v, &open)).unwrap();
     let admitted = loadgen::short_connections(&ns, tb.vip(), 20, 4).unwrap();

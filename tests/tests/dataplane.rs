@@ -63,6 +63,7 @@ impl Fixture {
                 id,
                 mode,
                 affinity_secs: aff,
+                refuse: Default::default(),
                 tier: Default::default(),
             })
             .unwrap();
@@ -721,6 +722,72 @@ fn a_saturated_sheddable_vip_refuses_new_connections_and_none_established() {
 }
 
 #[test]
+fn a_vip_that_answers_refusals_sends_a_rst_for_each_refused_syn() {
+    let mut fx = Fixture::new();
+    let a = vip("10.100.0.1:80/tcp");
+    let b = vip("[2001:db8::100]:443/tcp");
+    let conn = Flow::tcp("192.0.2.50", 30000, "10.100.0.1", 80);
+    assert_eq!(fx.run(&conn.frame()).0, TX, "placed before shedding");
+    for v in [&a, &b] {
+        fx.lb.set_refusal(v, balancer::lb::Refusal::Rst).unwrap();
+        fx.lb.set_shed(v, balancer_common::SHED_ALL).unwrap();
+    }
+    // {description, refused SYN}
+    let table = [
+        (
+            "IPv4, 16 bytes of data",
+            Flow::tcp("192.0.2.51", 31000, "10.100.0.1", 80),
+        ),
+        (
+            "IPv4, no data, VLAN",
+            Flow::tcp("192.0.2.52", 31001, "10.100.0.1", 80)
+                .payload(0)
+                .vlan(7),
+        ),
+        (
+            "IPv6",
+            Flow::tcp("2001:db8:1::5", 31002, "2001:db8::100", 443),
+        ),
+        (
+            "IPv6, VLAN",
+            Flow::tcp("2001:db8:1::6", 31003, "2001:db8::100", 443).vlan(9),
+        ),
+    ];
+    for (what, f) in &table {
+        let before = fx.stats();
+        let frame = f.frame();
+        let (act, out) = fx.run(&frame);
+        assert_eq!(act, TX, "{what}");
+        assert_eq!(
+            out,
+            balancer_tests::pkt::rst_reply(&frame, f.l3()),
+            "{what}"
+        );
+        let after = fx.stats();
+        assert_eq!(
+            (
+                after.get(Counter::TxShedRst) - before.get(Counter::TxShedRst),
+                after.get(Counter::DropShed) - before.get(Counter::DropShed)
+            ),
+            (1, 0),
+            "{what}"
+        );
+    }
+    // The established connection still goes to its backend, and UDP on a
+    // refusing VIP is dropped (no RST for it).
+    assert_eq!(fx.run(&conn.clone().ack().frame()).0, TX);
+    let udp = vip("10.100.0.1:53/udp");
+    fx.lb.set_refusal(&udp, balancer::lb::Refusal::Rst).unwrap();
+    fx.lb.set_shed(&udp, balancer_common::SHED_ALL).unwrap();
+    let (act, _) = fx.run(&Flow::udp("192.0.2.53", 31004, "10.100.0.1", 53).frame());
+    assert_eq!(act, DROP, "UDP is dropped");
+    // Back to dropping.
+    fx.lb.set_refusal(&a, balancer::lb::Refusal::Drop).unwrap();
+    let f = Flow::tcp("192.0.2.54", 31005, "10.100.0.1", 80);
+    assert_eq!(fx.run(&f.frame()).0, DROP);
+}
+
+#[test]
 fn reused_backend_slot_does_not_inherit_flows() {
     let mut fx = Fixture::new();
     let a = vip("10.100.0.1:80/tcp");
@@ -820,6 +887,7 @@ fn affinity_entries_expire() {
             id: v,
             mode: Mode::Tunnel,
             affinity_secs: Some(ttl),
+            refuse: Default::default(),
             tier: Default::default(),
         })
         .unwrap();
@@ -1229,6 +1297,7 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
             id: v,
             mode: Mode::L2Dsr,
             affinity_secs: None,
+            refuse: Default::default(),
             tier: Default::default(),
         })
         .unwrap();
@@ -1275,6 +1344,7 @@ fn vip_table_finds_every_vip_through_removals_and_reuse() {
             id: vip("10.78.0.1:80/tcp"),
             mode: Mode::L2Dsr,
             affinity_secs: None,
+            refuse: Default::default(),
             tier: Default::default(),
         })
         .is_err(),

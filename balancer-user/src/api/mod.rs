@@ -64,17 +64,22 @@ pub struct VipSet {
     /// (until telemetry, if the VIP has it, sets it again).
     #[serde(default)]
     pub shed_percent: Option<u8>,
+    /// How its refused TCP connections are refused.
+    #[serde(default)]
+    pub refuse: Option<crate::lb::Refusal>,
 }
 
 impl VipSet {
-    /// Checks the percentage.
+    /// Checks the percentage, and that something is to change.
     pub fn validate(&self) -> Result<(), ApiError> {
         match self.shed_percent {
             Some(p) if p > 100 => Err(ApiError::bad_request(format!(
                 "shed_percent {p}: use 0 to 100"
             ))),
-            _ if self.tier.is_none() && self.shed_percent.is_none() => {
-                Err(ApiError::bad_request("give a tier, a shed_percent or both"))
+            _ if self.tier.is_none() && self.shed_percent.is_none() && self.refuse.is_none() => {
+                Err(ApiError::bad_request(
+                    "give a tier, a shed_percent, a refuse or several",
+                ))
             }
             _ => Ok(()),
         }

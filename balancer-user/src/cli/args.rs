@@ -8,7 +8,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use balancer::{
     config::DEFAULT_SOCKET,
-    lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, VipId, validate_affinity, validate_weight},
+    lb::{MAX_AFFINITY_SECS, MAX_WEIGHT, Mode, Refusal, VipId, validate_affinity, validate_weight},
     net::MacAddr,
     route::tier::Tier,
 };
@@ -264,8 +264,13 @@ pub enum VipCmd {
         /// pool saturates (critical, the default, never).
         #[arg(long, default_value = "critical", value_parser = parse_tier)]
         tier: Tier,
+        /// How a refused TCP connection is refused: drop its SYN, or
+        /// answer it with a RST from XDP (UDP is always dropped).
+        #[arg(long, default_value = "drop")]
+        refuse: Refusal,
     },
-    /// Change a VIP's tier, or refuse a share of its new connections now.
+    /// Change a VIP's tier or how it refuses, or refuse a share of its new
+    /// connections now.
     Set {
         /// The VIP.
         vip: VipId,
@@ -276,6 +281,9 @@ pub enum VipCmd {
         /// (telemetry, if the VIP has it, sets it again at its next reading).
         #[arg(long, value_parser = parse_percent)]
         shed: Option<u8>,
+        /// How refused TCP connections are refused: drop or rst.
+        #[arg(long)]
+        refuse: Option<Refusal>,
     },
     /// Remove a VIP and its pool.
     Rm {

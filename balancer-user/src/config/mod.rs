@@ -28,6 +28,7 @@
 //! mode = "tunnel"                    # tunnel | l2-dsr
 //! # affinity_secs = 300              # client affinity
 //! # tier = "critical"                # or "standard", "sheddable": XDP sheds new connections when saturated
+//! # refuse = "drop"                  # or "rst": a refused SYN gets a RST from XDP
 //!
 //! [[vip.backend]]
 //! address = "10.0.1.10"
@@ -282,6 +283,7 @@ struct RawVip {
     mode: Option<Spanned<String>>,
     affinity_secs: Option<Spanned<u32>>,
     tier: Option<Spanned<String>>,
+    refuse: Option<Spanned<String>>,
     telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     backend: Vec<RawBackend>,

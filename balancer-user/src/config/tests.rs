@@ -66,6 +66,22 @@ fn good_config() {
     ))
     .unwrap_err();
     assert_eq!(e.field, "vip[0].tier", "{e}");
+    use crate::lb::Refusal;
+    assert_eq!(
+        v.spec.refuse,
+        Refusal::Drop,
+        "refused SYNs are dropped by default"
+    );
+    let c =
+        parse(&GOOD.replace("affinity_secs = 60", "affinity_secs = 60\nrefuse = \"rst\"")).unwrap();
+    assert_eq!(c.initial.vips[0].spec.refuse, Refusal::Rst);
+    let e = parse(&GOOD.replace(
+        "affinity_secs = 60",
+        "affinity_secs = 60\nrefuse = \"reject\"",
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "vip[0].refuse", "{e}");
+    assert!(e.message.contains("\"drop\" or \"rst\""), "{e}");
 }
 
 #[test]

@@ -113,10 +113,18 @@ fn vip_spec(
             }
         },
     };
+    let refuse = match &v.refuse {
+        None => Default::default(),
+        Some(r) => match r.get_ref().parse() {
+            Ok(r) => r,
+            Err(e) => return cx.err(r.span(), field("refuse"), e),
+        },
+    };
     let spec = VipSpec {
         id,
         mode,
         affinity_secs: v.affinity_secs.as_ref().map(|a| *a.get_ref()),
+        refuse,
         tier,
     };
     // The engine's own rules, reported against the key that broke one.

@@ -366,6 +366,9 @@ impl Handler for Daemon {
                 if let Some(t) = set.tier {
                     lb.set_tier(&vip, t)?;
                 }
+                if let Some(r) = set.refuse {
+                    lb.set_refusal(&vip, r)?;
+                }
                 if let Some(p) = set.shed_percent {
                     lb.set_shed(&vip, crate::lb::shed::share_of_percent(p as f64))?;
                 }

@@ -44,7 +44,9 @@ pub use self::{
     ring::GRACE,
     settings::DataplaneSettings,
     snapshot::{BackendRecord, Snapshot, SnapshotError, VipRecord},
-    spec::{BackendSpec, VipSpec, validate_addr, validate_affinity, validate_weight, vip_tier},
+    spec::{
+        BackendSpec, Refusal, VipSpec, validate_addr, validate_affinity, validate_weight, vip_tier,
+    },
     types::{BackendInfo, DownSource, Mode, Proto, VipId, VipInfo},
     view::{PoolView, Pools},
 };

@@ -56,6 +56,14 @@ impl LoadBalancer {
             return Ok(());
         }
         self.maps.rings.adopt(meta.index, live_half(&meta))?;
+        // The record's settings win over the kernel's flags (a daemon of
+        // another version may have left other ones).
+        let mut meta = meta;
+        let flags = super::vips::vip_flags(&rec.spec);
+        if meta.flags != flags {
+            meta.flags = flags;
+            self.maps.vips.insert(&key, &meta)?;
+        }
         let mut backends = BTreeMap::new();
         for b in &rec.backends {
             // Backends that don't match are added afresh later.

@@ -66,6 +66,26 @@ impl LoadBalancer {
         Ok(())
     }
 
+    /// Sets what a VIP's refused TCP connections get: a dropped SYN or a
+    /// RST from XDP.
+    pub fn set_refusal(&mut self, id: &VipId, refuse: super::Refusal) -> Result<()> {
+        let st = self.vips.get(id).ok_or(super::LbError::NoSuchVip(*id))?;
+        if st.spec.refuse == refuse {
+            return Ok(());
+        }
+        let mut spec = st.spec.clone();
+        spec.refuse = refuse;
+        let mut meta = st.meta;
+        meta.flags = super::vips::vip_flags(&spec);
+        self.maps.vips.insert(&id.key(), &meta)?;
+        let st = self.vip_mut(id)?;
+        st.meta = meta;
+        st.spec = spec;
+        self.changed();
+        info!(vip = %id, refuse = refuse.label(), "VIP refusal set");
+        Ok(())
+    }
+
     /// Refuses `share` (65536ths) of a VIP's new connections in XDP.
     pub fn set_shed(&mut self, id: &VipId, share: u16) -> Result<()> {
         let st = self.vips.get(id).ok_or(super::LbError::NoSuchVip(*id))?;

@@ -124,6 +124,7 @@ mod tests {
                     id: vip.parse().unwrap(),
                     mode: Mode::Tunnel,
                     affinity_secs: None,
+                    refuse: Default::default(),
                     tier: Default::default(),
                 },
                 index: 0,

@@ -24,6 +24,44 @@ pub struct VipSpec {
     /// refused) unless configured otherwise, so an upgrade refuses nothing.
     #[serde(default = "vip_tier")]
     pub tier: crate::route::tier::Tier,
+    /// What a refused new TCP connection gets (UDP is always dropped).
+    #[serde(default)]
+    pub refuse: Refusal,
+}
+
+/// What XDP does with a new TCP connection its VIP's tier refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refusal {
+    /// Drop the SYN: the client's stack retries on its SYN timer (1 s,
+    /// then doubling), each retry drawn again.
+    #[default]
+    Drop,
+    /// Answer the SYN with a RST from XDP: the client learns at once
+    /// ("connection refused") and its own retry policy decides.
+    Rst,
+}
+
+impl Refusal {
+    /// Its name in configuration and the CLI.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Rst => "rst",
+        }
+    }
+}
+
+impl std::str::FromStr for Refusal {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "drop" => Ok(Self::Drop),
+            "rst" => Ok(Self::Rst),
+            _ => Err(format!("{s:?}: use \"drop\" or \"rst\"")),
+        }
+    }
 }
 
 /// A VIP's tier when none is given.
@@ -115,6 +153,7 @@ mod tests {
             id: s.parse().unwrap(),
             mode,
             affinity_secs: None,
+            refuse: Default::default(),
             tier: Default::default(),
         }
     }
@@ -153,6 +192,7 @@ mod tests {
                 "affinity 0",
                 VipSpec {
                     affinity_secs: Some(0),
+                    refuse: Default::default(),
                     tier: Default::default(),
                     ..v4.clone()
                 }
@@ -163,6 +203,7 @@ mod tests {
                 "affinity too long",
                 VipSpec {
                     affinity_secs: Some(MAX_AFFINITY_SECS + 1),
+                    refuse: Default::default(),
                     tier: Default::default(),
                     ..v4.clone()
                 }

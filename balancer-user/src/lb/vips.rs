@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use balancer_common::{RING_EMPTY, VIP_F_AFFINITY, VipFilter, VipMeta};
+use balancer_common::{RING_EMPTY, VIP_F_AFFINITY, VIP_F_SHED_RST, VipFilter, VipMeta};
 use tracing::{info, warn};
 
 use super::{LbError, LoadBalancer, Result, VipId, VipSpec, ring, state::VipState};
@@ -25,11 +25,7 @@ impl LoadBalancer {
         self.maps.stats.reset_vip(index)?;
         let meta = VipMeta {
             index,
-            flags: if spec.affinity_secs.is_some() {
-                VIP_F_AFFINITY
-            } else {
-                0
-            },
+            flags: vip_flags(&spec),
             mode: spec.mode.wire() as u8,
             ring_gen: 0,
             affinity_timeout_secs: spec.affinity_secs.unwrap_or(0),
@@ -106,4 +102,16 @@ impl LoadBalancer {
     pub(super) fn vip_mut(&mut self, id: &VipId) -> Result<&mut VipState> {
         self.vips.get_mut(id).ok_or(LbError::NoSuchVip(*id))
     }
+}
+
+/// The data path's flags for `spec`.
+pub(super) fn vip_flags(spec: &VipSpec) -> u16 {
+    let mut f = 0;
+    if spec.affinity_secs.is_some() {
+        f |= VIP_F_AFFINITY;
+    }
+    if spec.refuse == super::Refusal::Rst {
+        f |= VIP_F_SHED_RST;
+    }
+    f
 }

@@ -1,11 +1,12 @@
 //! Placing a packet on a backend: the connection table, the Maglev ring and
 //! client affinity.
 
-use crate::{encap::tunnel, l2::l2_dsr, maps::*, parse::Packet, stats::*};
+use crate::{encap::tunnel, l2::l2_dsr, maps::*, parse::Packet, rst::refuse, stats::*};
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, programs::XdpContext};
 use balancer_common::{
     AffinityKey, AffinityValue, BACKEND_F_ACTIVE, Backend, Counter, ForwardMode, GlobalStats,
-    RING_EMPTY, VIP_F_AFFINITY, VipMeta, flow_entry, flow_entry_backend, flow_entry_epoch,
+    RING_EMPTY, VIP_F_AFFINITY, VIP_F_SHED_RST, VipMeta, flow_entry, flow_entry_backend,
+    flow_entry_epoch,
     hash::{FlowHash, client_hash, ring_slot},
     ring_base, shed_draw,
 };
@@ -135,6 +136,9 @@ pub(crate) fn balance(
                 && vip.shed_share != 0
                 && shed_draw(vip.shed_share, hash.ring(), unsafe { bpf_ktime_get_ns() })
             {
+                if pkt.tcp && vip.flags & VIP_F_SHED_RST != 0 {
+                    return refuse(ctx, stats, pkt);
+                }
                 return drop(stats, Counter::DropShed);
             }
             let picked = if vip.flags & VIP_F_AFFINITY != 0 {

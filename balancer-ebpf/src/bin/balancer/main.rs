@@ -12,7 +12,8 @@
 //!    ring, or for affinity VIPs through the client-affinity table, and record it;
 //! 5. encapsulate (IPIP, IP6IP6, 4in6, 6in4) or rewrite MACs only (L2 DSR) and
 //!    `XDP_TX`; or answer ICMP "fragmentation needed" / "packet too big" when the
-//!    tunnelled packet would not fit the MTU.
+//!    tunnelled packet would not fit the MTU; or, for a new connection the VIP's
+//!    tier sheds, drop it or answer its SYN with a RST.
 //!
 //! Fragments: IPv4 fragments and IPv6 packets with a fragment header that are
 //! addressed to a VIP are dropped (counted as `drop_fragment`): without
@@ -29,6 +30,7 @@ mod icmp;
 mod l2;
 mod maps;
 mod parse;
+mod rst;
 mod stats;
 mod vip;
 

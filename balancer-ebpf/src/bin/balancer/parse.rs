@@ -32,6 +32,10 @@ pub(crate) struct Packet {
     pub(crate) tcp_non_syn: bool,
     /// IPv4 header length, for building ICMP errors.
     pub(crate) ihl: usize,
+    /// Offset of the L4 header.
+    pub(crate) l4: usize,
+    /// TCP (else UDP).
+    pub(crate) tcp: bool,
 }
 
 #[inline(always)]
@@ -124,6 +128,8 @@ pub(crate) fn process_v4(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
         df: frag & IP_DF != 0,
         tcp_non_syn,
         ihl,
+        l4,
+        tcp: ip.proto == IPPROTO_TCP,
     };
     let hash = flow_hash_v4(ip.src, ip.dst, ports, ip.proto);
     balance(ctx, stats, &vip, &pkt, hash)
@@ -235,6 +241,8 @@ pub(crate) fn process_v6(ctx: &XdpContext, stats: &mut GlobalStats, l3: usize) -
         df: true,
         tcp_non_syn,
         ihl: IPV6_HLEN,
+        l4: off,
+        tcp: nexthdr == IPPROTO_TCP,
     };
     let hash = flow_hash_v6(&ip.src, &ip.dst, ports, nexthdr);
     balance(ctx, stats, &vip, &pkt, hash)

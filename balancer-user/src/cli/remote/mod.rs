@@ -83,24 +83,32 @@ async fn vip(cmd: VipCmd, client: &Client, output: Output) -> Result<()> {
             mode,
             affinity,
             tier,
+            refuse,
         } => {
             let spec = VipSpec {
                 id: vip,
                 mode,
                 affinity_secs: affinity,
+                refuse,
                 tier,
             };
             client.add_vip(&spec).await?;
             done(output, format!("added VIP {vip}"))
         }
-        VipCmd::Set { vip, tier, shed } => {
+        VipCmd::Set {
+            vip,
+            tier,
+            shed,
+            refuse,
+        } => {
             anyhow::ensure!(
-                tier.is_some() || shed.is_some(),
-                "give --tier, --shed or both"
+                tier.is_some() || shed.is_some() || refuse.is_some(),
+                "give --tier, --shed, --refuse or several"
             );
             let set = balancer::api::VipSet {
                 tier,
                 shed_percent: shed,
+                refuse,
             };
             client.set_vip(&vip, &set).await?;
             let mut what = Vec::new();
@@ -109,6 +117,9 @@ async fn vip(cmd: VipCmd, client: &Client, output: Output) -> Result<()> {
             }
             if let Some(p) = shed {
                 what.push(format!("refusing {p}% of new connections"));
+            }
+            if let Some(r) = refuse {
+                what.push(format!("refusing by {}", r.label()));
             }
             done(output, format!("{vip}: {}", what.join(", ")))
         }

@@ -5,7 +5,8 @@ use balancer::lb::VipInfo;
 use super::table::{Align, render};
 
 /// One row per VIP: mode, affinity, pool size, how many are in the ring,
-/// its tier and the share of new connections XDP refuses now.
+/// its tier, the share of new connections XDP refuses now and how (a
+/// dropped SYN or a RST).
 pub fn vips(vips: &[VipInfo]) -> String {
     let rows: Vec<Vec<String>> = vips
         .iter()
@@ -25,6 +26,7 @@ pub fn vips(vips: &[VipInfo]) -> String {
                     .to_string(),
                 v.spec.tier.to_string(),
                 format!("{:.0}%", balancer::lb::shed::percent(v.shed_share)),
+                v.spec.refuse.label().to_string(),
             ]
         })
         .collect();
@@ -37,6 +39,7 @@ pub fn vips(vips: &[VipInfo]) -> String {
             ("IN RING", Align::Right),
             ("TIER", Align::Left),
             ("REFUSED", Align::Right),
+            ("BY", Align::Left),
         ],
         &rows,
     )
