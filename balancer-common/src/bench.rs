@@ -25,6 +25,9 @@ pub struct BenchConfig {
     pub sport_off: u32,
     /// Offset of the last two bytes of the source address.
     pub src_lo_off: u32,
+    /// Non-zero: the program under test cuts the packet's tail (a RST
+    /// reply), so its length is restored there rather than at the head.
+    pub tail: u32,
     /// The original packet's first bytes.
     pub head: [u8; BENCH_HEAD_LEN],
 }

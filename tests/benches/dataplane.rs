@@ -226,8 +226,9 @@ fn run() -> anyhow::Result<()> {
     let info = lb.vip(&aff)?;
     let slot = ring[0];
     let epoch = lb.maps().backends.get(slot).context("backend slot")?.epoch;
-    // Three rotating runs per round advance the counter by `repeat` each.
-    let client_max = ((repeat as u64 * 3 * (rounds as u64 + 1)) >> 16) + 16;
+    // Five rotating runs per round (calibration, new flow, affinity and
+    // the two shed paths) advance the counter by `repeat` each.
+    let client_max = ((repeat as u64 * 5 * (rounds as u64 + 1)) >> 16) + 16;
     for c in 0..client_max.min(65_535) {
         // The rotation writes counter >> 16 over the last two address bytes.
         let addr = [192u8, 0, (c >> 8) as u8, c as u8];
@@ -374,7 +375,7 @@ fn run() -> anyhow::Result<()> {
                     time(bench.program("bench_wrapper"), &drop_frame, repeat)?
                 }
                 _ => {
-                    bench.wrap(bal_fd, &rst_frame, rotate)?;
+                    bench.wrap_tail(bal_fd, &rst_frame, rotate)?;
                     time(bench.program("bench_wrapper"), &rst_frame, repeat)?
                 }
             };

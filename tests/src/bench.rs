@@ -66,6 +66,27 @@ impl BenchObject {
         input: &[u8],
         rotate: Option<(usize, usize)>,
     ) -> anyhow::Result<()> {
+        self.wrap_as(target, input, rotate, false)
+    }
+
+    /// [`Self::wrap`] for a program that cuts the packet's tail (a RST
+    /// reply): the wrapper restores the length there.
+    pub fn wrap_tail(
+        &mut self,
+        target: &ProgramFd,
+        input: &[u8],
+        rotate: Option<(usize, usize)>,
+    ) -> anyhow::Result<()> {
+        self.wrap_as(target, input, rotate, true)
+    }
+
+    fn wrap_as(
+        &mut self,
+        target: &ProgramFd,
+        input: &[u8],
+        rotate: Option<(usize, usize)>,
+        tail: bool,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             input.len() >= BENCH_HEAD_LEN,
             "bench packets must be >= {BENCH_HEAD_LEN} bytes"
@@ -78,6 +99,7 @@ impl BenchObject {
             rotate: rotate.is_some() as u32,
             sport_off: sport_off as u32,
             src_lo_off: src_lo_off as u32,
+            tail: tail as u32,
             head,
         };
         self.cfg.set(0, cfg, 0)?;

@@ -108,7 +108,7 @@ fn a_shed_sheddable_vip_refuses_new_connections_in_xdp_and_keeps_established_one
     let shed = VipSet {
         tier: Some(Tier::Sheddable),
         shed_percent: Some(100),
-        refuse: None,
+        refuse: Some(balancer::lb::Refusal::Drop),
     };
     rt.block_on(client.set_vip(&v, &shed)).unwrap();
     let listed = rt.block_on(client.vips()).unwrap();

@@ -695,6 +695,7 @@ fn a_saturated_sheddable_vip_refuses_new_connections_and_none_established() {
     fx.lb
         .set_tier(&a, balancer::route::tier::Tier::Sheddable)
         .unwrap();
+    fx.lb.set_refusal(&a, balancer::lb::Refusal::Drop).unwrap();
     assert_eq!(
         fx.lb.shed_for_load(&a, 1.0).unwrap(),
         balancer_common::SHED_ALL,

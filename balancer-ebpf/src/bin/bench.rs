@@ -27,7 +27,9 @@ use balancer_common::{
 };
 use balancer_ebpf::{
     flowtable::{self, Found},
-    packet::{adjust_head, len, load16, load32, ptr_at_mut, store16, store32, write_at},
+    packet::{
+        adjust_head, adjust_tail, len, load16, load32, ptr_at_mut, store16, store32, write_at,
+    },
 };
 
 #[map]
@@ -97,10 +99,17 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
     let Some(cfg) = BENCH_CFG.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    // Undo whatever the previous repeat did to the length. Called even when the
-    // delta is 0, so the calibration run pays for the helper too.
+    // Undo whatever the previous repeat did to the length: at the head (an
+    // encapsulation grew it, a decapsulation cut it), called even when the
+    // delta is 0 so the calibration run pays for the helper too; or, for a
+    // program that cuts the tail (a RST reply), at the tail. Either way, one
+    // helper call.
     let delta = len(&ctx) as i32 - cfg.orig_len as i32;
-    if adjust_head(&ctx, delta).is_none() {
+    if cfg.tail != 0 {
+        if adjust_tail(&ctx, -delta).is_none() {
+            return xdp_action::XDP_ABORTED;
+        }
+    } else if adjust_head(&ctx, delta).is_none() {
         return xdp_action::XDP_ABORTED;
     }
     if write_at::<[u8; BENCH_HEAD_LEN]>(&ctx, 0, cfg.head).is_none() {

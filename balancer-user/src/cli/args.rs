@@ -266,7 +266,7 @@ pub enum VipCmd {
         tier: Tier,
         /// How a refused TCP connection is refused: drop its SYN, or
         /// answer it with a RST from XDP (UDP is always dropped).
-        #[arg(long, default_value = "drop")]
+        #[arg(long, default_value = "rst")]
         refuse: Refusal,
     },
     /// Change a VIP's tier or how it refuses, or refuse a share of its new

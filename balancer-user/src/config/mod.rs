@@ -28,7 +28,7 @@
 //! mode = "tunnel"                    # tunnel | l2-dsr
 //! # affinity_secs = 300              # client affinity
 //! # tier = "critical"                # or "standard", "sheddable": XDP sheds new connections when saturated
-//! # refuse = "drop"                  # or "rst": a refused SYN gets a RST from XDP
+//! # refuse = "rst"                   # a refused SYN gets a RST from XDP; or "drop"
 //!
 //! [[vip.backend]]
 //! address = "10.0.1.10"

@@ -69,12 +69,15 @@ fn good_config() {
     use crate::lb::Refusal;
     assert_eq!(
         v.spec.refuse,
-        Refusal::Drop,
-        "refused SYNs are dropped by default"
+        Refusal::Rst,
+        "refused SYNs get a RST by default"
     );
-    let c =
-        parse(&GOOD.replace("affinity_secs = 60", "affinity_secs = 60\nrefuse = \"rst\"")).unwrap();
-    assert_eq!(c.initial.vips[0].spec.refuse, Refusal::Rst);
+    let c = parse(&GOOD.replace(
+        "affinity_secs = 60",
+        "affinity_secs = 60\nrefuse = \"drop\"",
+    ))
+    .unwrap();
+    assert_eq!(c.initial.vips[0].spec.refuse, Refusal::Drop);
     let e = parse(&GOOD.replace(
         "affinity_secs = 60",
         "affinity_secs = 60\nrefuse = \"reject\"",

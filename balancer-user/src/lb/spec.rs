@@ -30,15 +30,22 @@ pub struct VipSpec {
 }
 
 /// What XDP does with a new TCP connection its VIP's tier refuses.
+///
+/// `rst` is the default, measured against `drop` (`bench dataplane`): it
+/// costs a refused SYN about 30 ns more in XDP, and tells the client in one
+/// round trip instead of leaving it on its SYN timer (1 s, then doubling;
+/// clients with long connect timeouts hang for a minute or more), so it
+/// can back off or fail over at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Refusal {
     /// Drop the SYN: the client's stack retries on its SYN timer (1 s,
-    /// then doubling), each retry drawn again.
-    #[default]
+    /// then doubling), each retry drawn again. Nothing is sent to a
+    /// (possibly spoofed) source.
     Drop,
     /// Answer the SYN with a RST from XDP: the client learns at once
     /// ("connection refused") and its own retry policy decides.
+    #[default]
     Rst,
 }
 
