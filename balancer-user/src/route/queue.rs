@@ -8,6 +8,10 @@
 //!   is deadline order since a tier has one deadline.
 //! - **Deadline**: a tier's longest wait (its TTFT objective). A request
 //!   still waiting then leaves the queue and is degraded like a shed one.
+//! - **Forecast**: given the rate slots are expected to free (from the cost
+//!   model: each backend's slots over its predicted time for the request),
+//!   a request whose turn is forecast past its deadline is degraded at
+//!   once, instead of waiting to find out.
 //! - **`critical` never waits**: it always takes a slot at once, so the
 //!   queue can only slow the tiers below it.
 //!
@@ -66,6 +70,8 @@ pub enum Refused {
     Full,
     /// Its tier's deadline passed while it waited.
     Expired,
+    /// Its turn was forecast past its tier's deadline.
+    Forecast,
 }
 
 /// One waiting request: where its slot is sent.
@@ -201,6 +207,14 @@ impl Queue {
         self.lock().waiting
     }
 
+    /// Whether a request of `tier` would wait now, on a pool of `capacity`
+    /// slots (a hint: the answer may change before it enters).
+    pub fn would_wait(&self, tier: Tier, capacity: usize) -> bool {
+        let mut s = self.lock();
+        s.capacity = capacity.max(1);
+        self.settings.wait(tier).is_some() && !s.free_for(tier)
+    }
+
     /// Requests that had to wait so far, per tier ([`Tier::ALL`]'s order),
     /// whether or not they got a slot in the end.
     pub fn queued(&self) -> [u64; 3] {
@@ -210,12 +224,15 @@ impl Queue {
     /// A slot for a request of `tenant` at `tier`, on a pool of `capacity`
     /// slots: at once when one is free and nobody of its tier or above is
     /// ahead (always, for `critical`), else when one is handed on, or
-    /// refused when the queue is full or the tier's deadline passes first.
+    /// refused when the queue is full, when slots freeing at `drain_per_s`
+    /// (if known) would reach it only past its tier's deadline, or when the
+    /// deadline passes first.
     pub async fn enter(
         self: &Arc<Self>,
         tier: Tier,
         tenant: &str,
         capacity: usize,
+        drain_per_s: Option<f64>,
     ) -> Result<Slot, Refused> {
         let (id, granted, wait) = {
             let mut s = self.lock();
@@ -233,6 +250,17 @@ impl Queue {
             };
             if s.waiting >= self.settings.max_waiting {
                 return Err(Refused::Full);
+            }
+            // Those ahead: everyone waiting at its tier or above.
+            let ahead: usize = s.lanes[..=tier.index()]
+                .iter()
+                .flat_map(|l| l.tenants.iter())
+                .map(|(_, q)| q.len())
+                .sum();
+            if let Some(rate) = drain_per_s.filter(|r| r.is_finite() && *r > 0.0)
+                && (ahead + 1) as f64 / rate > wait.as_secs_f64()
+            {
+                return Err(Refused::Forecast);
             }
             let (tx, rx) = oneshot::channel();
             let id = s.next_id;

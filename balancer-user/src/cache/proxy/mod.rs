@@ -459,7 +459,7 @@ impl Route {
             Ok(m) => m,
             Err(why) => {
                 self.cache.counters.bump(Counter::Bypasses);
-                let slot = match self.take_slot(&a).await {
+                let slot = match self.take_slot(&a, work.as_ref()).await {
                     Ok(s) => s,
                     Err(retry) => return self.degrade_read(&parts, body, tier, retry).await,
                 };
@@ -477,7 +477,7 @@ impl Route {
             self.cache.count_hit(&e, level);
             return hit_response(&e, &m.key, level);
         }
-        let slot = match self.take_slot(&a).await {
+        let slot = match self.take_slot(&a, work.as_ref()).await {
             Ok(s) => s,
             Err(retry) => return self.degrade_read(&parts, body, tier, retry).await,
         };
