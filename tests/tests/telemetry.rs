@@ -94,6 +94,10 @@ fn presets_read_the_right_signals() {
         (avail - (2.30883328e8 + 9.53229312e8 + 2.256896e7)).abs() < 1.0,
         "{avail}"
     );
+    assert_eq!(
+        (n.tcp_out_segs, n.tcp_retrans_segs),
+        (Some(5.4915039e7), Some(227.0))
+    );
     let s = Signals::derive(None, &n);
     assert!(s.mem.unwrap() > 0.5 && s.mem.unwrap() < 0.8);
 }

@@ -1,9 +1,9 @@
 //! `balancer agent`: the exporter run on backend hosts.
 //!
-//! It reports host CPU, memory and network from `/proc` under node_exporter's
-//! names, and, when an NVIDIA driver is present, GPU utilisation, memory and
-//! power through NVML under DCGM exporter's names, so the `node` and `dcgm`
-//! presets read it. NVML is loaded at run time: without a GPU (or driver) the
+//! It reports host CPU, memory, network and TCP retransmits from `/proc`
+//! under node_exporter's names, and, when an NVIDIA driver is present, GPU
+//! utilisation, memory and power through NVML under DCGM exporter's names,
+//! so the `node` and `dcgm` presets read it. NVML is loaded at run time: without a GPU (or driver) the
 //! GPU series are simply absent.
 
 pub mod nvml;
@@ -118,6 +118,24 @@ pub fn net_metrics(dev: &str, o: &mut String) {
     );
 }
 
+/// Renders `/proc/net/snmp`'s TCP segment counters under node_exporter's
+/// netstat names (what the `node` preset reads for loss).
+pub fn tcp_metrics(snmp: &str, o: &mut String) {
+    // Two lines start `Tcp:`: the field names, then their values.
+    let mut rows = snmp.lines().filter_map(|l| l.strip_prefix("Tcp:"));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        return;
+    };
+    for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+        if matches!(k, "OutSegs" | "RetransSegs")
+            && let Ok(n) = v.parse::<f64>()
+        {
+            let name = format!("node_netstat_Tcp_{k}");
+            let _ = writeln!(o, "# TYPE {name} untyped\n{name} {n}");
+        }
+    }
+}
+
 /// One scrape's worth of metrics.
 pub fn render(nvml: Option<&Nvml>) -> Result<String, AgentError> {
     let mut o = String::new();
@@ -130,6 +148,7 @@ pub fn render(nvml: Option<&Nvml>) -> Result<String, AgentError> {
     );
     mem_metrics(&read("/proc/meminfo")?, &mut o);
     net_metrics(&read("/proc/net/dev")?, &mut o);
+    tcp_metrics(&read("/proc/net/snmp")?, &mut o);
     if let Some(n) = nvml {
         let gpus = n.devices();
         if !gpus.is_empty() {
@@ -200,6 +219,7 @@ mod tests {
         assert!(r.cpu_total_s.unwrap() > 0.0);
         assert!(r.mem_total.unwrap() > 0.0 && r.mem_available.unwrap() > 0.0);
         assert!(r.net_bytes.is_some());
+        assert!(r.tcp_out_segs.is_some() && r.tcp_retrans_segs.is_some());
         assert!(!o.contains("DCGM_"), "no GPU series without NVML");
     }
 
@@ -223,5 +243,13 @@ mod tests {
         );
         assert!(o.contains("node_network_receive_bytes_total{device=\"eth0\"} 100"));
         assert!(o.contains("node_network_transmit_bytes_total{device=\"eth0\"} 200"));
+        let mut o = String::new();
+        tcp_metrics(
+            "Ip: Forwarding\nIp: 1\nTcp: RtoMin OutSegs RetransSegs InErrs\nTcp: 200 5000 12 0\n",
+            &mut o,
+        );
+        assert!(o.contains("node_netstat_Tcp_OutSegs 5000\n"), "{o}");
+        assert!(o.contains("node_netstat_Tcp_RetransSegs 12\n"), "{o}");
+        assert!(!o.contains("InErrs"), "{o}");
     }
 }

@@ -47,11 +47,17 @@ pub fn components(s: &Signals, p: &ScoringPolicy) -> Vec<Component> {
         .or(s.queue_time_s)
         .map(|t| t / p.latency_target_s);
     push("latency", latency, f.latency);
+    push(
+        "retrans",
+        s.tcp_retrans.map(|r| r / p.retrans_target),
+        f.retrans,
+    );
     out
 }
 
-/// Components that mean backlog: any one of them saturates a backend alone.
-const BACKLOG: &[&str] = &["queue", "kv_cache", "latency"];
+/// Components that mean backlog (or, for retransmits, a path that delays
+/// every answer): any one of them saturates a backend alone.
+const BACKLOG: &[&str] = &["queue", "kv_cache", "latency", "retrans"];
 
 fn weighted_load(c: &[Component]) -> Option<f64> {
     let w: f64 = c.iter().map(|x| x.weight).sum();

@@ -4,13 +4,15 @@
 //!
 //! 1. **Load** `L` is the weighted mean of the normalised load components the
 //!    backend reports, or, if larger, its strongest backlog component (queue,
-//!    KV cache, latency, scaled by its weight relative to the heaviest one):
-//!    a long queue saturates a backend however idle its CPU is. Components
+//!    KV cache, latency, TCP retransmits, scaled by its weight relative to
+//!    the heaviest one): a long queue, or a path that loses segments,
+//!    saturates a backend however idle its CPU is. Components
 //!    are 0..1; the [`Formula`] says how much each counts:
 //!    queue `1 - e^(-waiting/queue_scale)`, running
 //!    `1 - e^(-running/running_scale)`, KV cache, GPU utilisation, GPU memory,
-//!    CPU, host memory, network `bytes/s / net_capacity`, and latency
-//!    `min(1, ttft_p95 / latency_target)` (Triton: mean queue time). Missing
+//!    CPU, host memory, network `bytes/s / net_capacity`, latency
+//!    `min(1, ttft_p95 / latency_target)` (Triton: mean queue time), and
+//!    TCP loss `min(1, retransmitted share / retrans_target)`. Missing
 //!    components are left out, not counted as idle. **Stale telemetry** (no
 //!    successful scrape for `stale_after`) counts as `L = 1`: saturated, and
 //!    so does **unknown telemetry**: a scrape that succeeded but yielded no

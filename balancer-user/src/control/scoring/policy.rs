@@ -26,6 +26,9 @@ pub struct Formula {
     pub net: f64,
     /// Time to first token (or queue time).
     pub latency: f64,
+    /// TCP retransmissions (a backlog component: a lossy path saturates a
+    /// backend alone).
+    pub retrans: f64,
 }
 
 impl Default for Formula {
@@ -40,13 +43,14 @@ impl Default for Formula {
             mem: 0.1,
             net: 0.1,
             latency: 0.5,
+            retrans: 1.0,
         }
     }
 }
 
 impl Formula {
     /// Every weight with its key, in the file's order.
-    fn weights(&self) -> [(&'static str, f64); 9] {
+    fn weights(&self) -> [(&'static str, f64); 10] {
         [
             ("queue", self.queue),
             ("running", self.running),
@@ -57,6 +61,7 @@ impl Formula {
             ("mem", self.mem),
             ("net", self.net),
             ("latency", self.latency),
+            ("retrans", self.retrans),
         ]
     }
 }
@@ -76,6 +81,9 @@ pub struct ScoringPolicy {
     pub net_capacity_bps: f64,
     /// Time to first token that counts as fully loaded, seconds.
     pub latency_target_s: f64,
+    /// Share of TCP segments retransmitted that counts as fully loaded
+    /// (each loss costs at least a 200 ms retransmission timeout).
+    pub retrans_target: f64,
     /// EWMA weight of the newest target (0..1].
     pub ewma_alpha: f64,
     /// Relative change below which the published weight stays.
@@ -98,6 +106,7 @@ impl Default for ScoringPolicy {
             running_scale: 32.0,
             net_capacity_bps: 1.25e9,
             latency_target_s: 2.0,
+            retrans_target: 0.02,
             ewma_alpha: 0.5,
             hysteresis: 0.05,
             max_step: 0.5,
@@ -127,6 +136,7 @@ impl ScoringPolicy {
         pos("running_scale", self.running_scale)?;
         pos("net_capacity_bps", self.net_capacity_bps)?;
         pos("latency_target_s", self.latency_target_s)?;
+        pos("retrans_target", self.retrans_target)?;
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
             return Err(format!(
                 "ewma_alpha = {}: use a value in (0, 1]",

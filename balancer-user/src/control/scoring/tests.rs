@@ -52,6 +52,27 @@ fn loaded_backend_gets_less() {
     assert!(w[0] > 900 && w[1] < 150, "{w:?}");
 }
 
+/// A backend whose TCP path retransmits 3% of its segments (past the 2%
+/// target) is saturated by that alone, however idle it is otherwise; a
+/// trace of loss (0.1%) costs little.
+#[test]
+fn a_lossy_path_loses_its_share() {
+    let p = no_ramp();
+    let mut s = Scorer::default();
+    let with_loss = |addr, share| {
+        let mut i = input(addr, 0.0, 0.2);
+        if let Some(sig) = &mut i.signals {
+            sig.tcp_retrans = Some(share);
+        }
+        i
+    };
+    let w = run(&mut s, &p, &[with_loss(1, 0.001), with_loss(2, 0.03)], 12);
+    assert!(w[0] > 900 && w[1] < 100, "{w:?}");
+    let mut s = Scorer::default();
+    let w = run(&mut s, &p, &[with_loss(1, 0.001), input(2, 0.0, 0.2)], 12);
+    assert!(w[0] > 900, "{w:?}");
+}
+
 #[test]
 fn weights_do_not_oscillate_on_noise() {
     let p = no_ramp();

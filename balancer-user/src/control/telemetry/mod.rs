@@ -52,6 +52,10 @@ pub struct Reading {
     pub cpu_total_s: Option<f64>,
     /// Counter: network bytes received and sent (not loopback).
     pub net_bytes: Option<f64>,
+    /// Counter: TCP segments sent (node_exporter's netstat).
+    pub tcp_out_segs: Option<f64>,
+    /// Counter: TCP segments retransmitted.
+    pub tcp_retrans_segs: Option<f64>,
     /// Counter: generated tokens.
     pub gen_tokens: Option<f64>,
     /// Counter: microseconds requests spent queued (Triton).
@@ -82,6 +86,8 @@ impl Reading {
             self.cpu_idle_s,
             self.cpu_total_s,
             self.net_bytes,
+            self.tcp_out_segs,
+            self.tcp_retrans_segs,
             self.gen_tokens,
             self.queue_time_us,
             self.requests_done,
@@ -108,6 +114,8 @@ impl Reading {
             cpu_idle_s,
             cpu_total_s,
             net_bytes,
+            tcp_out_segs,
+            tcp_retrans_segs,
             gen_tokens,
             queue_time_us,
             requests_done
@@ -148,6 +156,9 @@ pub struct Signals {
     pub mem: Option<f64>,
     /// Network, bytes per second.
     pub net_bps: Option<f64>,
+    /// Share of the TCP segments sent over the interval that were
+    /// retransmissions, 0..1: a lossy path delays every answer.
+    pub tcp_retrans: Option<f64>,
     /// Tokens generated per second.
     pub tokens_per_s: Option<f64>,
     /// 95th percentile time to first token over the interval, seconds.
@@ -192,7 +203,7 @@ impl Signals {
             (Some(a), Some(t)) if t > 0.0 => Some(1.0 - a / t),
             _ => None,
         };
-        let (cpu, net_bps, tokens_per_s, ttft_p95_s, queue_time_s) = match prev {
+        let (cpu, net_bps, tcp_retrans, tokens_per_s, ttft_p95_s, queue_time_s) = match prev {
             Some(p) if secs > 0.0 => {
                 let cpu = match (
                     counter_delta(p.cpu_idle_s, cur.cpu_idle_s),
@@ -220,15 +231,24 @@ impl Signals {
                     (Some(q), Some(n)) if n > 0.0 => Some(q / n / 1e6),
                     _ => None,
                 };
+                // An interval that sent nothing says nothing of loss.
+                let retrans = match (
+                    counter_delta(p.tcp_retrans_segs, cur.tcp_retrans_segs),
+                    counter_delta(p.tcp_out_segs, cur.tcp_out_segs),
+                ) {
+                    (Some(r), Some(o)) if o > 0.0 => Some(r / o),
+                    _ => None,
+                };
                 (
                     cpu,
                     counter_rate(p.net_bytes, cur.net_bytes, secs),
+                    retrans,
                     counter_rate(p.gen_tokens, cur.gen_tokens, secs),
                     ttft,
                     qt,
                 )
             }
-            _ => (None, None, None, None, None),
+            _ => (None, None, None, None, None, None),
         };
         Signals {
             queue_waiting: cur.queue_waiting.filter(|v| v.is_finite() && *v >= 0.0),
@@ -240,6 +260,7 @@ impl Signals {
             cpu: unit(cpu),
             mem: unit(mem),
             net_bps: net_bps.filter(|v| v.is_finite()),
+            tcp_retrans: unit(tcp_retrans),
             tokens_per_s: tokens_per_s.filter(|v| v.is_finite()),
             ttft_p95_s: ttft_p95_s.filter(|v| v.is_finite()),
             queue_time_s: queue_time_s.filter(|v| v.is_finite()),
@@ -289,8 +310,30 @@ mod tests {
         assert_eq!(s.tokens_per_s, Some(200.0));
         assert_eq!(s.kv_cache, Some(1.0), "clamped");
         assert_eq!(s.mem, Some(0.75));
+        assert_eq!(s.tcp_retrans, None, "no TCP counters, no loss figure");
         // All 20 new observations fell in (0.1, 1.0]: p95 = 0.1 + 0.9 * 19/20.
         let p95 = s.ttft_p95_s.unwrap();
         assert!((p95 - 0.955).abs() < 1e-9, "{p95}");
+    }
+
+    #[test]
+    fn retransmits_are_a_share_of_segments_sent_in_the_interval() {
+        let t0 = Instant::now();
+        let at = |secs, out, retrans| Reading {
+            at: Some(t0 + Duration::from_secs(secs)),
+            tcp_out_segs: Some(out),
+            tcp_retrans_segs: Some(retrans),
+            ..Default::default()
+        };
+        let share = |a: &Reading, b: &Reading| Signals::derive(Some(a), b).tcp_retrans;
+        // 30 of 1,000 segments sent this interval: 3%, whatever came before.
+        assert_eq!(
+            share(&at(0, 1e6, 9e4), &at(2, 1e6 + 1000.0, 9e4 + 30.0)),
+            Some(0.03)
+        );
+        // Nothing sent: no figure, not "no loss".
+        assert_eq!(share(&at(0, 5.0, 1.0), &at(2, 5.0, 1.0)), None);
+        // A reset (reboot) counts from 0.
+        assert_eq!(share(&at(0, 1e6, 50.0), &at(2, 200.0, 2.0)), Some(0.01));
     }
 }

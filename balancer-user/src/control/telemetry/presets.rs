@@ -8,7 +8,7 @@
 //! | `tgi` | queue: `tgi_queue_size`; running: `tgi_batch_current_size` |
 //! | `triton` | queue: `nv_inference_pending_request_count`; queue time: `nv_inference_queue_duration_us` / `nv_inference_request_success` (counters); GPU: `nv_gpu_utilization` (0..1), `nv_gpu_memory_used_bytes` / `nv_gpu_memory_total_bytes`; models: `model` labels |
 //! | `dcgm` | GPU: `DCGM_FI_DEV_GPU_UTIL` (percent), `DCGM_FI_DEV_FB_USED` / `DCGM_FI_DEV_FB_FREE` (MiB), `DCGM_FI_DEV_POWER_USAGE` (W) |
-//! | `node` | CPU: `node_cpu_seconds_total` (idle vs all modes); memory: `node_memory_MemAvailable_bytes` / `node_memory_MemTotal_bytes`; network: `node_network_receive_bytes_total` + `node_network_transmit_bytes_total` (not `lo`) |
+//! | `node` | CPU: `node_cpu_seconds_total` (idle vs all modes); memory: `node_memory_MemAvailable_bytes` / `node_memory_MemTotal_bytes`; network: `node_network_receive_bytes_total` + `node_network_transmit_bytes_total` (not `lo`); TCP loss: `node_netstat_Tcp_RetransSegs` / `node_netstat_Tcp_OutSegs` (counters) |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -220,7 +220,8 @@ fn dcgm(e: &Exposition, r: &mut Reading) {
     r.gpu_power_w = sum(e, "DCGM_FI_DEV_POWER_USAGE");
 }
 
-/// node_exporter: CPU seconds, memory and network bytes (not `lo`).
+/// node_exporter: CPU seconds, memory, network bytes (not `lo`) and TCP
+/// segments sent and retransmitted.
 fn node(e: &Exposition, r: &mut Reading) {
     let cpu: Vec<_> = e.series("node_cpu_seconds_total").collect();
     if !cpu.is_empty() {
@@ -256,6 +257,8 @@ fn node(e: &Exposition, r: &mut Reading) {
             || s.name == "node_network_transmit_bytes_total"
     });
     r.net_bytes = has_net.then_some(net);
+    r.tcp_out_segs = sum(e, "node_netstat_Tcp_OutSegs");
+    r.tcp_retrans_segs = sum(e, "node_netstat_Tcp_RetransSegs");
 }
 
 #[cfg(test)]
