@@ -60,6 +60,7 @@
 //! # mark_down_ms = 10000             # for this long
 //! # pick = "consistent-hash"         # or "round-robin", "least-request", "random", "aware"
 //! # models_refresh_ms = 5000         # aware: how often to ask backends' /v1/models
+//! # cold_start_ms = 60000            # aware: a backend without the model may load it, at this cost
 //! # stale_secs = 0                   # a shed request may get an entry expired this long (X-Cache: STALE)
 //! # [route.fallback]                 # where requests that would be shed go instead
 //! # backends = ["10.0.2.10:8000"]    # or vip = ".." with backend_port
@@ -200,6 +201,7 @@ struct RawCacheRoute {
     mark_down_after: Option<Spanned<u64>>,
     mark_down_ms: Option<Spanned<u64>>,
     models_refresh_ms: Option<Spanned<u64>>,
+    cold_start_ms: Option<Spanned<u64>>,
     stale_secs: Option<Spanned<u64>>,
     pick: Option<Spanned<String>>,
     cache: Option<bool>,

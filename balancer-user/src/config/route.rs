@@ -174,6 +174,11 @@ fn route(
         100,
         600_000,
     )?;
+    // Absent: a backend without the model is never sent it.
+    let cold_start = match &r.cold_start_ms {
+        None => None,
+        Some(_) => Some(ranged(&r.cold_start_ms, "cold_start_ms", 0, 1, 3_600_000)?),
+    };
     let tiers = tiers(r, cx, &field)?;
     let shedding = shed::shedding(r, cx, &field)?;
     let zones = zones::zones(r, cx, &field)?;
@@ -200,6 +205,7 @@ fn route(
             mark_down,
             pick,
             models_refresh: Duration::from_millis(models_refresh),
+            cold_start: cold_start.map(Duration::from_millis),
             cache: r.cache.unwrap_or(true),
             tiers,
             shedding,

@@ -16,6 +16,12 @@
 //!   Before its first answer a backend has an optimistic prior, so new
 //!   backends are tried rather than starved.
 //!
+//! The network's share is kept apart from the fit: the round trip the
+//! route measures to each backend (its `/v1/models` probe, smoothed) is
+//! added to the prediction, and the fit learns what is left, so a path
+//! that slows down moves predictions at the next probe rather than after
+//! a few hundred answers.
+//!
 //! End to end adds the output tokens (the request's limit or its model's
 //! typical output) times the backend's learned time per output token.
 //! [`Accuracy`] keeps the error of every prediction against what happened
@@ -82,6 +88,8 @@ pub struct Prediction {
     pub uncached_tokens: u32,
     /// Uncached prefill tokens already waiting there.
     pub prefill_ahead: u64,
+    /// The network round trip included, seconds.
+    pub network_s: f64,
     /// The features the TTFT came from.
     x: [f64; 3],
 }
@@ -95,6 +103,10 @@ const PRIOR: [f64; 3] = [0.05, 0.2, 0.01];
 const PRIOR_TPOT: f64 = 0.02;
 /// Weight of each answer in the time per output token.
 const TPOT_ALPHA: f64 = 0.1;
+/// Weight of each probe in the round trip.
+const RTT_ALPHA: f64 = 0.3;
+/// Longest round trip believed, seconds (a probe's deadline is 2 s).
+const MAX_RTT_S: f64 = 2.0;
 
 /// Recursive least squares in three features.
 #[derive(Debug, Clone)]
@@ -153,6 +165,8 @@ pub struct Backend {
     tpot: AtomicU64,
     /// Answers learned from.
     answers: AtomicU64,
+    /// Smoothed probe round trip, seconds as `f64` bits (0: none yet).
+    rtt: AtomicU64,
     /// The prefixes it computed lately.
     pub prefix: prefix::Index,
 }
@@ -165,6 +179,7 @@ impl Default for Backend {
             theta: PRIOR.map(|t| AtomicU64::new(t.to_bits())),
             tpot: AtomicU64::new(PRIOR_TPOT.to_bits()),
             answers: AtomicU64::new(0),
+            rtt: AtomicU64::new(0f64.to_bits()),
             prefix: prefix::Index::default(),
         }
     }
@@ -187,18 +202,42 @@ impl Backend {
         ];
         // A fit's coefficient can dip below zero on noise: no backend gets
         // faster for more work.
+        let network = load(&self.rtt);
         let ttft = (0..3)
             .map(|i| x[i] * load(&self.theta[i]).max(0.0))
             .sum::<f64>()
-            .max(0.001);
+            .max(0.001)
+            + network;
         Prediction {
             ttft_s: ttft,
             e2e_s: ttft + work.output_tokens as f64 * load(&self.tpot),
             matched_blocks: matched,
             uncached_tokens: uncached,
             prefill_ahead: ahead,
+            network_s: network,
             x,
         }
+    }
+
+    /// Learns one probe's round trip (`s` seconds); a failed probe is not
+    /// one.
+    pub fn observe_rtt(&self, s: f64) {
+        if !s.is_finite() || s < 0.0 {
+            return;
+        }
+        let s = s.min(MAX_RTT_S);
+        let old = load(&self.rtt);
+        let new = if old == 0.0 {
+            s
+        } else {
+            old + RTT_ALPHA * (s - old)
+        };
+        self.rtt.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The smoothed probe round trip, seconds (0 before the first).
+    pub fn rtt(&self) -> f64 {
+        load(&self.rtt)
     }
 
     /// Answers learned from so far.
@@ -259,7 +298,8 @@ impl Backend {
             return;
         }
         let mut fit = self.fit.lock().unwrap_or_else(|e| e.into_inner());
-        fit.update(p.x, ttft);
+        // The fit learns the backend's own time; the network is measured.
+        fit.update(p.x, (ttft - p.network_s).max(0.0));
         for (a, t) in self.theta.iter().zip(fit.theta) {
             a.store(t.to_bits(), Ordering::Relaxed);
         }

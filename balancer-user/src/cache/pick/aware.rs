@@ -3,7 +3,12 @@
 //!
 //! Candidates are the backends that list the request's model or adapter
 //! (`/v1/models`, polled by the route), when any does: locality first. A
-//! model no backend lists yet may go anywhere (the engine loads it).
+//! model no backend lists yet may go anywhere (the engine loads it). With
+//! a cold-start cost (`cold_start_ms`), a backend that listed its models
+//! without this one stays a candidate at that cost added to its
+//! prediction, so a load happens only when every server is predicted
+//! slower than loading; one whose models are unknown (still starting, or
+//! loading) is not a candidate while another serves the model.
 //!
 //! With zones, candidates in the gateway's zone come next: while the best
 //! of them is not saturated (by the terms below, against the best of all),
@@ -61,6 +66,8 @@ pub enum Reason {
     Fastest,
     /// A heavy request: earliest predicted completion.
     Earliest,
+    /// Every server of the model is predicted slower than loading it here.
+    Load,
 }
 
 impl Reason {
@@ -71,6 +78,7 @@ impl Reason {
             Self::Key => "key",
             Self::Fastest => "fastest",
             Self::Earliest => "earliest",
+            Self::Load => "load",
         }
     }
 }
@@ -97,10 +105,24 @@ fn objective(work: &Work, p: &Prediction) -> f64 {
 pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<Choice<'a>> {
     let serves = |m: &Member| m.models.as_ref().is_some_and(|s| s.contains(&work.model));
     let local = !work.model.is_empty() && members.iter().any(|m| m.weight > 0 && serves(m));
+    // What sending here costs beyond the prediction: 0 for a server (or
+    // any backend, without locality), the load for one that listed other
+    // models, and no candidate at all otherwise.
+    let extra = |m: &Member| match (local, serves(m), &m.models) {
+        (false, _, _) | (true, true, _) => Some(0.0),
+        (true, false, Some(_)) => ask.cold_start_s,
+        (true, false, None) => None,
+    };
     let mut scored: Vec<(&Member, Prediction)> = members
         .iter()
-        .filter(|m| m.weight > 0 && (!local || serves(m)))
-        .map(|m| (m, m.cost.predict(work, m.in_flight.load(Ordering::Relaxed))))
+        .filter(|m| m.weight > 0)
+        .filter_map(|m| {
+            let add = extra(m)?;
+            let mut p = m.cost.predict(work, m.in_flight.load(Ordering::Relaxed));
+            p.ttft_s += add;
+            p.e2e_s += add;
+            Some((m, p))
+        })
         .collect();
     let load = |m: &Member| m.in_flight.load(Ordering::Relaxed);
     // In the gateway's zone while its best is not saturated.
@@ -144,7 +166,7 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
                 .then(objective(work, &b.1).total_cmp(&objective(work, &a.1)))
         });
     if let Some((m, p)) = holder {
-        if unsaturated(m, p) {
+        if unsaturated(m, p) && (!local || serves(m)) {
             return Some(Choice {
                 member: m,
                 prediction: *p,
@@ -165,6 +187,7 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
     if ask.affine
         && let Some(k) = BoundedHash.select(ask, members)
         && let Some((m, p)) = scored.iter().find(|(m, _)| m.addr == k.addr)
+        && (!local || serves(m))
         && unsaturated(m, p)
     {
         return Some(Choice {
@@ -177,7 +200,9 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
     Some(Choice {
         member: best.0,
         prediction: best.1,
-        reason: if work.heavy {
+        reason: if local && !serves(best.0) {
+            Reason::Load
+        } else if work.heavy {
             Reason::Earliest
         } else {
             Reason::Fastest

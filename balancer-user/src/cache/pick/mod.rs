@@ -55,6 +55,9 @@ pub struct Ask<'a> {
     pub work: Option<&'a crate::route::cost::Work>,
     /// A cacheable miss: equal keys should meet at one backend.
     pub affine: bool,
+    /// What loading the model costs, seconds, where `aware` may send a
+    /// request to a backend that would have to load it (`None`: never).
+    pub cold_start_s: Option<f64>,
 }
 
 impl Ask<'_> {
@@ -64,6 +67,7 @@ impl Ask<'_> {
             key,
             work: None,
             affine: false,
+            cold_start_s: None,
         }
     }
 }

@@ -57,6 +57,7 @@ impl Route {
             work,
             // A miss (the only retried request) is cacheable.
             affine: retry,
+            cold_start_s: self.cfg.cold_start.map(|d| d.as_secs_f64()),
         };
         loop {
             // `aware` is asked directly: its reason goes to `route explain`.

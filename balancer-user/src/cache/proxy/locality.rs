@@ -4,6 +4,9 @@
 //! model) every `models_refresh_ms`, and publishes the answers as one
 //! immutable table the request path reads without a lock.
 //!
+//! The time each answer takes is the backend's network round trip for the
+//! cost model (a probe, as a health check's RTT).
+//!
 //! A backend that stops answering keeps what it last listed (a slow poll is
 //! not a model unloaded); one that never answered is unknown, and the pick
 //! treats unknown backends as serving everything.
@@ -12,7 +15,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::SocketAddr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -64,14 +67,22 @@ impl Route {
     }
 
     /// Asks every backend of the pool, at once, and publishes the table.
+    /// Each answer's round trip is the network signal the cost model adds
+    /// to that backend's predictions.
     pub(super) async fn poll_models(&self) {
         let pool: Vec<SocketAddr> = (self.pool)().into_iter().map(|(a, _)| a).collect();
-        let answers = join_all(pool.iter().map(|a| self.models_of(*a))).await;
+        let timed = |a: SocketAddr| async move {
+            let t = Instant::now();
+            let got = self.models_of(a).await;
+            (got, t.elapsed())
+        };
+        let answers = join_all(pool.iter().map(|a| timed(*a))).await;
         let old = self.locality.served.load();
         let mut next = Served::new();
-        for (addr, got) in pool.into_iter().zip(answers) {
+        for (addr, (got, took)) in pool.into_iter().zip(answers) {
             match got {
                 Ok(m) => {
+                    self.tracked(addr).cost.observe_rtt(took.as_secs_f64());
                     next.insert(addr, Arc::new(m));
                 }
                 Err(e) => {

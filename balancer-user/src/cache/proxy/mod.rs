@@ -125,6 +125,9 @@ pub struct RouteConfig {
     /// How often `pick = "aware"` asks the backends which models they
     /// serve (`GET /v1/models`).
     pub models_refresh: Duration,
+    /// What loading a model costs, where `pick = "aware"` may send a
+    /// request to a backend that does not list it (`None`: never).
+    pub cold_start: Option<Duration>,
     /// Whether the cache stage runs: when off, every request is forwarded
     /// (`X-Cache: BYPASS`, reason `cache-off`).
     pub cache: bool,
@@ -324,6 +327,12 @@ impl Route {
     /// Milliseconds since the route started (monotonic).
     fn clock_ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64
+    }
+
+    /// What the route knows of `addr`, made known if it was not.
+    fn tracked(&self, addr: SocketAddr) -> Arc<Tracked> {
+        let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        known.entry(addr).or_default().clone()
     }
 
     /// Records how a request to `addr` went, for passive health.

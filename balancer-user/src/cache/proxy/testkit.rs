@@ -26,6 +26,7 @@ pub(super) fn config() -> RouteConfig {
         mark_down: MarkDown::default(),
         pick: crate::cache::pick::Pick::default(),
         models_refresh: Duration::from_secs(5),
+        cold_start: None,
         cache: true,
         tiers: Default::default(),
         shedding: None,

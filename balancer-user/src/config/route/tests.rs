@@ -52,6 +52,8 @@ fn client_limits_are_checked() {
         ("pick = \"fastest\"\n", "pick"),
         ("mark_down_after = 0\n", "mark_down_after"),
         ("mark_down_ms = 0\n", "mark_down_ms"),
+        ("cold_start_ms = 0\n", "cold_start_ms"),
+        ("cold_start_ms = 3600001\n", "cold_start_ms"),
         (
             "credential_headers = [\"bad header\"]\n",
             "credential_headers",
@@ -98,6 +100,19 @@ fn pick_defaults_and_parses() {
     let e =
         Config::parse(Path::new("t.toml"), &format!("{ROUTE}pick = \"fastest\"\n")).unwrap_err();
     assert!(e.to_string().contains("least-request"), "{e}");
+    assert_eq!(
+        c.cache_routes[0].route.cold_start, None,
+        "never, by default"
+    );
+    let c = Config::parse(
+        Path::new("t.toml"),
+        &format!("{ROUTE}cold_start_ms = 90000\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.cache_routes[0].route.cold_start,
+        Some(std::time::Duration::from_secs(90))
+    );
 }
 
 #[test]

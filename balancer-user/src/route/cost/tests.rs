@@ -149,3 +149,34 @@ fn an_answers_usage_calibrates_its_models_tokens() {
     drop(d);
     assert_eq!(other.models(), 0);
 }
+
+/// The probe's round trip is added to the prediction as measured, and the
+/// fit learns the rest: a backend taught with a 40 ms path predicts its
+/// own 100 ms plus the path, and the path's change shows at once.
+#[test]
+fn the_network_round_trip_is_measured_not_fitted() {
+    let b = Backend::default();
+    let w = work(0, b"");
+    assert_eq!(b.predict(&w, 0).network_s, 0.0, "no probe yet");
+    b.observe_rtt(0.04);
+    for _ in 0..300 {
+        let p = b.predict(&w, 0);
+        assert!((p.network_s - 0.04).abs() < 1e-12);
+        b.teach(&p, 0.14);
+    }
+    let p = b.predict(&w, 0);
+    assert!((p.ttft_s - 0.14).abs() < 0.005, "{p:?}");
+    // The path gets slower: smoothed, the prediction follows the probes.
+    for _ in 0..20 {
+        b.observe_rtt(0.5);
+    }
+    let p = b.predict(&w, 0);
+    assert!((b.rtt() - 0.5).abs() < 0.001, "{}", b.rtt());
+    assert!((p.ttft_s - 0.6).abs() < 0.01, "{p:?}");
+    // Nonsense is ignored; a hung probe counts at most its deadline.
+    b.observe_rtt(f64::NAN);
+    b.observe_rtt(-1.0);
+    assert!((b.rtt() - 0.5).abs() < 0.001);
+    b.observe_rtt(1e9);
+    assert!(b.rtt() <= MAX_RTT_S);
+}

@@ -43,6 +43,7 @@ fn placed(w: &Work, members: &[Member], n: usize) -> Vec<usize> {
                 key: 0,
                 work: Some(w),
                 affine: false,
+                cold_start_s: None,
             };
             let (m, _g) = super::super::pick_for(&Aware, &ask, members).unwrap();
             members.iter().position(|x| x.addr == m.addr).unwrap()
@@ -156,6 +157,7 @@ fn a_cacheable_miss_keeps_its_keys_backend_and_no_body_means_least_request() {
             key,
             work: Some(&w),
             affine: true,
+            cold_start_s: None,
         };
         let by_key = BoundedHash.select(&ask, &members).unwrap().addr;
         let c = choose(&ask, &w, &members).unwrap();
@@ -235,4 +237,77 @@ fn the_gateways_zone_is_kept_until_it_saturates() {
     }
     let c = choose_of(&w, &members);
     assert_eq!(c.member.addr, members[2].addr, "no zones: the fastest");
+}
+
+/// Two backends equal in speed and load: the one behind the slower path
+/// (its probes take 80 ms against 1 ms) is left alone until the faster
+/// one's queue costs more than the path does.
+#[test]
+fn a_slow_network_path_counts_against_its_backend() {
+    let members = pool(&[1, 1]);
+    for m in &members {
+        teach(&m.cost, 0.1, 0.01, 0.01);
+    }
+    members[0].cost.observe_rtt(0.08);
+    members[1].cost.observe_rtt(0.001);
+    let w = work(500, 10, b"", false);
+    assert_eq!(placed(&w, &members, 10), vec![1; 10]);
+    // Twelve requests ahead on the near one (12 × 10 ms) outweigh the path.
+    members[1].in_flight.store(12, Ordering::Relaxed);
+    assert_eq!(choose_of(&w, &members).member.addr, members[0].addr);
+}
+
+/// Locality with a cold start: the server of the model keeps it until it
+/// is predicted slower than a load (5 s here); then a backend that listed
+/// other models gets it, said as `load`; one whose models are unknown
+/// (starting, or loading) never does. Without a cold-start cost nothing
+/// leaves the server.
+#[test]
+fn a_load_is_chosen_only_when_it_beats_every_server() {
+    let mut members = pool(&[1, 1, 1]);
+    let list = |names: &[&str]| {
+        Some(Arc::new(
+            names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<std::collections::BTreeSet<_>>(),
+        ))
+    };
+    members[0].models = list(&["m"]);
+    members[1].models = list(&["other"]);
+    members[2].models = None;
+    for m in &members {
+        teach(&m.cost, 0.1, 0.5, 0.01);
+    }
+    let w = work(500, 10, b"", false);
+    let with = |cold: Option<f64>| Ask {
+        key: 0,
+        work: Some(&w),
+        affine: false,
+        cold_start_s: cold,
+    };
+    let pick = |cold| choose(&with(cold), &w, &members).expect("a backend");
+    assert_eq!(pick(Some(5.0)).member.addr, members[0].addr, "idle server");
+    assert_eq!(pick(Some(5.0)).candidates, 2, "the unknown one is out");
+    // 20 in flight at 0.5 s each: 10 s on the server, 5 s plus a little
+    // for a load.
+    members[0].in_flight.store(20, Ordering::Relaxed);
+    let c = pick(Some(5.0));
+    assert_eq!((c.member.addr, c.reason), (members[1].addr, Reason::Load));
+    assert!(c.prediction.ttft_s >= 5.0, "{:?}", c.prediction);
+    let c = pick(None);
+    assert_eq!((c.member.addr, c.candidates), (members[0].addr, 1), "never");
+    // The same for a cacheable miss: the key may not pull it off the server.
+    let affine = Ask {
+        affine: true,
+        ..with(Some(60.0))
+    };
+    members[0].in_flight.store(0, Ordering::Relaxed);
+    for key in 0..50 {
+        let a = Ask { key, ..affine };
+        assert_eq!(
+            choose(&a, &w, &members).unwrap().member.addr,
+            members[0].addr
+        );
+    }
 }
