@@ -115,6 +115,7 @@ fn class(slots: u32) -> Class {
 
 fn scenario(nodes: u32, slots: u32) -> Scenario {
     Scenario {
+        route: Default::default(),
         name: "queueing check".into(),
         duration_s: 1.0,
         seed: 1,

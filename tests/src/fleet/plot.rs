@@ -104,6 +104,11 @@ fn buckets(run: &Run, plan: &Plan, width: f64, n: usize) -> Vec<Bucket> {
     let mut ttft: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut failed = vec![0; n];
     for o in &run.outcomes {
+        // A shed request (429) is an answer the route chose, not a failure;
+        // the table counts it.
+        if o.shed {
+            continue;
+        }
         let b = ((o.sent_s / width) as usize).min(n - 1);
         let llm = plan.requests.get(o.index).is_some_and(|p| p.task.is_none());
         match o.ttft_s {
@@ -356,6 +361,7 @@ mod tests {
                         tokens: 1,
                         backend: format!("n-{}", q.index % 3),
                         error: fail_all.then(|| "refused".into()),
+                        shed: false,
                     })
                     .collect(),
                 nodes: (0..3)

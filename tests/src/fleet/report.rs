@@ -39,6 +39,10 @@ pub struct TierFigures {
     pub requests: usize,
     /// Share of them answered within both objectives.
     pub attainment: f64,
+    /// Of them, shed by the gateway (429).
+    pub shed: usize,
+    /// Their p99 time to first token, of those answered, seconds.
+    pub ttft_p99_s: Option<f64>,
 }
 
 /// One node's share of the work.
@@ -84,7 +88,8 @@ pub struct Figures {
     pub tiers: Vec<TierFigures>,
     /// Output tokens a second of requests that met their tier's objectives.
     pub goodput_tps: f64,
-    /// Requests shed by the gateway (none yet: no strategy sheds).
+    /// Requests shed by the gateway (429, with the scenario's `[route]`
+    /// shedding).
     pub shed: usize,
     /// Requests that failed or timed out.
     pub failed: usize,
@@ -110,7 +115,7 @@ pub struct Figures {
 
 /// Works out a run's figures.
 pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
-    let ok = |o: &&super::run::Outcome| o.error.is_none();
+    let ok = |o: &&super::run::Outcome| o.error.is_none() && !o.shed;
     let llm = |o: &&super::run::Outcome| plan.requests[o.index].task.is_none();
     let ttft = quantiles(
         run.outcomes
@@ -177,10 +182,17 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
                 })
                 .collect();
             good_tokens += met.iter().map(|o| o.tokens as u64).sum::<u64>();
+            let answered = mine
+                .iter()
+                .filter(|o| o.error.is_none() && !o.shed)
+                .filter_map(|o| o.ttft_s)
+                .collect();
             TierFigures {
                 tier: t.name.clone(),
                 requests: mine.len(),
                 attainment: met.len() as f64 / mine.len().max(1) as f64,
+                shed: mine.iter().filter(|o| o.shed).count(),
+                ttft_p99_s: quantiles(answered).p99,
             }
         })
         .collect();
@@ -214,7 +226,7 @@ pub fn figures(s: &Scenario, plan: &Plan, run: &Run) -> Figures {
         models,
         tiers,
         goodput_tps: good_tokens as f64 / run.makespan_s.max(1e-9),
-        shed: 0,
+        shed: run.outcomes.iter().filter(|o| o.shed).count(),
         failed: run.outcomes.iter().filter(|o| o.error.is_some()).count(),
         prefix_hit_rate: h as f64 / q.max(1) as f64,
         busy_gpu_s: run.nodes.iter().map(|(_, _, g)| g.busy_secs).sum(),
@@ -269,6 +281,7 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
     header.extend(
         [
             "goodput tok/s",
+            "shed",
             "failed",
             "prefix hit",
             "busy/prov GPU-s",
@@ -296,11 +309,29 @@ pub fn table(s: &Scenario, plan: &Plan, all: &[Figures]) -> String {
             });
         }
         r.push(format!("{:.0}", f.goodput_tps));
+        r.push(f.shed.to_string());
         r.push(f.failed.to_string());
         r.push(format!("{:.1}%", 100.0 * f.prefix_hit_rate));
         r.push(format!("{:.0}/{:.0}", f.busy_gpu_s, f.provisioned_gpu_s));
         r.push(ratio(f.ttft.p99, base.and_then(|b| b.ttft.p99)));
         r.push(ratio(Some(f.goodput_tps), base.map(|b| b.goodput_tps)));
+        rows.push(r);
+    }
+    o.push_str(&aligned(&rows));
+    o.push_str("  per tier, p99 TTFT s of those answered (and shed, when any):\n");
+    let mut header = vec!["strategy".to_string()];
+    header.extend(s.tiers.iter().map(|t| t.name.clone()));
+    let mut rows = vec![header];
+    for f in all {
+        let mut r = vec![f.strategy.clone()];
+        for t in &f.tiers {
+            let shed = if t.shed > 0 {
+                format!(" ({} shed)", t.shed)
+            } else {
+                String::new()
+            };
+            r.push(format!("{}{shed}", secs(t.ttft_p99_s)));
+        }
         rows.push(r);
     }
     o.push_str(&aligned(&rows));
@@ -447,6 +478,7 @@ mod tests {
                     tokens: 1,
                     backend: "n".into(),
                     error: None,
+                    shed: false,
                 })
                 .collect(),
             nodes: vec![(

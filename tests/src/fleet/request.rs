@@ -45,10 +45,18 @@ pub fn outgoing(s: &Scenario, p: &Planned) -> Outgoing {
                 "max_tokens": p.output_tokens,
                 "stream": true,
             });
+            // The tier as the gateway reads it, when it is one of its words.
+            let tier = s.tiers.get(p.tier).map(|t| t.name.as_str());
+            let headers = match tier {
+                Some(t @ ("critical" | "standard" | "sheddable")) => {
+                    vec![("x-priority", t.to_string())]
+                }
+                _ => Vec::new(),
+            };
             Outgoing {
                 path: "/v1/completions".into(),
                 content_type: "application/json".into(),
-                headers: Vec::new(),
+                headers,
                 body: Bytes::from(body.to_string()),
                 stream: true,
             }

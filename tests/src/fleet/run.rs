@@ -101,6 +101,8 @@ pub struct Outcome {
     pub backend: String,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Shed by the gateway: 429 (with `Retry-After`), not a failure.
+    pub shed: bool,
 }
 
 /// One run's raw results.
@@ -219,13 +221,10 @@ pub async fn start_nodes(
 async fn start_route(
     pick: Pick,
     backends: &[SocketAddr],
+    extra: &toml::Table,
 ) -> Result<(SocketAddr, Arc<proxy::Route>)> {
-    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
-    let toml = format!(
-        "[daemon]\nsocket = \"/nonexistent/fleet.sock\"\n\n[[route]]\nname = \"fleet\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\nmax_request_bytes = 8388608\ntimeout_ms = 600000\nmax_connections = 65536\ncache = false\npick = \"{}\"\n",
-        list.join(", "),
-        pick.label()
-    );
+    let list: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
+    let toml = super::scenario::route_config(pick.label(), &list, extra);
     let cfg = Config::parse(Path::new("fleet-gateway.toml"), &toml)
         .map_err(|e| anyhow::anyhow!("the bench's gateway config: {e}"))?;
     let r = cfg.cache_routes[0].route.clone();
@@ -316,7 +315,7 @@ pub async fn prepare(s: &Scenario, strategy: Strategy) -> Result<Prepared> {
             tokio::task::spawn_blocking(move || l4::wait_ready(&wait, limit))
                 .await
                 .context("waiting for the nodes panicked")??;
-            let (target, route) = start_route(pick, &addrs).await?;
+            let (target, route) = start_route(pick, &addrs, &s.route).await?;
             (target, Backends::Local(fleet, route))
         }
         Strategy::L4(weights) => {
@@ -493,6 +492,7 @@ async fn send_share(
             tokens: 0,
             backend: String::new(),
             error: Some(format!("the request task failed: {e}")),
+            shed: false,
         }));
     }
     out
@@ -517,6 +517,7 @@ async fn send(
         tokens: 0,
         backend: String::new(),
         error: None,
+        shed: false,
     };
     let exchange = async {
         let mut req = Request::post(format!("http://{target}{}", out.path))
@@ -535,6 +536,7 @@ async fn send(
             .unwrap_or_default()
             .to_string();
         let status = resp.status();
+        let retry_after = resp.headers().contains_key("retry-after");
         let mut body = resp.into_body();
         // Bytes after the last newline: an event split across frames.
         let mut buf: Vec<u8> = Vec::new();
@@ -575,6 +577,10 @@ async fn send(
             }
             buf.drain(..=end);
         }
+        if status == hyper::StatusCode::TOO_MANY_REQUESTS && retry_after {
+            o.shed = true;
+            return Ok(());
+        }
         if !status.is_success() {
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&buf));
         }
@@ -591,6 +597,7 @@ async fn send(
         Ok::<_, anyhow::Error>(())
     };
     match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(())) if o.shed => {}
         Ok(Ok(())) => {
             let e2e = start.elapsed().as_secs_f64();
             o.e2e_s = Some(e2e);

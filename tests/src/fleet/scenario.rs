@@ -33,7 +33,15 @@
 //! share = 0.2
 //! ttft_s = 1.0
 //! e2e_s = 20.0
+//!
+//! [route]                      # optional: settings of the gateway's [[route]]
+//! default_tier = "critical"    # (L7 strategies): tiers, shedding, its queue
+//! max_in_flight = 8
 //! ```
+//!
+//! Each request carries its tier as `x-priority` when the tier is named
+//! `critical`, `standard` or `sheddable`; a route that sheds answers 429,
+//! counted as shed, not failed.
 //!
 //! Paths are tried relative to the scenario file first, then under the
 //! shared data directory. Every value is checked; an error names the file
@@ -62,6 +70,9 @@ pub struct Scenario {
     pub shape: Shape,
     /// The tiers, with shares summing to 1.
     pub tiers: Vec<Tier>,
+    /// Settings added to the gateway's `[[route]]` (checked as the daemon
+    /// would; empty when none).
+    pub route: toml::Table,
 }
 
 /// Which nodes serve, and what they are.
@@ -162,6 +173,8 @@ struct Raw {
     workload: RawWorkload,
     shape: RawShape,
     tier: Vec<RawTier>,
+    #[serde(default)]
+    route: toml::Table,
 }
 
 fn one() -> u64 {
@@ -234,6 +247,59 @@ struct RawTier {
     share: f64,
     ttft_s: f64,
     e2e_s: f64,
+}
+
+/// Keys of the gateway's route the bench sets itself.
+pub const BENCH_ROUTE_KEYS: [&str; 9] = [
+    "name",
+    "listen",
+    "backends",
+    "vip",
+    "backend_port",
+    "pick",
+    "cache",
+    "timeout_ms",
+    "max_connections",
+];
+
+/// The daemon's configuration of one route over `backends` with `pick`:
+/// the bench's own keys, then `extra`'s.
+pub fn route_config(pick: &str, backends: &[String], extra: &toml::Table) -> String {
+    let mut r = extra.clone();
+    let mut set = |k: &str, v: toml::Value| {
+        r.insert(k.into(), v);
+    };
+    set("name", "fleet".into());
+    set("listen", "127.0.0.1:0".into());
+    set(
+        "backends",
+        toml::Value::Array(backends.iter().map(|b| b.as_str().into()).collect()),
+    );
+    set("max_request_bytes", 8_388_608.into());
+    set("timeout_ms", 600_000.into());
+    set("max_connections", 65_536.into());
+    set("cache", false.into());
+    set("pick", pick.into());
+    let mut top = toml::Table::new();
+    let mut daemon = toml::Table::new();
+    daemon.insert("socket".into(), "/nonexistent/fleet.sock".into());
+    top.insert("daemon".into(), daemon.into());
+    top.insert(
+        "route".into(),
+        toml::Value::Array(vec![toml::Value::Table(r)]),
+    );
+    toml::to_string(&top).unwrap_or_default()
+}
+
+/// `[route]`'s settings, checked as the daemon checks them.
+fn check_route(extra: &toml::Table) -> Result<()> {
+    if let Some(k) = BENCH_ROUTE_KEYS.iter().find(|k| extra.contains_key(**k)) {
+        bail!("route.{k}: the bench sets it (leave it out)");
+    }
+    let text = route_config("aware", &["127.0.0.1:1".into()], extra);
+    balancer::config::Config::parse(Path::new("scenario [route]"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
 }
 
 /// `rel` relative to `dir`, else under the shared data directory.
@@ -461,6 +527,7 @@ impl Scenario {
         }
         let sum: f64 = tiers.iter().map(|t| t.share).sum();
         ensure!((sum - 1.0).abs() < 1e-6, "tier shares sum to {sum}, not 1");
+        check_route(&raw.route)?;
         Ok(Self {
             name: raw.name,
             duration_s: raw.duration_s,
@@ -478,6 +545,7 @@ impl Scenario {
                 bins: s.bins,
             },
             tiers,
+            route: raw.route,
         })
     }
 

@@ -171,3 +171,41 @@ fn bad_scenarios_are_refused_naming_the_field() {
         assert!(e.contains(expect), "{what}: {e}");
     }
 }
+
+/// `[route]` reaches the gateway's route as the daemon would read it; keys
+/// the bench sets, unknown keys and bad values are refused, naming them.
+#[test]
+fn route_settings_are_checked_as_the_daemon_checks_them() {
+    let with = |route: &str| format!("{}\n[route]\n{route}", good());
+    let s = parse(&with(
+        "default_tier = \"critical\"\nmax_in_flight = 8\n[route.queue]\nmax_waiting = 64\n",
+    ))
+    .unwrap();
+    assert_eq!(s.route["max_in_flight"].as_integer(), Some(8));
+    let text = super::scenario::route_config("aware", &["127.0.0.1:9".into()], &s.route);
+    let cfg = balancer::config::Config::parse(std::path::Path::new("t"), &text).unwrap();
+    let r = &cfg.cache_routes[0].route;
+    assert_eq!(r.pick, balancer::cache::pick::Pick::Aware);
+    assert!(!r.cache);
+    assert!(r.shedding.is_some_and(|s| s.queue.is_some()));
+    assert!(parse(&good()).unwrap().route.is_empty());
+    // The shipped tiered scenarios load, each with its route's settings.
+    let dir = crate::scenarios_dir().join("tiers");
+    let mut n = 0;
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let s = Scenario::load(&f.unwrap().path()).unwrap();
+        assert_eq!(s.route["default_tier"].as_str(), Some("critical"));
+        n += 1;
+    }
+    assert!(n >= 3, "{n} scenarios in {}", dir.display());
+    for (bad, says) in [
+        ("pick = \"random\"\n", "route.pick"),
+        ("backends = [\"10.0.0.1:1\"]\n", "route.backends"),
+        ("max_in_flight = 0\n", "max_in_flight"),
+        ("no_such_key = 1\n", "no_such_key"),
+        ("[route.queue]\nmax_waiting = 5\n", "max_in_flight"),
+    ] {
+        let e = parse(&with(bad)).unwrap_err();
+        assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+    }
+}
