@@ -18,6 +18,10 @@
 //! drift; what each adds to p99 over round-robin, and its requests/s
 //! against round-robin's.
 //!
+//! Last, the routing **decision alone**, in this process: `aware`'s work
+//! per request against round-robin's choice, p50/p99/p99.9
+//! ([`decision`]).
+//!
 //! Prints the figures and the ratios. The load generator runs in this
 //! process, on the same two cores as the proxies.
 
@@ -37,6 +41,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+
+#[path = "proxy/decision.rs"]
+mod decision;
 
 const KEYS: usize = 64;
 
@@ -360,6 +367,8 @@ fn main() -> Result<()> {
                 mean(many.0, many.1, rps) / mean(11, 16, rps)
             );
         }
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    })?;
+    decision::run(200_000);
+    Ok(())
 }
