@@ -59,17 +59,23 @@ pub fn components(s: &Signals, p: &ScoringPolicy) -> Vec<Component> {
 /// every answer): any one of them saturates a backend alone.
 const BACKLOG: &[&str] = &["queue", "kv_cache", "latency", "retrans"];
 
+/// Components that only ever saturate, never enter the mean: a clean path
+/// (no retransmits) says nothing of how loaded a backend is, and must not
+/// dilute the signals that do.
+const BACKLOG_ONLY: &[&str] = &["retrans"];
+
 fn weighted_load(c: &[Component]) -> Option<f64> {
-    let w: f64 = c.iter().map(|x| x.weight).sum();
-    if w <= 0.0 {
-        return None;
-    }
-    let mean = c.iter().map(|x| x.value * x.weight).sum::<f64>() / w;
-    let top = c.iter().map(|x| x.weight).fold(0.0, f64::max);
+    let only = |x: &Component| BACKLOG_ONLY.contains(&x.name.as_str());
+    let load: Vec<&Component> = c.iter().filter(|x| !only(x)).collect();
+    let w: f64 = load.iter().map(|x| x.weight).sum();
+    let top = load.iter().map(|x| x.weight).fold(0.0, f64::max);
+    let mean = (w > 0.0).then(|| load.iter().map(|x| x.value * x.weight).sum::<f64>() / w);
+    // A backlog-only component alone is no load signal.
+    let mean = mean?;
     let backlog = c
         .iter()
         .filter(|x| BACKLOG.contains(&x.name.as_str()))
-        .map(|x| x.value * x.weight / top)
+        .map(|x| x.value * (x.weight / top).min(1.0))
         .fold(0.0, f64::max);
     Some(mean.max(backlog))
 }

@@ -71,6 +71,19 @@ fn a_lossy_path_loses_its_share() {
     let mut s = Scorer::default();
     let w = run(&mut s, &p, &[with_loss(1, 0.001), input(2, 0.0, 0.2)], 12);
     assert!(w[0] > 900, "{w:?}");
+    // A clean path does not dilute the load: a busy backend with no
+    // retransmits weighs what it weighed without the figure.
+    let busy = |addr, share: Option<f64>| {
+        let mut i = input(addr, 6.0, 0.6);
+        if let Some(sig) = &mut i.signals {
+            sig.tcp_retrans = share;
+        }
+        i
+    };
+    let (mut a, mut b) = (Scorer::default(), Scorer::default());
+    let without = run(&mut a, &p, &[busy(1, None), input(2, 0.0, 0.1)], 12);
+    let with = run(&mut b, &p, &[busy(1, Some(0.0)), input(2, 0.0, 0.1)], 12);
+    assert_eq!(without, with);
 }
 
 #[test]
