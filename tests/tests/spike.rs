@@ -81,13 +81,15 @@ fn a_twenty_to_one_spike_sheds_sheddable_first_and_never_critical() {
             "the spike sheds sheddable: {answers:?}"
         );
         // At any saturation sheddable's shed share is at least standard's
-        // (standard starts where sheddable is shed fully), so its rate is.
-        let rate = |tier: &str| {
-            let n = answers.iter().filter(|a| a.1 == tier).count();
-            count(tier, 429) as f64 / n as f64
-        };
+        // (standard starts where sheddable is shed fully), so its rate is,
+        // within one request: at full overload both tiers are shed whole but
+        // for the first few let in before it, and a rate over a couple of
+        // dozen requests moves 1/n a request (26 standard against 24
+        // sheddable, 2 of each let in, is 0.923 against 0.917).
+        let n = |tier: &str| answers.iter().filter(|a| a.1 == tier).count() as f64;
+        let rate = |tier: &str| count(tier, 429) as f64 / n(tier);
         assert!(
-            rate("sheddable") >= rate("standard"),
+            rate("sheddable") + 1.0 / n("sheddable") >= rate("standard"),
             "sheddable is shed first: {answers:?}"
         );
         for a in answers.iter().filter(|a| a.2 == 429) {
