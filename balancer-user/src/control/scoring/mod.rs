@@ -12,7 +12,8 @@
 //!    `1 - e^(-running/running_scale)`, KV cache, GPU utilisation, GPU memory,
 //!    CPU, host memory, network `bytes/s / net_capacity`, latency
 //!    `min(1, ttft_p95 / latency_target)` (Triton: mean queue time), and
-//!    TCP loss `min(1, retransmitted share / retrans_target)`. Missing
+//!    TCP loss `min(1, retransmitted share / retrans_target)` (backlog only:
+//!    it never enters the mean, so a clean path dilutes nothing). Missing
 //!    components are left out, not counted as idle. **Stale telemetry** (no
 //!    successful scrape for `stale_after`) counts as `L = 1`: saturated, and
 //!    so does **unknown telemetry**: a scrape that succeeded but yielded no
