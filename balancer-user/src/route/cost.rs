@@ -58,6 +58,27 @@ pub struct Work {
 }
 
 impl Work {
+    /// The cost of a parsed request: its tokens as `tokens` estimates them,
+    /// its prompt's block hashes, and whether it is heavy for the route
+    /// (which `heaviness` learns from it).
+    pub fn of(
+        shape: &super::request::Shape,
+        tokens: &super::tokens::Tokens,
+        heaviness: &Heaviness,
+    ) -> Self {
+        let mut w = Work {
+            model: shape.model.clone(),
+            prompt_tokens: tokens.prompt_tokens(&shape.model, shape.prompt_bytes),
+            output_tokens: tokens.output_tokens(&shape.model, shape.max_tokens),
+            prompt_bytes: shape.prompt_bytes,
+            blocks: prefix::blocks(&shape.text),
+            stream: shape.stream,
+            heavy: false,
+        };
+        w.heavy = heaviness.judge(&w);
+        w
+    }
+
     /// Prompt tokens left to compute when `matched` leading blocks are
     /// cached.
     pub fn uncached(&self, matched: usize) -> u32 {

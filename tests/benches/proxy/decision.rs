@@ -17,7 +17,7 @@ use balancer::{
     cache::pick::{self, Ask, Member, Selector, aware, round_robin::RoundRobin},
     route::{
         cost::{Accuracy, Heaviness, Work},
-        prefix, request,
+        request,
         tokens::Tokens,
         zone::Place,
     },
@@ -99,16 +99,7 @@ pub fn run(n: usize) {
         let Some(shape) = request::parse(body) else {
             return;
         };
-        let mut w = Work {
-            model: shape.model.clone(),
-            prompt_tokens: tokens.prompt_tokens(&shape.model, shape.prompt_bytes),
-            output_tokens: tokens.output_tokens(&shape.model, shape.max_tokens),
-            prompt_bytes: shape.prompt_bytes,
-            blocks: prefix::blocks(&shape.text),
-            stream: shape.stream,
-            heavy: false,
-        };
-        w.heavy = heaviness.judge(&w);
+        let w = Work::of(&shape, &tokens, &heaviness);
         let ask = Ask {
             key: i as u64,
             work: Some(&w),

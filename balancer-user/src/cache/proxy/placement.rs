@@ -10,7 +10,7 @@ use crate::{
     route::{
         cost::{Accuracy, Dispatch, Heaviness, Work},
         explain::{Placement as Placed, Recent},
-        prefix, request,
+        request,
         tokens::Tokens,
     },
 };
@@ -36,18 +36,11 @@ impl Route {
             return None;
         }
         let shape = request::parse(body)?;
-        let t = &self.placement.tokens;
-        let mut w = Work {
-            model: shape.model.clone(),
-            prompt_tokens: t.prompt_tokens(&shape.model, shape.prompt_bytes),
-            output_tokens: t.output_tokens(&shape.model, shape.max_tokens),
-            prompt_bytes: shape.prompt_bytes,
-            blocks: prefix::blocks(&shape.text),
-            stream: shape.stream,
-            heavy: false,
-        };
-        w.heavy = self.placement.heaviness.judge(&w);
-        Some(w)
+        Some(Work::of(
+            &shape,
+            &self.placement.tokens,
+            &self.placement.heaviness,
+        ))
     }
 
     /// Follows `work`, just counted in flight on `m`; `choice` is the
