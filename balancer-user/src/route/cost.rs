@@ -122,7 +122,10 @@ const LAMBDA: f64 = 0.995;
 const PRIOR: [f64; 3] = [0.05, 0.2, 0.01];
 /// Seconds per output token before a backend has finished an answer.
 const PRIOR_TPOT: f64 = 0.02;
-/// Weight of each answer in the time per output token.
+/// Weight of each answer in the time per output token, once it has
+/// learned from `1 / TPOT_ALPHA` answers; before that each weighs as much
+/// as all before it, so one answer already outweighs the prior (a slow
+/// class must not look fast for its first ten answers).
 const TPOT_ALPHA: f64 = 0.1;
 /// Weight of each probe in the round trip.
 const RTT_ALPHA: f64 = 0.3;
@@ -184,6 +187,8 @@ pub struct Backend {
     theta: [AtomicU64; 3],
     /// Seconds per output token, as `f64` bits.
     tpot: AtomicU64,
+    /// Answers the time per output token learned from.
+    decodes: AtomicU64,
     /// Answers learned from.
     answers: AtomicU64,
     /// Smoothed probe round trip, seconds as `f64` bits (0: none yet).
@@ -199,6 +204,7 @@ impl Default for Backend {
             fit: Mutex::new(Rls::new()),
             theta: PRIOR.map(|t| AtomicU64::new(t.to_bits())),
             tpot: AtomicU64::new(PRIOR_TPOT.to_bits()),
+            decodes: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             rtt: AtomicU64::new(0f64.to_bits()),
             prefix: prefix::Index::default(),
@@ -463,7 +469,8 @@ impl Drop for Dispatch {
         if tokens >= 2 && decode > 0.0 {
             let x = decode / (tokens - 1) as f64;
             let old = load(&self.backend.tpot);
-            let new = old + TPOT_ALPHA * (x - old);
+            let n = self.backend.decodes.fetch_add(1, Ordering::Relaxed) + 1;
+            let new = old + TPOT_ALPHA.max(1.0 / n as f64) * (x - old);
             self.backend.tpot.store(new.to_bits(), Ordering::Relaxed);
         }
     }

@@ -180,3 +180,25 @@ fn the_network_round_trip_is_measured_not_fitted() {
     b.observe_rtt(1e9);
     assert!(b.rtt() <= MAX_RTT_S);
 }
+
+/// A slow backend's first answer already sets its time per output token:
+/// the prior (a fast backend) must not draw heavy requests to it for its
+/// next answers.
+#[test]
+fn the_first_answer_outweighs_the_tpot_prior() {
+    let b = Arc::new(Backend::default());
+    let acc = Arc::new(Accuracy::default());
+    let w = work(100, b"q");
+    let mut d = b.dispatch(&w, b.predict(&w, 0), acc);
+    d.answered(true);
+    d.chunk(b"data: {}\n\n");
+    // Four more tokens at no less than 30 ms each (sleeps only overrun).
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        d.chunk(b"data: {}\n\n");
+    }
+    d.chunk(b"data: [DONE]\n\n");
+    drop(d);
+    let (_, tpot) = b.speed();
+    assert!(tpot >= 0.029, "one answer of 30 ms a token: {tpot}");
+}
