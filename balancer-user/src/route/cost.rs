@@ -29,10 +29,10 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::prefix::{self, BLOCK_BYTES};
@@ -193,6 +193,8 @@ pub struct Backend {
     answers: AtomicU64,
     /// Smoothed probe round trip, seconds as `f64` bits (0: none yet).
     rtt: AtomicU64,
+    /// When a request was last sent here, [`now_ms`].
+    last_sent_ms: AtomicI64,
     /// The prefixes it computed lately.
     pub prefix: prefix::Index,
 }
@@ -207,6 +209,7 @@ impl Default for Backend {
             decodes: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             rtt: AtomicU64::new(0f64.to_bits()),
+            last_sent_ms: AtomicI64::new(now_ms()),
             prefix: prefix::Index::default(),
         }
     }
@@ -214,6 +217,12 @@ impl Default for Backend {
 
 fn load(a: &AtomicU64) -> f64 {
     f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+/// Milliseconds since the process first asked: a clock an atomic holds.
+fn now_ms() -> i64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 impl Backend {
@@ -267,6 +276,20 @@ impl Backend {
         load(&self.rtt)
     }
 
+    /// How long since a request was last sent here: how stale what the
+    /// model knows of it may be.
+    pub fn unsent_for(&self) -> Duration {
+        let ms = now_ms() - self.last_sent_ms.load(Ordering::Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+
+    /// Makes the last request sent here `by` older (tests).
+    #[cfg(test)]
+    pub(crate) fn age(&self, by: Duration) {
+        self.last_sent_ms
+            .fetch_sub(by.as_millis() as i64, Ordering::Relaxed);
+    }
+
     /// Answers learned from so far.
     pub fn answers(&self) -> u64 {
         self.answers.load(Ordering::Relaxed)
@@ -286,6 +309,7 @@ impl Backend {
     ) -> Dispatch {
         self.prefill_ahead
             .fetch_add(p.uncached_tokens as u64, Ordering::Relaxed);
+        self.last_sent_ms.store(now_ms(), Ordering::Relaxed);
         Dispatch {
             backend: self.clone(),
             accuracy,

@@ -25,7 +25,11 @@
 //!    [`IMBALANCE_REL`] times and [`IMBALANCE_ABS`] more);
 //! 2. **a cacheable miss** keeps its key's backend ([`BoundedHash`]) on the
 //!    same terms, so equal prompts meet at one backend;
-//! 3. otherwise the earliest predicted first token, or for a heavy request
+//! 3. **exploring**: one light request in [`EXPLORE_EVERY`] goes to the
+//!    idle candidate sent nothing for longest, once that is
+//!    [`EXPLORE_AFTER`]: a backend the model stopped choosing (one slow
+//!    answer, a path since mended) is never measured again otherwise;
+//! 4. otherwise the earliest predicted first token, or for a heavy request
 //!    the earliest predicted completion (which, under load, is the higher
 //!    capacity class).
 //!
@@ -33,7 +37,7 @@
 //! [`LeastRequest`]. Weights only exclude (0): the model learns speed from
 //! answers, not from the control plane's scores.
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use super::{Ask, Member, Selector, bounded_hash::BoundedHash, least_request::LeastRequest};
 use crate::route::{
@@ -55,6 +59,13 @@ pub const IMBALANCE_REL: f64 = 1.5;
 /// ... and absolute.
 pub const IMBALANCE_ABS: u64 = 8;
 
+/// How long a candidate may be sent nothing before a light request goes
+/// there to measure it again.
+pub const EXPLORE_AFTER: Duration = Duration::from_secs(30);
+/// At most one placement in this many explores (the route's requests so
+/// far, counted over its pool).
+pub const EXPLORE_EVERY: u64 = 16;
+
 /// Why a backend was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -68,6 +79,8 @@ pub enum Reason {
     Earliest,
     /// Every server of the model is predicted slower than loading it here.
     Load,
+    /// Idle and sent nothing for [`EXPLORE_AFTER`]: measured again.
+    Explore,
 }
 
 impl Reason {
@@ -79,6 +92,7 @@ impl Reason {
             Self::Fastest => "fastest",
             Self::Earliest => "earliest",
             Self::Load => "load",
+            Self::Explore => "explore",
         }
     }
 }
@@ -197,6 +211,16 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
             candidates: scored.len(),
         });
     }
+    if !work.heavy
+        && let Some((m, p)) = stale(members, &scored, |m| !local || serves(m))
+    {
+        return Some(Choice {
+            member: m,
+            prediction: *p,
+            reason: Reason::Explore,
+            candidates: scored.len(),
+        });
+    }
     Some(Choice {
         member: best.0,
         prediction: best.1,
@@ -209,6 +233,29 @@ pub fn choose<'a>(ask: &Ask<'_>, work: &Work, members: &'a [Member]) -> Option<C
         },
         candidates: scored.len(),
     })
+}
+
+/// The idle candidate (one that `eligible` admits) sent nothing for
+/// longest, past [`EXPLORE_AFTER`], on one placement in [`EXPLORE_EVERY`].
+fn stale<'s, 'a>(
+    members: &[Member],
+    scored: &'s [(&'a Member, Prediction)],
+    eligible: impl Fn(&Member) -> bool,
+) -> Option<&'s (&'a Member, Prediction)> {
+    let sent: u64 = members
+        .iter()
+        .map(|m| m.picked.load(Ordering::Relaxed))
+        .sum();
+    if !sent.is_multiple_of(EXPLORE_EVERY) {
+        return None;
+    }
+    scored
+        .iter()
+        .filter(|(m, _)| eligible(m) && m.in_flight.load(Ordering::Relaxed) == 0)
+        .map(|c| (c, c.0.cost.unsent_for()))
+        .filter(|(_, idle)| *idle >= EXPLORE_AFTER)
+        .max_by_key(|(_, idle)| *idle)
+        .map(|(c, _)| c)
 }
 
 /// Whether a backend with `in_flight` requests and prediction `p` may keep

@@ -109,7 +109,7 @@ pub fn explain(rows: &[RouteStatsRow]) -> String {
         })
         .collect();
     let mut out = String::from(
-        "the last requests placed by pick = \"aware\", newest first (why: prefix = holds the prompt's prefix and is not saturated, key = the cache key's backend, fastest = earliest predicted first token, earliest = a heavy request's earliest predicted completion; of = candidate backends)\n",
+        "the last requests placed by pick = \"aware\", newest first (why: prefix = holds the prompt's prefix and is not saturated, key = the cache key's backend, fastest = earliest predicted first token, earliest = a heavy request's earliest predicted completion, load = every server predicted slower than loading the model here, explore = idle and unmeasured for a while; of = candidate backends)\n",
     );
     if body.is_empty() {
         out.push_str("no placements yet (no route picks aware, or none has had a request)\n");

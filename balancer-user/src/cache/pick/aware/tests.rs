@@ -311,3 +311,56 @@ fn a_load_is_chosen_only_when_it_beats_every_server() {
         );
     }
 }
+
+/// A backend the model stopped choosing is measured again: once idle and
+/// sent nothing for [`EXPLORE_AFTER`], one light placement in
+/// [`EXPLORE_EVERY`] goes there, never a heavy one nor to a busy one.
+#[test]
+fn a_backend_left_unmeasured_is_explored_now_and_then() {
+    let members = pool(&[1, 1, 1]);
+    teach(&members[0].cost, 0.1, 0.01, 0.01);
+    teach(&members[1].cost, 0.5, 0.01, 0.05);
+    teach(&members[2].cost, 0.5, 0.01, 0.05);
+    let light = work(200, 10, b"light", false);
+    let c = choose_of(&light, &members);
+    assert_eq!(
+        (c.member.addr, c.reason),
+        (members[0].addr, Reason::Fastest)
+    );
+
+    members[1]
+        .cost
+        .age(EXPLORE_AFTER + std::time::Duration::from_secs(5));
+    members[2].cost.age(EXPLORE_AFTER * 2);
+    let c = choose_of(&light, &members);
+    assert_eq!(
+        (c.member.addr, c.reason),
+        (members[2].addr, Reason::Explore),
+        "the longest unmeasured"
+    );
+    let heavy = work(200, 10, b"heavy", true);
+    assert_eq!(choose_of(&heavy, &members).reason, Reason::Earliest);
+
+    members[2].in_flight.store(1, Ordering::Relaxed);
+    let c = choose_of(&light, &members);
+    assert_eq!(
+        (c.member.addr, c.reason),
+        (members[1].addr, Reason::Explore)
+    );
+    members[2].in_flight.store(0, Ordering::Relaxed);
+
+    // Not on the other fifteen placements in sixteen.
+    members[0].picked.store(1, Ordering::Relaxed);
+    assert_eq!(choose_of(&light, &members).reason, Reason::Fastest);
+    members[0].picked.store(EXPLORE_EVERY, Ordering::Relaxed);
+
+    // Sending there makes it fresh.
+    let acc = Arc::new(Accuracy::default());
+    let p = members[2].cost.predict(&light, 0);
+    drop(members[2].cost.dispatch(&light, p, acc));
+    let c = choose_of(&light, &members);
+    assert_eq!(
+        (c.member.addr, c.reason),
+        (members[1].addr, Reason::Explore)
+    );
+}
