@@ -249,8 +249,9 @@ struct RawTier {
     e2e_s: f64,
 }
 
-/// Keys of the gateway's route the bench sets itself.
-pub const BENCH_ROUTE_KEYS: [&str; 9] = [
+/// Keys of the gateway's route the bench sets itself: a scenario that sets
+/// one is refused rather than silently overridden.
+pub const BENCH_ROUTE_KEYS: [&str; 10] = [
     "name",
     "listen",
     "backends",
@@ -260,6 +261,7 @@ pub const BENCH_ROUTE_KEYS: [&str; 9] = [
     "cache",
     "timeout_ms",
     "max_connections",
+    "max_request_bytes",
 ];
 
 /// The daemon's configuration of one route over `backends` with `pick`:
@@ -275,7 +277,9 @@ pub fn route_config(pick: &str, backends: &[String], extra: &toml::Table) -> Str
         "backends",
         toml::Value::Array(backends.iter().map(|b| b.as_str().into()).collect()),
     );
-    set("max_request_bytes", 8_388_608.into());
+    // The emulator's cap: the mix is checked against it, so no body the
+    // bench sends is refused at the gateway.
+    set("max_request_bytes", (MAX_BODY as i64).into());
     set("timeout_ms", 600_000.into());
     set("max_connections", 65_536.into());
     set("cache", false.into());

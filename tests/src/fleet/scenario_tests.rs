@@ -201,6 +201,7 @@ fn route_settings_are_checked_as_the_daemon_checks_them() {
     for (bad, says) in [
         ("pick = \"random\"\n", "route.pick"),
         ("backends = [\"10.0.0.1:1\"]\n", "route.backends"),
+        ("max_request_bytes = 1024\n", "route.max_request_bytes"),
         ("max_in_flight = 0\n", "max_in_flight"),
         ("no_such_key = 1\n", "no_such_key"),
         ("[route.queue]\nmax_waiting = 5\n", "max_in_flight"),
