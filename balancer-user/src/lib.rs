@@ -13,6 +13,8 @@
 //!   telemetry scraping and health, scoring, autoweight, next-hop MACs;
 //! - [`route`]: what a route decides per request besides caching: its
 //!   priority tier, and shedding when its pool saturates;
+//! - [`forecast`]: demand forecasts (seasonal models behind one trait) and
+//!   their rolling-origin evaluation;
 //! - [`cache`]: the inference result cache and its L7 proxy (reads `lb`'s
 //!   pool view, never the engine);
 //! - [`config`]: the daemon's TOML file, parsed into the settings types each
@@ -38,6 +40,8 @@ pub mod lb;
 pub mod control;
 
 pub mod route;
+
+pub mod forecast;
 
 pub mod cache;
 

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod bpfvm;
 pub mod cachebed;
 pub mod fleet;
+pub mod forecast;
 pub mod loadgen;
 pub mod netns;
 pub mod pkt;

@@ -168,6 +168,9 @@ enum Bench {
     Churn,
     /// LLM traces on an emulated heterogeneous fleet, per balancing strategy.
     Fleet,
+    /// Demand forecasters on the shared arrival series: MASE and sMAPE
+    /// against seasonal naive and ETS, rolling origin.
+    Forecast,
 }
 
 fn main() -> ExitCode {
@@ -246,6 +249,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Bench::Invalidation => "invalidation",
                 Bench::Churn => "churn",
                 Bench::Fleet => "fleet",
+                Bench::Forecast => "forecast",
             };
             run(cargo()
                 .args(["bench", "-p", "balancer-tests", "--bench", name, "--"])

@@ -36,7 +36,7 @@ const COLOURS: [RGBColor; 6] = [
 ];
 
 /// Registers the font once; later calls return the first call's outcome.
-fn font() -> Result<()> {
+pub fn font() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let path = std::env::var("BALANCER_FONT").unwrap_or_else(|_| FONT.to_string());

@@ -38,30 +38,7 @@ pub fn base(curve: &Curve, bins: usize) -> Result<Vec<f64>> {
 /// stall the mapping).
 fn series(path: &Path, hours: f64, bins: usize) -> Result<Vec<f64>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading series {shown}"))?;
-    let mut points = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (ts, v) = line
-            .split_once(',')
-            .with_context(|| format!("series {shown} line {}: timestamp,value expected", i + 1))?;
-        let t = super::workload::timestamp_secs(ts)
-            .with_context(|| format!("series {shown} line {}", i + 1))?;
-        let v: f64 = v
-            .trim()
-            .parse()
-            .with_context(|| format!("series {shown} line {}: value {v:?}", i + 1))?;
-        ensure!(
-            v.is_finite() && v >= 0.0,
-            "series {shown} line {}: value {v}",
-            i + 1
-        );
-        points.push((t, v));
-    }
-    ensure!(points.len() >= 2, "series {shown}: fewer than two points");
+    let points = read_points(path)?;
     let t0 = points[0].0;
     let span = hours * 3600.0;
     let mut sum = vec![0.0; bins];
@@ -95,6 +72,46 @@ fn series(path: &Path, hours: f64, bins: usize) -> Result<Vec<f64>> {
     let max = out.iter().cloned().fold(0.0, f64::max);
     ensure!(max > 0.0, "series {shown}: all zero");
     Ok(out.into_iter().map(|v| v.max(0.01 * max)).collect())
+}
+
+/// A `timestamp,value` file's points (seconds since 1970, value at least
+/// 0), in file order; its first line is a header. A bad line fails the
+/// read, naming it.
+pub fn read_points(path: &Path) -> Result<Vec<(f64, f64)>> {
+    let shown = path.display().to_string();
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading series {shown}"))?
+        .len();
+    ensure!(
+        len <= super::workload::MAX_TRACE_BYTES,
+        "series {shown}: {len} bytes, at most {}",
+        super::workload::MAX_TRACE_BYTES
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading series {shown}"))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (ts, v) = line
+            .split_once(',')
+            .with_context(|| format!("series {shown} line {}: timestamp,value expected", i + 1))?;
+        let t = super::workload::timestamp_secs(ts)
+            .with_context(|| format!("series {shown} line {}", i + 1))?;
+        let v: f64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("series {shown} line {}: value {v:?}", i + 1))?;
+        ensure!(
+            v.is_finite() && v >= 0.0,
+            "series {shown} line {}: value {v}",
+            i + 1
+        );
+        points.push((t, v));
+    }
+    ensure!(points.len() >= 2, "series {shown}: fewer than two points");
+    Ok(points)
 }
 
 /// Busiest window over mean.
