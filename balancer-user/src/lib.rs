@@ -15,6 +15,8 @@
 //!   priority tier, and shedding when its pool saturates;
 //! - [`forecast`]: demand forecasts (seasonal models behind one trait) and
 //!   their rolling-origin evaluation;
+//! - [`scale`]: replicas a pool should have, from its load and its
+//!   forecast (never shrinking on a forecast alone);
 //! - [`cache`]: the inference result cache and its L7 proxy (reads `lb`'s
 //!   pool view, never the engine);
 //! - [`config`]: the daemon's TOML file, parsed into the settings types each
@@ -42,6 +44,7 @@ pub mod control;
 pub mod route;
 
 pub mod forecast;
+pub mod scale;
 
 pub mod cache;
 

@@ -12,9 +12,14 @@
 //! days) and non-seasonal ETS; the product's forecaster is MSTL with the
 //! daily and weekly seasons the history carries. Target: MSTL's MASE at
 //! most 0.8x seasonal naive's, averaged over the series. A PNG per series
-//! shows the forecasts against the actual.
+//! shows the forecasts against the actual. Then scaling is replayed on each
+//! series (see `balancer_tests::scalesim`): reactive against predictive,
+//! minutes short of capacity and replica-hours.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use balancer::forecast::{
@@ -25,7 +30,12 @@ use balancer::forecast::{
     naive::SeasonalNaive,
     series::DAY_S,
 };
-use balancer_tests::{fleet::report::aligned, forecast};
+use balancer::scale::ScaleSettings;
+use balancer_tests::{
+    fleet::report::aligned,
+    forecast,
+    scalesim::{self, Replay},
+};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,6 +43,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 const MAX_HISTORY_S: f64 = 14.0 * DAY_S;
 /// The target: MSTL's MASE over seasonal naive's, averaged over series.
 const TARGET_RATIO: f64 = 0.8;
+/// A replica's cold start in the scaling replay.
+const COLD_START: Duration = Duration::from_secs(300);
+/// Most of a series the scaling replay covers: its last week.
+const REPLAY_S: f64 = 7.0 * DAY_S;
 
 /// `bench forecast`'s options.
 #[derive(Parser)]
@@ -94,6 +108,23 @@ fn main() -> Result<()> {
     ];
     let mut ratios = Vec::new();
     let mut plots = Vec::new();
+    let mut scaling = vec![
+        [
+            "series",
+            "capacity",
+            "replayed",
+            "short min reactive",
+            "predictive",
+            "ratio",
+            "replica-h reactive",
+            "predictive",
+            "change",
+            "fits",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let (mut short, mut hours) = ([0.0; 2], [0.0; 2]);
     for file in &files {
         let name = file
             .file_stem()
@@ -159,6 +190,27 @@ fn main() -> Result<()> {
             &scores,
         )?;
         plots.push(png);
+        let (r, p, replayed, capacity) = replay_scaling(&s, &mstl, settings.max_history)
+            .with_context(|| format!("{}: scaling replay", file.display()))?;
+        short[0] += r.under_minutes;
+        short[1] += p.under_minutes;
+        hours[0] += r.replica_hours;
+        hours[1] += p.replica_hours;
+        scaling.push(vec![
+            name.clone(),
+            format!("{capacity:.1}"),
+            format!("{:.1} h", replayed as f64 * s.step_s / 3600.0),
+            format!("{:.0}", r.under_minutes),
+            format!("{:.0}", p.under_minutes),
+            ratio_of(p.under_minutes, r.under_minutes),
+            format!("{:.1}", r.replica_hours),
+            format!("{:.1}", p.replica_hours),
+            format!(
+                "{:+.1}%",
+                100.0 * (p.replica_hours / r.replica_hours.max(1e-9) - 1.0)
+            ),
+            p.fits.to_string(),
+        ]);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -180,8 +232,73 @@ fn main() -> Result<()> {
             }
         );
     }
+    println!(
+        "\nscaling replayed on each series' last week (or second half): a replica serves the 95th percentile of that span over 8, headroom 10%, cold start {} s, scale-in after 15 min; predictive adds MSTL's P90 over the next two cold starts, refitted hourly",
+        COLD_START.as_secs()
+    );
+    print!("{}", aligned(&scaling));
+    println!(
+        "over all series: minutes short {:.0} reactive, {:.0} predictive ({}; target at most 0.5x), replica-hours {:.1} and {:.1} ({:+.1}%; target at most +10%)",
+        short[0],
+        short[1],
+        ratio_of(short[1], short[0]),
+        hours[0],
+        hours[1],
+        100.0 * (hours[1] / hours[0].max(1e-9) - 1.0)
+    );
     for p in plots {
         println!("  plot: {}", p.display());
     }
     Ok(())
+}
+
+/// `a / b` as a ratio, `-` when `b` is 0.
+fn ratio_of(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+/// Reactive and predictive scaling on the last week of `s` (or its second
+/// half): both outcomes, the steps replayed and the replica capacity used.
+fn replay_scaling(
+    s: &balancer::forecast::series::Series,
+    forecaster: &dyn Model,
+    max_history: usize,
+) -> Result<(scalesim::Outcome, scalesim::Outcome, usize, f64)> {
+    let len = s.values.len();
+    let from = (len / 2).max(len.saturating_sub((REPLAY_S / s.step_s) as usize));
+    let mut span: Vec<f64> = s.values[from..].to_vec();
+    span.sort_by(f64::total_cmp);
+    // A unit, not a tuning: the same for both modes, about 8 replicas at
+    // the span's busy end.
+    let capacity = (span[(span.len() * 95 / 100).min(span.len() - 1)] / 8.0).max(1e-6);
+    let settings = ScaleSettings {
+        min: 1,
+        max: 10_000,
+        capacity,
+        headroom: 0.1,
+        lead_time: COLD_START,
+        cool_down: 3 * COLD_START,
+    }
+    .validate()?;
+    let base = Replay {
+        step_s: s.step_s,
+        from,
+        settings,
+        forecaster: None,
+        refit_every: scalesim::steps(Duration::from_secs(3600), s.step_s),
+        max_history,
+    };
+    let reactive = scalesim::replay(&s.values, &base)?;
+    let predictive = scalesim::replay(
+        &s.values,
+        &Replay {
+            forecaster: Some(forecaster),
+            ..base
+        },
+    )?;
+    Ok((reactive, predictive, len - from, capacity))
 }

@@ -22,6 +22,7 @@ pub mod forecast;
 pub mod loadgen;
 pub mod netns;
 pub mod pkt;
+pub mod scalesim;
 pub mod server;
 pub mod signals;
 pub mod testbed;
