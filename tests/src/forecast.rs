@@ -20,13 +20,17 @@ pub const TRACE_STEP_S: f64 = 60.0;
 pub fn load(path: &Path) -> Result<Series> {
     let shown = path.display();
     let is_csv = path.extension().is_some_and(|e| e == "csv");
-    let header = if is_csv {
-        let text = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
-        let end = text.iter().position(|b| *b == b'\n').unwrap_or(text.len());
-        String::from_utf8_lossy(&text[..end]).trim().to_string()
-    } else {
-        String::new()
-    };
+    let mut header = String::new();
+    if is_csv {
+        // The first line only, at most 256 bytes: the format's header.
+        use std::io::{BufRead, Read};
+        let f = std::fs::File::open(path).with_context(|| format!("reading {shown}"))?;
+        std::io::BufReader::new(f)
+            .take(256)
+            .read_line(&mut header)
+            .with_context(|| format!("reading {shown}"))?;
+    }
+    let header = header.trim();
     let series = if header == "timestamp,value" {
         Series::from_points(&shape::read_points(path)?)
     } else {

@@ -60,10 +60,7 @@ impl Series {
         gaps.sort_by(f64::total_cmp);
         let step = gaps[gaps.len() / 2];
         let t0 = p[0].0;
-        let n = ((p[p.len() - 1].0 - t0) / step).round() as usize + 1;
-        if n > MAX_STEPS {
-            return Err(SeriesError::TooLong(n));
-        }
+        let n = steps_of((p[p.len() - 1].0 - t0) / step, f64::round)?;
         let mut sum = vec![0.0; n];
         let mut seen = vec![false; n];
         for (t, v) in &p {
@@ -96,10 +93,7 @@ impl Series {
         if times.len() < 2 || hi - lo < step_s {
             return Err(SeriesError::TooFew(times.len()));
         }
-        let n = ((hi - lo) / step_s) as usize + 1;
-        if n > MAX_STEPS {
-            return Err(SeriesError::TooLong(n));
-        }
+        let n = steps_of((hi - lo) / step_s, f64::floor)?;
         let mut values = vec![0.0; n];
         for t in times {
             values[(((t - lo) / step_s) as usize).min(n - 1)] += 1.0;
@@ -121,4 +115,18 @@ impl Series {
             .filter_map(|s| self.steps_in(*s))
             .collect()
     }
+}
+
+/// Steps a span of `k` steps takes (`round` or `floor` of it, plus one),
+/// refused past [`MAX_STEPS`] before any cast can saturate.
+fn steps_of(k: f64, whole: fn(f64) -> f64) -> Result<usize, SeriesError> {
+    let n = whole(k) + 1.0;
+    if n.is_nan() || n > MAX_STEPS as f64 {
+        return Err(SeriesError::TooLong(if n.is_finite() {
+            n as usize
+        } else {
+            usize::MAX
+        }));
+    }
+    Ok(n as usize)
 }

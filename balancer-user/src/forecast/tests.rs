@@ -140,6 +140,14 @@ fn points_and_arrivals_become_equal_steps() {
         Series::from_points(&[(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (1e9, 1.0)]),
         Err(SeriesError::TooLong(_))
     ));
+    assert!(matches!(
+        Series::from_points(&[(0.0, 1.0), (1e-300, 1.0), (2e-300, 1.0), (1e300, 1.0)]),
+        Err(SeriesError::TooLong(_))
+    ));
+    assert!(matches!(
+        Series::from_arrivals(&[0.0, 1e300], 1.0),
+        Err(SeriesError::TooLong(_))
+    ));
     // A 7-minute step: no whole day, a whole week of 1,440 steps.
     let odd = Series::from_points(&[(0.0, 1.0), (420.0, 1.0)]).unwrap();
     assert_eq!(odd.periods(), vec![1440]);
@@ -201,4 +209,27 @@ fn a_one_off_burst_a_day_ago_is_not_forecast_again() {
     // The day's cycle peaks near 150: robust STL leaves the burst in the
     // remainder instead of the season.
     assert!(mstl.point[10] < 400.0, "{:?}", &mstl.point[8..13]);
+}
+
+#[test]
+fn a_flat_or_idle_history_is_forecast_flat() {
+    for v in [0.0, 5.0] {
+        let h = vec![v; 600];
+        let models: [&dyn Model; 3] = [
+            &SeasonalNaive { period: 288 },
+            &Ets,
+            &Mstl { periods: vec![288] },
+        ];
+        for m in models {
+            let f = m
+                .forecast(&h, 6)
+                .unwrap_or_else(|e| panic!("{}: {e}", m.name()));
+            assert!(
+                f.point.iter().all(|p| (p - v).abs() < 1e-6 * v.max(1.0)),
+                "{}: {:?}",
+                m.name(),
+                f.point
+            );
+        }
+    }
 }
