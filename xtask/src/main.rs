@@ -236,9 +236,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench { which, args } => {
             setup::ensure()?;
-            util::require_root("benchmarks load XDP programs")?;
-            // The e2e bench runs the daemon and the testbed's servers.
-            util::build_bins(true)?;
+            // The forecast bench is arithmetic on files: no root, no binaries.
+            if !matches!(which, Bench::Forecast) {
+                util::require_root("benchmarks load XDP programs")?;
+                // The e2e bench runs the daemon and the testbed's servers.
+                util::build_bins(true)?;
+            }
             let name = match which {
                 Bench::Dataplane => "dataplane",
                 Bench::Maglev => "maglev",
