@@ -132,7 +132,7 @@ fn main() -> Result<()> {
             .unwrap_or_default();
         bar.set_message(name.clone());
         let s = forecast::load(file)?;
-        let steps = |secs: f64| (secs / s.step_s).ceil().max(1.0) as usize;
+        let steps = |secs: f64| scalesim::steps(Duration::from_secs_f64(secs), s.step_s);
         let len = s.values.len();
         let horizon = steps(args.horizon_minutes as f64 * 60.0).min((len / 6).max(1));
         let day = s.steps_in(DAY_S);

@@ -104,7 +104,7 @@ pub fn evaluate(
     let at = origins(values.len(), s)?;
     let mut out = Vec::with_capacity(models.len());
     for model in models {
-        let (mut mase, mut mase_n, mut smape, mut under, mut steps) = (0.0, 0usize, 0.0, 0, 0);
+        let (mut mase, mut mase_n, mut smape, mut cover) = (0.0, 0usize, 0.0, 0.0);
         let mut runs = Vec::with_capacity(at.len());
         for &o in &at {
             let history = &values[o.saturating_sub(s.max_history)..o];
@@ -117,15 +117,16 @@ pub fn evaluate(
                 mase_n += 1;
             }
             smape += metrics::smape(actual, &f.point);
-            under += actual.iter().zip(&f.p90).filter(|(a, p)| a <= p).count();
-            steps += actual.len();
+            // Every origin forecasts `horizon` steps, so the mean of the
+            // origins' shares is the share over all steps.
+            cover += metrics::coverage(actual, &f.p90);
             runs.push(Run { at: o, forecast: f });
         }
         out.push(Score {
             model: model.name(),
             mase: (mase_n > 0).then(|| mase / mase_n as f64),
             smape: smape / at.len() as f64,
-            coverage: under as f64 / steps.max(1) as f64,
+            coverage: cover / at.len() as f64,
             runs,
         });
     }
